@@ -1,0 +1,28 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+WORLD  ?= build/world
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/geopile: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/geopile
+
+demo: $(BIN)/geopile
+	$(BIN)/geopile demo --world $(WORLD)
+
+test: $(BIN)/geopile
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/geopile
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf build data .pytest_cache

@@ -1,0 +1,124 @@
+"""Windowed reads from remote Cloud-Optimized GeoTIFFs, with the retries GDAL does not do.
+
+GDAL retries 429/5xx itself only when told to and never retries a 403; an expired SAS token
+shows up as exactly that. Here a 403 re-signs the *unsigned* href and tries again, 429/5xx and
+dropped connections back off exponentially, and anything else fails with the href (unsigned)
+in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.io import MemoryFile
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from geopile.stac import Signer
+from geopile.urls import strip_secrets
+
+log = logging.getLogger(__name__)
+
+# The settings pangeo/titiler recommend for reading COG windows over HTTP (FACTS.md §3).
+REMOTE_COG_ENV: dict[str, object] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "VSI_CURL_CACHE_SIZE": 64 * 1024 * 1024,
+    "GDAL_HTTP_MAX_RETRY": 0,  # retries happen here, where a 403 can be re-signed
+    "GDAL_HTTP_TIMEOUT": 60,
+}
+_HTTP_CODE = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
+
+
+class CogReadError(RuntimeError):
+    """A window could not be read after all retries."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Pixels of one window (bands first, as rasterio returns them) and where they lie."""
+
+    pixels: np.ndarray  # (bands, rows, cols) uint8
+    crs: str
+    transform: tuple[float, ...]  # affine of the patch at its own resolution
+    bounds: tuple[float, float, float, float]
+
+
+def _status(err: Exception) -> int | None:
+    match = _HTTP_CODE.search(str(err))
+    return int(match.group(1)) if match else None
+
+
+def read_window(
+    href: str,
+    window: Window,
+    out_size: int,
+    signer: Signer,
+    *,
+    retries: int = 5,
+    backoff_s: float = 0.5,
+    env: Mapping[str, object] | None = None,
+) -> Patch:
+    """Read ``window`` of the COG at unsigned ``href``, resampled to ``out_size`` px (average)."""
+    settings = {**REMOTE_COG_ENV, **(env or {})}
+    for attempt in range(retries + 1):
+        try:
+            with rasterio.Env(**settings), rasterio.open(signer(href)) as src:
+                pixels = src.read(
+                    window=window,
+                    out_shape=(src.count, out_size, out_size),
+                    resampling=Resampling.average,
+                )
+                scale = window.width / out_size
+                affine = window_transform(window, src.transform) * rasterio.Affine.scale(scale)
+                bounds = rasterio.windows.bounds(window, src.transform)
+                return Patch(pixels, src.crs.to_string(), tuple(affine)[:6], tuple(bounds))
+        except RasterioIOError as err:
+            status = _status(err)
+            dropped = status is None and "curl" in str(err).lower()  # reset, timeout, EOF
+            retryable = status in (403, 429, 500, 502, 503, 504) or dropped
+            if not retryable or attempt == retries:
+                raise CogReadError(f"cannot read {strip_secrets(href)} {window}: {err}") from err
+            wait = 0.0 if status == 403 and attempt == 0 else backoff_s * 2**attempt
+            log.warning(
+                "read of %s failed (HTTP %s); %s, retry %d in %.1fs",
+                strip_secrets(href),
+                status,
+                "re-signing" if status == 403 else "backing off",
+                attempt + 1,
+                wait,
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def encode_geotiff(patch: Patch) -> bytes:
+    """A small lossless GeoTIFF of the patch: all bands, CRS and transform kept."""
+    bands, rows, cols = patch.pixels.shape
+    profile = {
+        "driver": "GTiff",
+        "dtype": "uint8",
+        "count": bands,
+        "height": rows,
+        "width": cols,
+        "crs": patch.crs,
+        "transform": rasterio.Affine(*patch.transform),
+        "nodata": 0,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+    }
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(patch.pixels)
+        return bytes(mem.read())

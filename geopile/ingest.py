@@ -1,0 +1,245 @@
+"""Ingest driver: candidates in, record table out; parallel, resumable, every reject kept.
+
+Outcomes are checkpointed to ``records/.parts/<source>/part-NNNNNN.parquet`` as they come; a
+killed run skips every key already decided and, since candidates come in a fixed order and
+sampling quotas are filled in that order, ends with the same records as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from geopile.imagestats import BadImage
+from geopile.records import (
+    PART_SCHEMA,
+    RECORD_SCHEMA,
+    REJECT_SCHEMA,
+    records_path,
+    rejects_path,
+    to_table,
+    write_table_atomic,
+)
+from geopile.sources.base import Candidate, Processed, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest produced, for the CLI's table and the benchmark."""
+
+    source: str
+    images: int
+    rejects: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    processed_now: int = 0  # candidates decided in this run (not resumed from a checkpoint)
+
+    @property
+    def rate(self) -> float:
+        """Candidates decided per second in this run."""
+        return self.processed_now / self.seconds if self.seconds else 0.0
+
+
+_WORKER: Source | None = None
+
+
+def _init_worker(source: Source) -> None:
+    global _WORKER
+    _WORKER = source
+
+
+def _decide(cand: Candidate) -> tuple[Candidate, Processed | None, str | None]:
+    """Run one candidate; a bad input becomes a reason, never an exception."""
+    assert _WORKER is not None
+    try:
+        return cand, _WORKER.process(cand), None
+    except BadImage as err:
+        return cand, None, str(err)
+    except (OSError, ValueError) as err:  # unreadable file, odd TIFF tags, ...
+        return cand, None, f"{type(err).__name__}: {err}"
+
+
+def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def _write_payload(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class _Checkpoint:
+    """Outcomes decided so far, and the part files they are flushed to."""
+
+    def __init__(self, parts_dir: Path) -> None:
+        self.dir = parts_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        existing = sorted(self.dir.glob("part-*.parquet"))
+        self.next_part = len(existing)
+        self.done: set[str] = set()
+        for part in existing:
+            self.done.update(pq.read_table(part, columns=["key"])["key"].to_pylist())
+        self.buffer: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.done.add(row["key"])
+        self.buffer.append(row)
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"part-{self.next_part:06d}.parquet"
+        write_table_atomic(to_table(self.buffer, PART_SCHEMA), self.dir / name)
+        self.next_part += 1
+        self.buffer = []
+
+    def table(self) -> pa.Table:
+        parts = sorted(self.dir.glob("part-*.parquet"))
+        if not parts:
+            return PART_SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(p, schema=PART_SCHEMA) for p in parts])
+
+
+def ingest(
+    source: Source,
+    *,
+    workers: int = 2,
+    chunk_size: int = 64,
+    flush_every: int = 512,
+    progress: bool = True,
+) -> IngestSummary:
+    """Fetch ``source``, decide every candidate, and write its records and rejects atomically."""
+    ctx = source.ctx
+    started = time.perf_counter()
+    source.fetch()
+    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name)
+    quotas = source.quotas()
+    accepted: Counter[str] = Counter()
+    if quotas is not None:  # strata already filled by a previous, killed run
+        done = parts.table()
+        kept = done.filter(pc.is_null(done["reject_reason"]))
+        accepted.update(kept["stratum"].to_pylist())
+    candidates: Iterable[Candidate] = source.candidates()
+    if quotas is None:
+        candidates = list(candidates)
+        total, initial = len(candidates), len(parts.done)
+    else:
+        total, initial = sum(quotas.values()), sum(accepted.values())
+    pool_cls: type[Executor] = (
+        ThreadPoolExecutor if source.executor == "thread" else ProcessPoolExecutor
+    )
+    pool_kw = (
+        {} if source.executor == "thread" else {"initializer": _init_worker, "initargs": (source,)}
+    )
+    _init_worker(source)  # threads share this module's global
+    decided_now = 0
+    bar = tqdm(
+        total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img", disable=not progress
+    )
+    with pool_cls(max_workers=max(1, workers), **pool_kw) as pool:
+        for chunk in _chunks(_todo(candidates, parts.done, quotas, accepted), chunk_size):
+            for cand, result, reason in pool.map(_decide, chunk):
+                if quotas is not None:
+                    if accepted[cand.stratum] >= quotas[cand.stratum]:
+                        continue  # a surplus draw of a stratum filled earlier in this chunk
+                if result is not None:
+                    if result.payload is not None:
+                        _write_payload(ctx.data_dir / result.row["path"], result.payload)
+                    parts.add(
+                        {**result.row, "key": cand.key, "source": ctx.name, "stratum": cand.stratum}
+                    )
+                    if quotas is not None:
+                        accepted[cand.stratum] += 1
+                    bar.update(1)
+                else:
+                    parts.add(
+                        {
+                            **cand.fields,
+                            "key": cand.key,
+                            "source": ctx.name,
+                            "stratum": cand.stratum,
+                            "nbytes": None,
+                            "reject_reason": reason,
+                        }
+                    )
+                    if quotas is None:
+                        bar.update(1)
+                decided_now += 1
+                if len(parts.buffer) >= flush_every:
+                    parts.flush()
+            if quotas is not None and all(accepted[s] >= q for s, q in quotas.items()):
+                break
+    parts.flush()
+    bar.close()
+    if quotas is not None:
+        for stratum, quota in quotas.items():
+            if accepted[stratum] < quota:
+                log.warning(
+                    "%s: stratum %s filled %d of %d (raise max_draws_factor or relax "
+                    "max_nodata / min_entropy)",
+                    ctx.name,
+                    stratum,
+                    accepted[stratum],
+                    quota,
+                )
+    summary = _finish(parts, ctx.data_dir, ctx.name)
+    summary.seconds = time.perf_counter() - started
+    summary.processed_now = decided_now
+    return summary
+
+
+def _todo(
+    candidates: Iterable[Candidate],
+    done: set[str],
+    quotas: dict[str, int] | None,
+    accepted: Counter,
+) -> Iterator[Candidate]:
+    for cand in candidates:
+        if cand.key in done:
+            continue
+        if quotas is not None and accepted[cand.stratum] >= quotas[cand.stratum]:
+            continue
+        yield cand
+
+
+def _finish(parts: _Checkpoint, data_dir: Path, name: str) -> IngestSummary:
+    """Sort the decided outcomes by key, split records from rejects, write both, drop parts."""
+    table = parts.table()
+    table = table.sort_by("key")
+    is_reject = pc.invert(pc.is_null(table["reject_reason"]))
+    records = table.filter(pc.invert(is_reject)).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+    rejects = table.filter(is_reject)
+    rejects = pa.table(
+        {
+            "key": rejects["key"],
+            "source": rejects["source"],
+            "origin": rejects["origin"],
+            "nbytes": rejects["nbytes"],
+            "reason": rejects["reject_reason"],
+        },
+        schema=REJECT_SCHEMA,
+    )
+    write_table_atomic(records, records_path(data_dir, name))
+    write_table_atomic(rejects, rejects_path(data_dir, name))
+    shutil.rmtree(parts.dir)
+    reasons = Counter(r.split(":")[0] for r in rejects["reason"].to_pylist())
+    return IngestSummary(name, records.num_rows, rejects.num_rows, dict(reasons))

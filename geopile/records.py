@@ -1,0 +1,121 @@
+"""The record table: one row per ingested image, the contract between ingest and every later stage.
+
+Hashes and entropy are computed once, at ingest, and stored here; curation and every shard build
+read them instead of decoding images again. The schema is versioned in the Parquet metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+_META = {b"geopile.records.version": SCHEMA_VERSION.encode()}
+
+RECORD_FIELDS: list[pa.Field] = [
+    pa.field("key", pa.string(), nullable=False),  # "<source>/<name>", no dot in the last part
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("label", pa.string()),  # scene class (folder) name; null for NAIP
+    pa.field("label_id", pa.int32()),  # index into the source's published class list
+    pa.field("multilabels", pa.list_(pa.string())),  # MLRSNet's multi-labels, else null
+    pa.field("multilabel_ids", pa.list_(pa.int32())),
+    pa.field("split", pa.string()),  # the publisher's split where it has one (train/val/test)
+    pa.field("gsd_min", pa.float32()),  # metres; equal to gsd_max where known per image
+    pa.field("gsd_max", pa.float32()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("bands", pa.int32()),
+    pa.field("format", pa.string()),  # jpeg / tiff / png as decoded, not as named
+    pa.field("nbytes", pa.int64()),
+    pa.field("xxh3_bytes", pa.string()),  # xxh3-128 of the stored bytes, hex
+    pa.field("xxh3_pixels", pa.string()),  # xxh3-128 of the decoded pixels and their shape
+    pa.field("phash", pa.uint64()),  # 64-bit DCT perceptual hash (imagehash.phash)
+    pa.field("entropy_global", pa.float32()),  # bits: 256-bin grayscale Shannon entropy
+    pa.field("entropy_local", pa.float32()),  # bits: mean of a disk-windowed entropy
+    pa.field("nodata_fraction", pa.float32()),
+    pa.field("licence", pa.string()),
+    pa.field("path", pa.string()),  # the original bytes, relative to the data directory
+    pa.field("origin", pa.string()),  # archive member, parquet file#row, or URL without token
+    pa.field("origin_sha256", pa.string()),  # sha256 of the downloaded archive / file
+    # NAIP provenance (null elsewhere)
+    pa.field("stac_item", pa.string()),
+    pa.field("asset_href", pa.string()),  # unsigned: never a SAS token
+    pa.field("window", pa.list_(pa.int64())),  # col_off, row_off, width, height in the tile
+    pa.field("crs", pa.string()),
+    pa.field("bounds", pa.list_(pa.float64())),  # left, bottom, right, top in crs
+    pa.field("year", pa.string()),
+    pa.field("state", pa.string()),
+]
+RECORD_SCHEMA = pa.schema(RECORD_FIELDS, metadata=_META)
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("origin", pa.string()),
+        pa.field("nbytes", pa.int64()),
+        pa.field("reason", pa.string(), nullable=False),
+    ],
+    metadata=_META,
+)
+# Resume checkpoints hold both kinds of outcome in one table.
+PART_SCHEMA = pa.schema(
+    [*RECORD_FIELDS, pa.field("reject_reason", pa.string()), pa.field("stratum", pa.string())],
+    metadata=_META,
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def make_key(source: str, *parts: str) -> str:
+    """A sample key safe for tar members and HF ``datasets``: no dots, spaces or slashes in parts.
+
+    webdataset and ``datasets`` split member names at the first dot of the base name, so a dot in
+    a key silently merges samples (FACTS.md §7).
+    """
+    name = "_".join(_UNSAFE.sub("_", p).strip("_") for p in parts if p)
+    if not name:
+        raise ValueError(f"cannot make a key for source {source!r} from {parts!r}")
+    return f"{source}/{name}"
+
+
+def records_path(data_dir: Path, source: str) -> Path:
+    """Where a source's records live."""
+    return Path(data_dir) / "records" / f"{source}.parquet"
+
+
+def rejects_path(data_dir: Path, source: str) -> Path:
+    """Where a source's rejected inputs are listed."""
+    return Path(data_dir) / "records" / f"{source}.rejects.parquet"
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write Parquet to a temporary name, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table of ``schema``; missing columns become null."""
+    rows = list(rows)
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def read_records(path: Path) -> pa.Table:
+    """Read a record table, refusing one written under another schema version."""
+    table = pq.read_table(path)
+    version = (table.schema.metadata or {}).get(b"geopile.records.version", b"?").decode()
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has record schema version {version}, this GeoPile reads {SCHEMA_VERSION}; "
+            "re-run `geopile ingest` for that source"
+        )
+    return table

@@ -1,0 +1,176 @@
+"""NAIP patches sampled from a STAC API (the Planetary Computer's, or any with NAIP-shaped items).
+
+Sampling is planned from catalog metadata alone (item shape, transform, GSD) and a seed, so the
+plan is the same on every run against the same catalog: a killed ingest resumes by key and ends
+with the same records. Strata are (state, year) pairs, each with an equal share of ``count``;
+within a stratum, windows are drawn uniformly over items and positions. Windows are read (never
+whole tiles) and resampled to ``target_gsd`` when the tile's native GSD differs.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from rasterio.windows import Window
+
+from geopile.cog import encode_geotiff, read_window
+from geopile.imagestats import BadImage, pixel_stats
+from geopile.records import make_key
+from geopile.sources.base import Candidate, Processed, Source
+from geopile.stac import TileRef, resolve_signer, search_tiles
+
+PC_STAC = "https://planetarycomputer.microsoft.com/api/stac/v1"
+NAIP_LICENCE = "public domain (USDA Farm Service Agency NAIP imagery)"
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    """One planned window: the tile, where in it, and how large to read it."""
+
+    tile: TileRef
+    col_off: int
+    row_off: int
+    size: int  # native pixels per side
+
+
+def split_quota(count: int, strata: list[str]) -> dict[str, int]:
+    """``count`` spread evenly over ``strata``, the remainder to the first ones (sorted)."""
+    base, extra = divmod(count, len(strata))
+    return {s: base + (i < extra) for i, s in enumerate(sorted(strata))}
+
+
+class Naip(Source):
+    """NAIP 4-band (R, G, B, NIR) patches; stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``."""
+
+    kind = "naip"
+    expected_bands = 4
+    executor = "thread"
+
+    @property
+    def licence(self) -> str:
+        """NAIP is a US federal product in the public domain."""
+        return str(self.params.get("licence", NAIP_LICENCE))
+
+    @cached_property
+    def signer(self):  # noqa: ANN201 - a Signer
+        """The URL signer named by ``signer`` (``planetary_computer`` for the real NAIP)."""
+        return resolve_signer(self.params.get("signer", "planetary_computer"))
+
+    @cached_property
+    def tiles(self) -> dict[str, list[TileRef]]:
+        """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
+        p = self.params
+        by_stratum: dict[str, list[TileRef]] = {}
+        for tile in search_tiles(
+            p.get("stac_url", PC_STAC),
+            collection=p.get("collection", "naip"),
+            bbox=p.get("bbox"),
+            datetime=p.get("datetime"),
+            states=p.get("states") or (),
+            years=p.get("years") or (),
+            gsds=p.get("gsds") or (),
+            page_size=int(p.get("page_size", 1000)),
+        ):
+            by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
+        if not by_stratum:
+            raise RuntimeError(
+                f"the STAC search at {p.get('stac_url', PC_STAC)} found no NAIP items for "
+                f"bbox={p.get('bbox')}, datetime={p.get('datetime')}, states={p.get('states')}, "
+                f"years={p.get('years')}, gsds={p.get('gsds')}"
+            )
+        return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
+
+    @property
+    def patch_size(self) -> int:
+        """Output patch side in pixels at ``target_gsd``."""
+        return int(self.params.get("patch_size", 256))
+
+    @property
+    def target_gsd(self) -> float:
+        """Output ground sample distance in metres."""
+        return float(self.params.get("target_gsd", 1.0))
+
+    def quotas(self) -> Mapping[str, int]:
+        """Patches to accept per (state, year) stratum."""
+        return split_quota(int(self.params.get("count", 1000)), list(self.tiles))
+
+    def fetch(self) -> None:
+        """Nothing to download up front: windows are read on demand."""
+        self.tiles  # noqa: B018 - search now, so a bad catalog fails before any work
+
+    def _draw(self, stratum: str, rng: np.random.Generator) -> WindowTask | None:
+        tiles = self.tiles[stratum]
+        tile = tiles[int(rng.integers(len(tiles)))]
+        size = math.ceil(self.patch_size * self.target_gsd / tile.gsd)
+        rows, cols = tile.shape
+        if rows < size or cols < size:
+            return None
+        return WindowTask(
+            tile, int(rng.integers(cols - size + 1)), int(rng.integers(rows - size + 1)), size
+        )
+
+    def candidates(self) -> Iterator[Candidate]:
+        """Windows drawn round-robin over strata, at most ``max_draws_factor`` x quota each."""
+        seed = int(self.params.get("seed", self.ctx.seed))
+        quotas = self.quotas()
+        factor = int(self.params.get("max_draws_factor", 10))
+        rngs = {s: np.random.default_rng([seed, zlib.crc32(s.encode())]) for s in quotas}
+        for draw in range(max(quotas.values()) * factor):
+            for stratum in quotas:
+                if draw >= quotas[stratum] * factor:
+                    continue
+                task = self._draw(stratum, rngs[stratum])
+                if task is None:
+                    continue
+                key = make_key(self.ctx.name, stratum, f"{draw:07d}")
+                yield Candidate(
+                    key=key, stratum=stratum, task=task, fields={"origin": task.tile.href}
+                )
+
+    def process(self, cand: Candidate) -> Processed:
+        """Read, filter (nodata, entropy), encode and measure one window."""
+        task: WindowTask = cand.task
+        tile = task.tile
+        window = Window(task.col_off, task.row_off, task.size, task.size)
+        patch = read_window(
+            tile.href,
+            window,
+            self.patch_size,
+            self.signer,
+            retries=int(self.params.get("retries", 5)),
+            backoff_s=float(self.params.get("backoff_s", 0.5)),
+            env=self.params.get("gdal_env"),
+        )
+        pixels = np.moveaxis(patch.pixels, 0, -1)
+        if pixels.shape[2] != self.expected_bands:
+            raise BadImage(f"wrong band count: {pixels.shape[2]}, expected {self.expected_bands}")
+        data = encode_geotiff(patch)
+        stats = pixel_stats(pixels, data, "tiff", nodata=0)
+        max_nodata = float(self.params.get("max_nodata", 0.0))
+        if stats.nodata_fraction > max_nodata:
+            raise BadImage(f"nodata fraction {stats.nodata_fraction:.3f} > max_nodata {max_nodata}")
+        min_entropy = float(self.params.get("min_entropy", 0.0))
+        if stats.entropy_global < min_entropy:
+            raise BadImage(f"entropy {stats.entropy_global:.2f} < min_entropy {min_entropy}")
+        name = cand.key.split("/", 1)[1]
+        row = {
+            **stats.as_row(),
+            "gsd_min": self.target_gsd,
+            "gsd_max": self.target_gsd,
+            "licence": self.licence,
+            "path": f"raw/{self.ctx.name}/{tile.item_id}/{name}.tif",
+            "origin": tile.href,
+            "stac_item": tile.item_id,
+            "asset_href": tile.href,
+            "window": [task.col_off, task.row_off, task.size, task.size],
+            "crs": patch.crs,
+            "bounds": list(patch.bounds),
+            "year": tile.year,
+            "state": tile.state,
+        }
+        return Processed(row, payload=data)

@@ -1,0 +1,68 @@
+"""RSD46-WHU: 46 classes, about 117k images, 0.5-2 m; no public URL, so the user supplies it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from geopile.download import extract_archive, verify_file
+from geopile.sources.base import Candidate, ImageFolderArchive
+from geopile.sources.classes import RSD46_CLASSES
+from geopile.sources.published import PUBLICATIONS
+
+HOW_TO_GET = (
+    "RSD46-WHU has no public download URL. Request it from RSIA-LIESMARS-WHU "
+    "(https://github.com/RSIA-LIESMARS-WHU/RSD46-WHU lists the Baidu Pan / Google Drive links), "
+    "pack it as a zip or tar with <split>/<class>/<image> under one top folder, and set "
+    "sources.rsd46.archive: /path/to/RSD46-WHU.zip in your params file."
+)
+
+
+class RSD46(ImageFolderArchive):
+    """``RSD46-WHU/<train|test>/<class>/<NNNN>.jpg`` from a user-supplied archive.
+
+    The split folder is kept as the ``split`` column; class names contain spaces, so keys are
+    ``rsd46/<split>_<class>_<file>`` with unsafe characters replaced.
+    """
+
+    kind = "rsd46"
+    publication = PUBLICATIONS["rsd46"]
+    classes = RSD46_CLASSES
+
+    @property
+    def image_root(self) -> str:  # type: ignore[override]
+        """Top folder of the extracted archive (params ``image_root``, default ``RSD46-WHU``)."""
+        return str(self.params.get("image_root", "RSD46-WHU"))
+
+    def fetch(self) -> None:
+        """Verify (if an md5 is given) and extract the user's archive."""
+        archive = self.params.get("archive")
+        if not archive:
+            raise FileNotFoundError(HOW_TO_GET)
+        path = Path(archive).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist. {HOW_TO_GET}")
+        fetched = verify_file(path, str(path), self.params.get("md5"))
+        self._origin_sha256 = fetched.sha256
+        extract_archive(path, self.ctx.raw_dir)
+
+    def candidates(self) -> Iterator[Candidate]:
+        """Files of ``<split>/<class>/``, sorted."""
+        root = self.ctx.raw_dir / self.image_root
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is missing: expected <split>/<class>/ inside it")
+        class_ids = {c: i for i, c in enumerate(self.classes)}
+        for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                for file in sorted(p for p in class_dir.iterdir() if p.is_file()):
+                    yield Candidate(
+                        key=self._make_key(split_dir.name, class_dir.name, file.stem),
+                        path=str(file.relative_to(self.ctx.data_dir)),
+                        fields={
+                            "label": class_dir.name,
+                            "label_id": class_ids.get(class_dir.name),
+                            "split": split_dir.name,
+                            "origin": str(file.relative_to(self.ctx.raw_dir)),
+                            "origin_sha256": self._origin_sha256,
+                        },
+                    )

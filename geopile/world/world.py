@@ -1,0 +1,139 @@
+"""Build, start and stop the offline world: GeoPile's outside systems in miniature, on loopback.
+
+``build`` writes everything to ``DIR`` (archives at paths mirroring their real URLs under
+``DIR/http``, the user-supplied RSD46 archive under ``DIR/user``, NAIP COGs and STAC JSON, and
+``ground_truth.json``). ``up`` starts SeaweedFS, uploads ``DIR/http`` into the bucket ``world``
+so every published URL has a loopback twin with HTTP Range support, starts a STAC API whose NAIP
+asset hrefs point there, and writes ``DIR/world.params.yaml``: the overlay that sends
+``params.yaml``'s sources to the world. ``down`` stops both servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+from botocore.config import Config
+
+from geopile.sources.published import PUBLICATIONS
+from geopile.world import servers
+from geopile.world.corpora import build_corpora, mirror_path
+from geopile.world.naip import AZURE_PREFIX, build_naip
+
+BUCKET = "world"
+GROUND_TRUTH = "ground_truth.json"
+PARAMS_OVERLAY = "world.params.yaml"
+ENDPOINTS = "run/endpoints.json"
+# Anything works as credentials for SeaweedFS started without AWS_ACCESS_KEY_ID.
+WORLD_CREDENTIALS = {"aws_access_key_id": "world", "aws_secret_access_key": "world-secret"}
+
+
+def build_world(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict[str, Any]:
+    """Generate the whole world into ``world_dir`` (replacing a previous one)."""
+    world_dir = Path(world_dir)
+    for sub in ("http", "user", "stac", "run"):
+        shutil.rmtree(world_dir / sub, ignore_errors=True)
+    world_dir.mkdir(parents=True, exist_ok=True)
+    truth = build_corpora(world_dir, seed=seed, per_class=per_class)
+    truth["naip"] = build_naip(world_dir, seed=seed)
+    truth["seed"] = seed
+    tmp = world_dir / f".{GROUND_TRUTH}.tmp"
+    tmp.write_text(json.dumps(truth, indent=1, sort_keys=True))
+    os.replace(tmp, world_dir / GROUND_TRUTH)
+    return truth
+
+
+def load_truth(world_dir: Path) -> dict[str, Any]:
+    """The ground truth written by :func:`build_world`."""
+    path = Path(world_dir) / GROUND_TRUTH
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `geopile world build {world_dir}` first")
+    return json.loads(path.read_text())
+
+
+def s3_client(endpoint: str):  # noqa: ANN201 - a boto3 S3 client
+    """A boto3 client for the world's S3 server."""
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", **WORLD_CREDENTIALS,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
+def _upload_tree(endpoint: str, root: Path) -> int:
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    count = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), BUCKET, path.relative_to(root).as_posix())
+        count += 1
+    return count
+
+
+def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict[str, Any]:
+    """``params.yaml`` overlay pointing every source at the world (URLs, md5s, STAC, archive)."""
+    files = {}
+    for source in truth["sources"].values():
+        files.update(source["files"])
+    sources: dict[str, Any] = {}
+    for name, pub in PUBLICATIONS.items():
+        urls, md5s = {}, {}
+        for which, download in pub.downloads.items():
+            rel = "http/" + mirror_path(download.url)
+            urls[which] = f"{s3}/{BUCKET}/{mirror_path(download.url)}"
+            md5s[which] = files[rel]["md5"] if download.md5 else None
+        sources[name] = {"urls": urls, "md5s": md5s} if urls else {}
+    sources["rsd46"]["archive"] = str((world_dir / "user" / "RSD46-WHU.zip").resolve())
+    naip = truth["naip"]
+    sources["naip"] = {
+        "stac_url": stac,
+        "signer": "none",
+        "bbox": naip["bbox"],
+        "datetime": f"{min(naip['years'])}-01-01/{max(naip['years'])}-12-31",
+        "states": [],
+        "years": [],
+        "count": 96,
+        "patch_size": 128,
+        "max_nodata": 0.05,
+        "workers": 4,
+    }
+    return {"sources": sources}
+
+
+def world_up(world_dir: Path) -> dict[str, str]:
+    """Start the world's servers and write its endpoints and params overlay."""
+    world_dir = Path(world_dir).resolve()
+    truth = load_truth(world_dir)
+    run = world_dir / "run"
+    world_down(world_dir)
+    s3 = servers.start_s3(run, run / "s3data")
+    try:
+        _upload_tree(s3.url, world_dir / "http")
+        items = json.loads((world_dir / truth["naip"]["items"]).read_text())
+        for item in items["features"]:
+            for asset in item["assets"].values():
+                if asset["href"].startswith(AZURE_PREFIX):
+                    asset["href"] = f"{s3.url}/{BUCKET}/{mirror_path(asset['href'])}"
+        (run / "items.json").write_text(json.dumps(items))
+        stac = servers.start_stac(run, [world_dir / truth["naip"]["collection"], run / "items.json"])
+    except BaseException:
+        servers.stop(run, "s3")
+        raise
+    endpoints = {"s3": s3.url, "stac": stac.url, "bucket": BUCKET}
+    (world_dir / ENDPOINTS).write_text(json.dumps(endpoints, indent=1))
+    overlay = _overlay(world_dir, truth, s3.url, stac.url)
+    (world_dir / PARAMS_OVERLAY).write_text(
+        "# Written by `geopile world up`: points params.yaml's sources at the offline world.\n"
+        + yaml.safe_dump(overlay, sort_keys=True)
+    )
+    return endpoints
+
+
+def world_down(world_dir: Path) -> list[str]:
+    """Stop whatever servers of this world are running; returns the names stopped."""
+    run = Path(world_dir).resolve() / "run"
+    return [name for name in ("stac", "s3") if servers.stop(run, name)]

@@ -1,0 +1,47 @@
+"""Fixtures: the offline world (built once per session, servers started and stopped by PID)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geopile.params import load_params
+from geopile.world.world import PARAMS_OVERLAY, build_world, load_truth, world_down, world_up
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly generated world (no servers)."""
+    path = tmp_path_factory.mktemp("world")
+    build_world(path, seed=0, per_class=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def truth(world_dir: Path) -> dict:
+    """The world's ground truth."""
+    return load_truth(world_dir)
+
+
+@pytest.fixture(scope="session")
+def world(world_dir: Path):
+    """The world's servers, running for the session and stopped afterwards."""
+    endpoints = world_up(world_dir)
+    try:
+        yield endpoints
+    finally:
+        world_down(world_dir)
+
+
+@pytest.fixture
+def params(world, world_dir: Path, tmp_path: Path) -> dict:
+    """``params.yaml`` with the world's overlay and a fresh data directory."""
+    overlay = tmp_path / "paths.yaml"
+    overlay.write_text(yaml.safe_dump({"paths": {"data": str(tmp_path / "data")}}))
+    return load_params([REPO / "params.yaml", world_dir / PARAMS_OVERLAY, overlay])
