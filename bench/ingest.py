@@ -55,7 +55,9 @@ def naip_baseline(world: Path, truth: dict, rows: list[dict]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--naip-count", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1, help="ingest workers (1 = per core)")

@@ -80,7 +80,7 @@ def read_window(
                     resampling=Resampling.average,
                 )
                 scale = window.width / out_size
-                affine = window_transform(window, src.transform) * rasterio.Affine.scale(scale)
+                affine = window_transform(window, src.transform) @ rasterio.Affine.scale(scale)
                 bounds = rasterio.windows.bounds(window, src.transform)
                 return Patch(pixels, src.crs.to_string(), tuple(affine)[:6], tuple(bounds))
         except RasterioIOError as err:

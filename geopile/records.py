@@ -18,13 +18,18 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = "1"
 _META = {b"geopile.records.version": SCHEMA_VERSION.encode()}
 
+def _list(item: pa.DataType) -> pa.DataType:
+    # Parquet names list items "element"; naming them so here keeps the schema equal on round trip.
+    return pa.list_(pa.field("element", item))
+
+
 RECORD_FIELDS: list[pa.Field] = [
     pa.field("key", pa.string(), nullable=False),  # "<source>/<name>", no dot in the last part
     pa.field("source", pa.string(), nullable=False),
     pa.field("label", pa.string()),  # scene class (folder) name; null for NAIP
     pa.field("label_id", pa.int32()),  # index into the source's published class list
-    pa.field("multilabels", pa.list_(pa.string())),  # MLRSNet's multi-labels, else null
-    pa.field("multilabel_ids", pa.list_(pa.int32())),
+    pa.field("multilabels", _list(pa.string())),  # MLRSNet's multi-labels, else null
+    pa.field("multilabel_ids", _list(pa.int32())),
     pa.field("split", pa.string()),  # the publisher's split where it has one (train/val/test)
     pa.field("gsd_min", pa.float32()),  # metres; equal to gsd_max where known per image
     pa.field("gsd_max", pa.float32()),
@@ -46,9 +51,9 @@ RECORD_FIELDS: list[pa.Field] = [
     # NAIP provenance (null elsewhere)
     pa.field("stac_item", pa.string()),
     pa.field("asset_href", pa.string()),  # unsigned: never a SAS token
-    pa.field("window", pa.list_(pa.int64())),  # col_off, row_off, width, height in the tile
+    pa.field("window", _list(pa.int64())),  # col_off, row_off, width, height in the tile
     pa.field("crs", pa.string()),
-    pa.field("bounds", pa.list_(pa.float64())),  # left, bottom, right, top in crs
+    pa.field("bounds", _list(pa.float64())),  # left, bottom, right, top in crs
     pa.field("year", pa.string()),
     pa.field("state", pa.string()),
 ]

@@ -59,8 +59,7 @@ class TileRef:
 
 
 def _epsg(props: dict[str, Any]) -> int:
-    """EPSG code from ``proj:epsg`` (projection v1, as the API serves it) or ``proj:code`` (v2,
-    which pystac migrates v1 items to)."""
+    """EPSG code from ``proj:epsg`` (v1, as the API serves it) or ``proj:code`` (v2, pystac's)."""
     if props.get("proj:epsg") is not None:
         return int(props["proj:epsg"])
     code = str(props.get("proj:code", ""))

@@ -27,7 +27,8 @@ def run_ingest(
         sp = source_params(params, name)
         if not sp.get("enabled", True):
             raise ParamsError(f"source {name!r} is disabled (sources.{name}.enabled: false)")
-        n_workers = workers or int(sp.get("workers") or (params.get("ingest") or {}).get("workers", 2))
+        default_workers = (params.get("ingest") or {}).get("workers", 2)
+        n_workers = workers or int(sp.get("workers") or default_workers)
         source = create_source(name, sp, data, seed=int(params.get("seed", 0)), progress=progress)
         summaries.append(ingest(source, workers=n_workers, progress=progress))
     return summaries

@@ -27,7 +27,8 @@ def _payload(tmp_path: Path, size: int = 300_000) -> tuple[Path, str]:
 def test_download_verifies_md5(tmp_path):
     root, md5 = _payload(tmp_path)
     with FlakyServer(root) as srv:
-        got = download(f"{srv.url}/archive.zip", tmp_path / "dl" / "archive.zip", md5, progress=False)
+        target = tmp_path / "dl" / "archive.zip"
+        got = download(f"{srv.url}/archive.zip", target, md5, progress=False)
     assert got.md5 == md5 and got.path.read_bytes() == (root / "archive.zip").read_bytes()
     assert not (tmp_path / "dl" / "archive.zip.part").exists()
 

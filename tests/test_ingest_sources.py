@@ -55,8 +55,10 @@ def test_ucmerced_splits_and_sizes(params, truth):
 
 def test_mlrsnet_multilabels(params):
     _, records, _ = _ingest(params, "mlrsnet")
-    for labels, ids in zip(records["multilabels"].to_pylist(), records["multilabel_ids"].to_pylist(),
-                           strict=True):
+    labels_ids = zip(
+        records["multilabels"].to_pylist(), records["multilabel_ids"].to_pylist(), strict=True
+    )
+    for labels, ids in labels_ids:
         assert labels and len(labels) == len(ids)
     assert all(o.endswith(".parquet#" + o.rsplit("#", 1)[1]) for o in records["origin"].to_pylist())
 

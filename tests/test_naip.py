@@ -45,8 +45,11 @@ def test_naip_patches_equal_direct_reads(params, world_dir, truth):
         tile = tiles[row["stac_item"]]
         col, r0, w, h = row["window"]
         with rasterio.open(world_dir / tile["path"]) as src:  # the original COG, read locally
-            direct = src.read(window=Window(col, r0, w, h), out_shape=(4, row["height"], row["width"]),
-                              resampling=Resampling.average)
+            direct = src.read(
+                window=Window(col, r0, w, h),
+                out_shape=(4, row["height"], row["width"]),
+                resampling=Resampling.average,
+            )
             assert row["crs"] == src.crs.to_string()
         with rasterio.open(data / row["path"]) as stored:
             assert np.array_equal(stored.read(), direct)

@@ -82,7 +82,8 @@ def test_params_overlay(tmp_path):
 
 
 def test_reference_naip_item_parses():
-    item = pystac.Item.from_dict(json.loads((REFERENCE / "naip-item-planetary-computer.json").read_text()))
+    raw = json.loads((REFERENCE / "naip-item-planetary-computer.json").read_text())
+    item = pystac.Item.from_dict(raw)
     tile = _tile_ref(item, "image")
     assert tile.year == "2020" and tile.state == "tx" and tile.gsd == 0.6 and tile.epsg == 26914
     assert tile.shape == (12320, 11160) and tile.transform[:3] == (0.6, 0.0, 630384.0)

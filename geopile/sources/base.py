@@ -108,7 +108,7 @@ class Source:
         raise NotImplementedError
 
     def process(self, cand: Candidate) -> Processed:
-        """Decode and measure one candidate; raise :class:`~geopile.imagestats.BadImage` to reject."""
+        """Decode and measure one candidate; raise :class:`BadImage` to reject it."""
         data = (self.ctx.data_dir / cand.path).read_bytes()
         stats = image_stats(data, self.expected_bands)
         lo, hi = self.gsd_range

@@ -45,7 +45,7 @@ def split_quota(count: int, strata: list[str]) -> dict[str, int]:
 
 
 class Naip(Source):
-    """NAIP 4-band (R, G, B, NIR) patches; stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``."""
+    """NAIP (R, G, B, NIR) patches, stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``."""
 
     kind = "naip"
     expected_bands = 4

@@ -119,7 +119,8 @@ def world_up(world_dir: Path) -> dict[str, str]:
                 if asset["href"].startswith(AZURE_PREFIX):
                     asset["href"] = f"{s3.url}/{BUCKET}/{mirror_path(asset['href'])}"
         (run / "items.json").write_text(json.dumps(items))
-        stac = servers.start_stac(run, [world_dir / truth["naip"]["collection"], run / "items.json"])
+        collection = world_dir / truth["naip"]["collection"]
+        stac = servers.start_stac(run, [collection, run / "items.json"])
     except BaseException:
         servers.stop(run, "s3")
         raise
