@@ -1,4 +1,4 @@
-"""The ``geopile`` command line: helpful ``--help``, and ``world up``/``down`` leave nothing running."""
+"""The ``geopile`` CLI: a helpful ``--help``; ``world up``/``down`` leave nothing running."""
 
 import json
 import os
