@@ -13,7 +13,7 @@ from geopile.records import make_key
 from geopile.stac import _tile_ref, resolve_signer
 from geopile.urls import strip_secrets
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data"  # copied from shared/reference
 
 
 def _jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
