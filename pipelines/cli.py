@@ -13,7 +13,8 @@ from pipelines.common import add_params_arg, data_dir, setup
 EPILOG = """examples:
   geopile world build build/world && geopile world up build/world
   geopile ingest --params params.yaml --params build/world/world.params.yaml --all
-  geopile summary --params params.yaml --params build/world/world.params.yaml
+  geopile curate --params params.yaml --params build/world/world.params.yaml
+  geopile shard paper --params params.yaml --params build/world/world.params.yaml
   geopile world down build/world
 """
 
@@ -58,6 +59,29 @@ def _parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="per-source table of what ingest recorded")
     add_params_arg(summary)
 
+    curate = sub.add_parser(
+        "curate",
+        help="deduplicate, decontaminate and profile the records -> data/curated.parquet",
+        description="Drop exact duplicates (pixel hash) and near duplicates (perceptual hash "
+        "within curate.radius, confirmed on pixels), remove every pretraining image that "
+        "duplicates an image of curate.eval_sets, apply the optional entropy/nodata filters, "
+        "and write reports/curate.json (counts, entropy statistics; dvc metrics), "
+        "reports/duplicates.json (clusters, contaminated images) and reports/plots/*.png "
+        "(entropy histograms and contact sheets per source).",
+    )
+    add_params_arg(curate)
+
+    shard = sub.add_parser(
+        "shard",
+        help="write a build as WebDataset shards -> shards/BUILD/*.tar + index.json",
+        description="Sample each source to the build's cap (builds: in params; deterministic "
+        "for the seed), shuffle across sources, and write reproducible tar shards with an "
+        "index.json (counts, per-shard sha256, sample keys and byte offsets).",
+    )
+    shard.add_argument("builds", nargs="*", metavar="BUILD", help="build names under `builds:`")
+    shard.add_argument("--all", action="store_true", help="every build")
+    add_params_arg(shard)
+
     demo = sub.add_parser(
         "demo", help="build and start the offline world, ingest every source, print a summary"
     )
@@ -77,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from pipelines import curate as curate_stage
     from pipelines import ingest as ingest_stage
+    from pipelines import shard as shard_stage
     from pipelines import world as world_stage
 
     if args.command == "world":
@@ -94,6 +120,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             params, names, data, workers=args.workers, progress=not args.no_progress
         )
         print(ingest_stage.summary_table(data, names))
+        return 0
+    if args.command == "curate":
+        result = curate_stage.run_curate(params, data, progress=not args.no_progress)
+        print(curate_stage.curate_table(result))
+        return 0
+    if args.command == "shard":
+        names = shard_stage.build_names(params) if args.all else args.builds
+        if not names:
+            raise ParamsError("name at least one build, or pass --all")
+        indexes = [shard_stage.run_shard(params, b, data, progress=not args.no_progress)
+                   for b in names]
+        print(shard_stage.shard_table(indexes))
         return 0
     if args.command == "summary":
         print(ingest_stage.summary_table(data, ingest_stage.enabled_sources(params)))

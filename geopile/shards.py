@@ -1,0 +1,227 @@
+"""GeoPile builds as WebDataset shards: selection, global shuffle, deterministic tar writing, index.
+
+A build is a map ``source -> cap`` (an int, or ``all``). Each source's cap is filled by the
+images that come first in a seeded hash order of their keys, so a source contributes the same
+images to every build that caps it the same way (the ablations differ only by what they drop).
+The selection is then shuffled globally with the seed and cut into shards. Writing is
+reproducible: members are sorted per sample, with a fixed mtime and owner, so the same curated
+table and seed give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import webdataset as wds
+import xxhash
+from PIL import Image
+
+from geopile.imagestats import decode
+
+INDEX = "index.json"
+INDEX_VERSION = 1
+TAR_BLOCK = 512
+# what a sample's .json carries (the record's columns minus what is only useful in the table)
+JSON_FIELDS = (
+    "key", "source", "label", "label_id", "multilabels", "split", "gsd_min", "gsd_max", "width",
+    "height", "bands", "format", "entropy_global", "entropy_local", "nodata_fraction", "licence",
+    "origin", "stac_item", "asset_href", "window", "crs", "bounds", "year", "state",
+)
+
+
+class BuildError(ValueError):
+    """A build asks for what the curated table cannot give."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """The ``shard:`` block of params."""
+
+    max_samples: int = 10_000
+    max_bytes: int = 256_000_000
+    naip_bands: int = 3  # 3: RGB JPEG (the model's input); 4: R,G,B,NIR lossless GeoTIFF
+    jpeg_quality: int = 95
+    mtime: int = 0  # tar member mtime, fixed so that rebuilds are byte-identical
+    cap_scale: float = 1.0  # multiply every integer cap (for quick small builds)
+
+    @classmethod
+    def from_params(cls, block: Mapping[str, Any] | None) -> ShardConfig:
+        """Build from the params block, rejecting unknown keys by name."""
+        block = dict(block or {})
+        unknown = set(block) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys under 'shard:': {', '.join(sorted(unknown))}")
+        config = cls(**block)
+        if config.naip_bands not in (3, 4):
+            raise ValueError(f"shard.naip_bands must be 3 or 4, got {config.naip_bands}")
+        return config
+
+
+def _caps(build: str, spec: Mapping[str, Any], scale: float) -> dict[str, int | None]:
+    caps: dict[str, int | None] = {}
+    for source, cap in (spec or {}).items():
+        if cap == "all":
+            caps[source] = None
+        elif isinstance(cap, int) and cap >= 0:
+            caps[source] = math.ceil(cap * scale)
+        else:
+            raise BuildError(f"builds.{build}.{source}: a cap is a count or 'all', got {cap!r}")
+    if not caps:
+        raise BuildError(f"build {build!r} names no sources")
+    return caps
+
+
+def select(
+    curated: pa.Table, build: str, spec: Mapping[str, Any], seed: int, scale: float = 1.0
+) -> pa.Table:
+    """The build's records in shard order: per-source deterministic samples, globally shuffled."""
+    parts = []
+    for source, cap in _caps(build, spec, scale).items():
+        rows = curated.filter(pc.equal(curated["source"], source))
+        if rows.num_rows == 0:
+            raise BuildError(f"build {build!r} wants {source!r}, which has no curated images")
+        keys = rows["key"].to_pylist()
+        order_keys = np.array([xxhash.xxh3_64_intdigest(k.encode(), seed=seed) for k in keys],
+                              dtype=np.uint64)
+        rank = np.argsort(order_keys, kind="stable")
+        parts.append(rows.take(rank[: cap if cap is not None else len(keys)]))
+    chosen = pa.concat_tables(parts).sort_by("key")
+    order = np.random.default_rng(seed).permutation(chosen.num_rows)
+    return chosen.take(order)
+
+
+def _sample_json(record: Mapping[str, Any]) -> bytes:
+    meta = {f: record.get(f) for f in JSON_FIELDS}
+    meta["xxh3_pixels"] = record["xxh3_pixels"]
+    meta["phash"] = f"{record['phash']:016x}"
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_sample(record: Mapping[str, Any], data_dir: Path, config: ShardConfig) -> dict:
+    """The tar members of one sample.
+
+    JPEG bytes are copied; other images become JPEG, except NAIP's 4 bands when ``naip_bands``
+    is 4 (then its GeoTIFF bytes are copied).
+    """
+    data = (data_dir / record["path"]).read_bytes()
+    if record["format"] == "jpeg":
+        ext, payload = "jpg", data
+    elif record["bands"] == 4 and config.naip_bands == 4:
+        ext, payload = "tif", data
+    else:
+        pixels, _ = decode(data)
+        rgb = pixels[..., :3] if pixels.ndim == 3 else pixels
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", quality=config.jpeg_quality)
+        ext, payload = "jpg", buf.getvalue()
+    label = record["label_id"] if record["label_id"] is not None else -1
+    return {
+        "__key__": record["key"],
+        ext: payload,
+        "json": _sample_json(record),
+        # every sample carries .cls (-1: unlabeled) so that HF datasets sees one feature set
+        "cls": str(label).encode(),
+    }
+
+
+def _member_bytes(sample: Mapping[str, Any]) -> int:
+    size = 0
+    for k, v in sample.items():
+        if not k.startswith("_"):
+            size += TAR_BLOCK + math.ceil(len(v) / TAR_BLOCK) * TAR_BLOCK
+    return size
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_build(
+    selection: pa.Table,
+    data_dir: Path,
+    out_dir: Path,
+    build: str,
+    seed: int,
+    config: ShardConfig,
+    progress: Callable[[int], Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``out_dir/shard-NNNNNN.tar`` and ``out_dir/index.json``; returns the index.
+
+    Samples stream into the current shard until it holds ``max_samples`` or the next sample
+    would pass ``max_bytes``. Each shard is written under a temporary name and renamed, and the
+    index comes last, so a killed build leaves only whole shards and no index; a rerun writes
+    the build again from the start (same input, same bytes) and removes what it does not need.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stray in out_dir.glob("*.tmp"):
+        stray.unlink()
+    (out_dir / INDEX).unlink(missing_ok=True)
+    records = selection.to_pylist()
+    shards: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
+
+    def close() -> None:
+        state["sink"].close()
+        state["file"].close()
+        final = out_dir / state["name"]
+        os.replace(out_dir / f"{state['name']}.tmp", final)
+        shards.append({
+            "name": state["name"], "samples": len(state["keys"]), "bytes": final.stat().st_size,
+            "sha256": _sha256(final), "keys": state["keys"], "offsets": state["offsets"],
+        })
+        state.clear()
+
+    for record in records:
+        sample = encode_sample(record, data_dir, config)
+        size = _member_bytes(sample)
+        if state and (len(state["keys"]) >= config.max_samples
+                      or state["used"] + size > config.max_bytes):
+            close()
+        if not state:
+            name = f"shard-{len(shards):06d}.tar"
+            f = open(out_dir / f"{name}.tmp", "wb")  # noqa: SIM115 - closed in close()
+            state.update(name=name, file=f, used=0, keys=[], offsets=[],
+                         sink=wds.TarWriter(f, encoder=False, mtime=config.mtime))
+        state["offsets"].append(state["used"])
+        state["keys"].append(sample["__key__"])
+        state["sink"].write(sample)
+        state["used"] += size
+        if progress:
+            progress(1)
+    if state:
+        close()
+    wanted = {s["name"] for s in shards}
+    for old in out_dir.glob("shard-*.tar"):
+        if old.name not in wanted:
+            old.unlink()
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["source"]] = counts.get(record["source"], 0) + 1
+    index = {
+        "version": INDEX_VERSION,
+        "build": build,
+        "seed": seed,
+        "samples": len(records),
+        "sources": dict(sorted(counts.items())),
+        "naip_bands": config.naip_bands,
+        "shards": shards,
+    }
+    tmp_index = out_dir / f"{INDEX}.tmp"
+    tmp_index.write_text(json.dumps(index, indent=1))
+    os.replace(tmp_index, out_dir / INDEX)
+    return index

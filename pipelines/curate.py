@@ -1,0 +1,154 @@
+"""The curate stage: ``geopile curate`` -> ``data/curated.parquet`` + ``reports/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+from PIL import Image
+from tqdm import tqdm
+
+from geopile.curate import CurateConfig, CurateResult, curate, rgb_thumbnail
+from geopile.params import ParamsError
+from geopile.records import read_records, records_path, write_table_atomic
+
+log = logging.getLogger(__name__)
+CURATED = "curated.parquet"
+REPORT = "curate.json"
+DUPLICATES = "duplicates.json"
+
+
+def curated_path(data: Path) -> Path:
+    """Where curate writes the kept records."""
+    return data / CURATED
+
+
+def reports_dir(params: dict[str, Any]) -> Path:
+    """The reports directory from ``paths.reports``."""
+    return Path((params.get("paths") or {}).get("reports", "reports"))
+
+
+def _sources_by_role(params: dict[str, Any], role: str) -> list[str]:
+    return [
+        name for name, sp in (params.get("sources") or {}).items()
+        if (sp or {}).get("enabled", True) and (sp or {}).get("role", "pretrain") == role
+    ]
+
+
+def _load(data: Path, names: list[str]) -> dict[str, pa.Table]:
+    tables = {}
+    for name in names:
+        path = records_path(data, name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `geopile ingest {name}` first")
+        tables[name] = read_records(path)
+    return tables
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    os.replace(tmp, path)
+
+
+def entropy_histogram(table: pa.Table, source: str, path: Path) -> None:
+    """Global and local entropy histograms of one source's kept images."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    bins = np.linspace(0, 8, 65)
+    for column, name in (("entropy_global", "global (256-bin gray)"),
+                         ("entropy_local", "local (mean of 16x16 blocks)")):
+        ax.hist(table[column].to_numpy(), bins=bins, alpha=0.6, label=name)
+    ax.set(xlabel="entropy (bits)", ylabel="images", title=f"{source}: {table.num_rows} images")
+    ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def contact_sheet(
+    table: pa.Table, data: Path, path: Path, samples: int, thumb: int, seed: int
+) -> None:
+    """A grid of random kept images, so a person can see what the source looks like."""
+    n = min(samples, table.num_rows)
+    cols = max(1, min(8, n))
+    rows = max(1, -(-n // cols))
+    sheet = Image.new("RGB", (cols * thumb, rows * thumb), "white")
+    picks = np.random.default_rng(seed).choice(table.num_rows, n, replace=False) if n else []
+    paths = table["path"].to_pylist()
+    for slot, idx in enumerate(sorted(int(i) for i in picks)):
+        img = rgb_thumbnail(data / paths[idx], thumb)
+        sheet.paste(img, ((slot % cols) * thumb, (slot // cols) * thumb))
+    tmp = path.with_name(path.name + ".tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, path)
+
+
+def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> CurateResult:
+    """Curate every enabled pretraining source against the configured evaluation sets."""
+    block = params.get("curate") or {}
+    config = CurateConfig.from_params(block)
+    pretrain = _sources_by_role(params, "pretrain")
+    if not pretrain:
+        raise ParamsError("no enabled source with role: pretrain")
+    unknown = [s for s in config.eval_sets if s not in (params.get("sources") or {})]
+    if unknown:
+        raise ParamsError(f"curate.eval_sets names unknown sources: {', '.join(unknown)}")
+    with tqdm(desc="confirm near duplicates", unit="pair", disable=not progress) as bar:
+        result = curate(_load(data, pretrain), _load(data, list(config.eval_sets)), data,
+                        config, progress=bar.update)
+    write_table_atomic(result.curated, curated_path(data))
+
+    reports = reports_dir(params)
+    plots = reports / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    sheet = block.get("contact_sheet") or {}
+    for name in pretrain:
+        part = result.curated.filter(pc.equal(result.curated["source"], name))
+        entropy_histogram(part, name, plots / f"entropy_{name}.png")
+        contact_sheet(part, data, plots / f"contact_{name}.png",
+                      int(sheet.get("samples", 48)), int(sheet.get("thumb", 96)),
+                      int(params.get("seed", 0)))
+    totals = {k: sum(c[k] for c in result.counts.values())
+              for k in next(iter(result.counts.values()))}
+    _write_json(reports / REPORT, {
+        "counts": {**result.counts, "total": totals},
+        "entropy": result.entropy,
+        "near_duplicate_candidates": result.candidate_pairs,
+        "near_duplicates_confirmed": result.confirmed_pairs,
+    })
+    _write_json(reports / DUPLICATES, {
+        "clusters": result.clusters,
+        "contaminated": result.contaminated,
+        "removed": result.removed,
+    })
+    log.info("curated %d of %d images -> %s", totals["out"], totals["in"], curated_path(data))
+    return result
+
+
+def curate_table(result: CurateResult) -> str:
+    """Per-source table: in, duplicates, contaminants, filtered, out, mean entropy."""
+    head = (f"{'source':<12} {'in':>8} {'dup':>6} {'near':>6} {'contam':>7} {'filter':>7} "
+            f"{'out':>8} {'entropy':>8}")
+    lines = [head, "-" * len(head)]
+    for name, c in result.counts.items():
+        mean = (result.entropy.get(name, {}).get("entropy_global") or {}).get("mean", float("nan"))
+        lines.append(
+            f"{name:<12} {c['in']:>8} {c['exact_duplicate']:>6} {c['near_duplicate']:>6} "
+            f"{c['contaminated']:>7} {c['low_entropy'] + c['nodata']:>7} {c['out']:>8} "
+            f"{mean:>8.2f}"
+        )
+    return "\n".join(lines)
