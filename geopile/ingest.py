@@ -7,6 +7,8 @@ sampling quotas are filled in that order, ends with the same records as an unint
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -87,12 +89,21 @@ def _write_payload(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# source params that do not change what ingest decides
+_NOT_DECISIVE = {"workers", "enabled", "role", "retries"}
+
+
 class _Checkpoint:
     """Outcomes decided so far, and the part files they are flushed to."""
 
-    def __init__(self, parts_dir: Path) -> None:
+    def __init__(self, parts_dir: Path, fingerprint: str) -> None:
         self.dir = parts_dir
+        # parts decided under other parameters are not this run's: start over
+        stamp = parts_dir / "params.sha256"
+        if parts_dir.is_dir() and (not stamp.exists() or stamp.read_text() != fingerprint):
+            shutil.rmtree(parts_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
         existing = sorted(self.dir.glob("part-*.parquet"))
         self.next_part = len(existing)
         self.done: set[str] = set()
@@ -131,7 +142,11 @@ def ingest(
     ctx = source.ctx
     started = time.perf_counter()
     source.fetch()
-    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name)
+    decisive = {k: v for k, v in ctx.params.items() if k not in _NOT_DECISIVE}
+    fingerprint = hashlib.sha256(
+        json.dumps([decisive, ctx.seed], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, fingerprint)
     quotas = source.quotas()
     accepted: Counter[str] = Counter()
     if quotas is not None:  # strata already filled by a previous, killed run
@@ -202,6 +217,8 @@ def ingest(
                     quota,
                 )
     summary = _finish(parts, ctx.data_dir, ctx.name)
+    if source.writes_raw_dir:
+        _prune(ctx.raw_dir, ctx.data_dir, records_path(ctx.data_dir, ctx.name))
     summary.seconds = time.perf_counter() - started
     summary.processed_now = decided_now
     return summary
@@ -219,6 +236,16 @@ def _todo(
         if quotas is not None and accepted[cand.stratum] >= quotas[cand.stratum]:
             continue
         yield cand
+
+
+def _prune(raw_dir: Path, data_dir: Path, records: Path) -> None:
+    """Delete payloads no record points to (left by a run under other parameters)."""
+    kept = {data_dir / p for p in pq.read_table(records, columns=["path"])["path"].to_pylist()}
+    for path in sorted(raw_dir.rglob("*"), reverse=True):
+        if path.is_file() and path not in kept:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def _finish(parts: _Checkpoint, data_dir: Path, name: str) -> IngestSummary:

@@ -83,10 +83,28 @@ def _parser() -> argparse.ArgumentParser:
     add_params_arg(shard)
 
     demo = sub.add_parser(
-        "demo", help="build and start the offline world, ingest every source, print a summary"
+        "demo",
+        help="build and start the offline world, `dvc repro` the whole pipeline on it, stop it",
+        description="What `make demo` runs: build the offline world (if missing), start its "
+        "servers, create a DVC workspace whose params.yaml is --params merged with the world's "
+        "overlay, run this repository's dvc.yaml there with `dvc repro` (ingest every source, "
+        "curate, write every build), print the tables and stop the servers.",
     )
     demo.add_argument("--world", type=Path, default=Path("build/world"), help="world directory")
+    demo.add_argument("--workspace", type=Path, default=Path("build/demo"),
+                      help="DVC workspace for the run (default build/demo)")
+
+    workspace = sub.add_parser(
+        "workspace",
+        help="make a DVC workspace that runs dvc.yaml on merged --params files",
+        description="Create DIR with a copy of dvc.yaml and a params.yaml merged from the "
+        "--params files, and `dvc init` it; then `cd DIR && dvc repro`. This runs the pipeline "
+        "on other parameters (the offline world, a mirror, a small build) without editing "
+        "params.yaml.",
+    )
+    workspace.add_argument("dir", type=Path)
     add_params_arg(demo)
+    add_params_arg(workspace)
     return parser
 
 
@@ -110,6 +128,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return world_stage.run(args)
     if args.command == "demo":
         return world_stage.demo(args)
+    if args.command == "workspace":
+        from pipelines.workspace import make_workspace
+
+        made = make_workspace(args.dir, [Path(f).resolve() for f in args.params or ["params.yaml"]])
+        print(f"workspace ready: cd {made} && dvc repro")
+        return 0
     params = setup(args)
     data = data_dir(params)
     if args.command == "ingest":
@@ -122,8 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ingest_stage.summary_table(data, names))
         return 0
     if args.command == "curate":
-        result = curate_stage.run_curate(params, data, progress=not args.no_progress)
-        print(curate_stage.curate_table(result))
+        report = curate_stage.run_curate(params, data, progress=not args.no_progress)
+        print(curate_stage.curate_table(report))
         return 0
     if args.command == "shard":
         names = shard_stage.build_names(params) if args.all else args.builds

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global sta
 from PIL import Image
 from tqdm import tqdm
 
-from geopile.curate import CurateConfig, CurateResult, curate, rgb_thumbnail
+from geopile.curate import CurateConfig, curate, rgb_thumbnail
 from geopile.params import ParamsError
 from geopile.records import read_records, records_path, write_table_atomic
 
@@ -97,7 +97,7 @@ def contact_sheet(
     os.replace(tmp, path)
 
 
-def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> CurateResult:
+def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[str, Any]:
     """Curate every enabled pretraining source against the configured evaluation sets."""
     block = params.get("curate") or {}
     config = CurateConfig.from_params(block)
@@ -124,31 +124,37 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> CurateR
                       int(params.get("seed", 0)))
     totals = {k: sum(c[k] for c in result.counts.values())
               for k in next(iter(result.counts.values()))}
-    _write_json(reports / REPORT, {
+    report = {
         "counts": {**result.counts, "total": totals},
         "entropy": result.entropy,
         "near_duplicate_candidates": result.candidate_pairs,
         "near_duplicates_confirmed": result.confirmed_pairs,
-    })
+    }
+    _write_json(reports / REPORT, report)
     _write_json(reports / DUPLICATES, {
         "clusters": result.clusters,
         "contaminated": result.contaminated,
         "removed": result.removed,
     })
     log.info("curated %d of %d images -> %s", totals["out"], totals["in"], curated_path(data))
-    return result
+    return report
 
 
-def curate_table(result: CurateResult) -> str:
-    """Per-source table: in, duplicates, contaminants, filtered, out, mean entropy."""
+def curate_table(report: dict[str, Any]) -> str:
+    """Per-source table from ``reports/curate.json``: in, duplicates, contaminants, out, entropy."""
     head = (f"{'source':<12} {'in':>8} {'dup':>6} {'near':>6} {'contam':>7} {'filter':>7} "
             f"{'out':>8} {'entropy':>8}")
     lines = [head, "-" * len(head)]
-    for name, c in result.counts.items():
-        mean = (result.entropy.get(name, {}).get("entropy_global") or {}).get("mean", float("nan"))
+    for name, c in report["counts"].items():
+        stats = report["entropy"].get(name, {}).get("entropy_global") or {}
+        mean = f"{stats['mean']:>8.2f}" if "mean" in stats else f"{'':>8}"
         lines.append(
             f"{name:<12} {c['in']:>8} {c['exact_duplicate']:>6} {c['near_duplicate']:>6} "
-            f"{c['contaminated']:>7} {c['low_entropy'] + c['nodata']:>7} {c['out']:>8} "
-            f"{mean:>8.2f}"
+            f"{c['contaminated']:>7} {c['low_entropy'] + c['nodata']:>7} {c['out']:>8} {mean}"
         )
     return "\n".join(lines)
+
+
+def read_report(params: dict[str, Any]) -> dict[str, Any]:
+    """The last ``reports/curate.json``."""
+    return json.loads((reports_dir(params) / REPORT).read_text())

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
 from geopile.ingest import IngestSummary, ingest
-from geopile.params import ParamsError, source_params
-from geopile.records import read_records, records_path, rejects_path
+from geopile.params import source_params
+from geopile.records import (
+    RECORD_SCHEMA,
+    REJECT_SCHEMA,
+    read_records,
+    records_path,
+    rejects_path,
+    write_table_atomic,
+)
 from geopile.sources import create_source
+
+log = logging.getLogger(__name__)
 
 
 def enabled_sources(params: dict[str, Any]) -> list[str]:
@@ -26,7 +36,13 @@ def run_ingest(
     for name in names:
         sp = source_params(params, name)
         if not sp.get("enabled", True):
-            raise ParamsError(f"source {name!r} is disabled (sources.{name}.enabled: false)")
+            # empty outputs, so that a pipeline over every configured source still runs
+            log.warning("%s is disabled (sources.%s.enabled: false): writing no records",
+                        name, name)
+            write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
+            write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
+            (data / "raw" / name).mkdir(parents=True, exist_ok=True)
+            continue
         default_workers = (params.get("ingest") or {}).get("workers", 2)
         n_workers = workers or int(sp.get("workers") or default_workers)
         source = create_source(name, sp, data, seed=int(params.get("seed", 0)), progress=progress)

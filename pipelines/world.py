@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from contextlib import chdir
 from pathlib import Path
 
+from geopile.params import load_params
+from geopile.shards import INDEX
 from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
-from pipelines.common import data_dir, setup
-from pipelines.ingest import enabled_sources, run_ingest, summary_table
+from pipelines.curate import curate_table, read_report
+from pipelines.shard import build_names, shard_table, shards_dir
+from pipelines.workspace import dvc, make_workspace
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,19 +36,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Build (if needed) and start the world, ingest every enabled source, summarise, stop."""
+    """Build (if needed) and start the world, ``dvc repro`` every stage in a workspace, stop."""
     world: Path = args.world
     if not (world / "ground_truth.json").exists():
         build_world(world)
     world_up(world)
     try:
-        args.params = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY)]
-        params = setup(args)
-        names = enabled_sources(params)
-        data = data_dir(params)
-        run_ingest(params, names, data, workers=None, progress=not args.no_progress)
-        print(summary_table(data, names))
-        print(f"\nrecords: {data / 'records'}/<source>.parquet (rejects beside them)")
+        files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY)]
+        workspace = make_workspace(args.workspace, [Path(f).resolve() for f in files])
+        dvc(workspace, "repro")
+        params = load_params([workspace / "params.yaml"])
+        with chdir(workspace):
+            print("\n" + curate_table(read_report(params)))
+            indexes = [json.loads((shards_dir(params) / b / INDEX).read_text())
+                       for b in build_names(params)]
+            print("\n" + shard_table(indexes))
     finally:
         world_down(world)
+    root = workspace.resolve()
+    print(f"""
+results (a DVC workspace running this repository's dvc.yaml on the offline world):
+  records   {root / 'data/records'}/<source>.parquet
+  curated   {root / 'data/curated.parquet'}
+  reports   {root / 'reports'}/curate.json, duplicates.json, plots/*.png
+  shards    {root / 'shards'}/<build>/*.tar + index.json
+  try       cd {root} && dvc metrics show && dvc plots show""")
     return 0

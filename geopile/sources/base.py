@@ -72,6 +72,8 @@ class Source:
     expected_bands: ClassVar[int | None] = 3
     # "process" for CPU-bound decoding of local files, "thread" for network-bound reads.
     executor: ClassVar[str] = "process"
+    # True when ingest writes every file under raw_dir (so it may delete what no record uses)
+    writes_raw_dir: ClassVar[bool] = False
 
     def __init__(self, ctx: IngestContext) -> None:
         self.ctx = ctx

@@ -50,6 +50,7 @@ class Naip(Source):
     kind = "naip"
     expected_bands = 4
     executor = "thread"
+    writes_raw_dir = True
 
     @property
     def licence(self) -> str:
