@@ -45,3 +45,28 @@ def params(world, world_dir: Path, tmp_path: Path) -> dict:
     overlay = tmp_path / "paths.yaml"
     overlay.write_text(yaml.safe_dump({"paths": {"data": str(tmp_path / "data")}}))
     return load_params([REPO / "params.yaml", world_dir / PARAMS_OVERLAY, overlay])
+
+
+@pytest.fixture(scope="session")
+def ingested(world, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Params whose data directory holds every enabled source ingested once (read-only)."""
+    from pipelines.ingest import enabled_sources, run_ingest
+
+    root = tmp_path_factory.mktemp("ingested")
+    overlay = root / "paths.yaml"
+    overlay.write_text(yaml.safe_dump({"paths": {
+        "data": str(root / "data"), "reports": str(root / "reports"),
+        "shards": str(root / "shards"),
+    }}))
+    params = load_params([REPO / "params.yaml", world_dir / PARAMS_OVERLAY, overlay])
+    run_ingest(params, enabled_sources(params), root / "data", workers=2, progress=False)
+    return params
+
+
+@pytest.fixture(scope="session")
+def curated(ingested: dict) -> dict:
+    """``ingested`` after ``geopile curate``; returns the params (report under paths.reports)."""
+    from pipelines.curate import run_curate
+
+    run_curate(ingested, Path(ingested["paths"]["data"]), progress=False)
+    return ingested

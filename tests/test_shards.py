@@ -1,0 +1,195 @@
+"""Shard builds: exact ablation counts, byte-identical rebuilds, safe kills, interoperability."""
+
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import webdataset as wds
+import yaml
+from PIL import Image
+
+from geopile.records import read_records
+from geopile.shards import INDEX, ShardConfig, select, write_build
+from pipelines.curate import curated_path
+from pipelines.shard import run_shard, shards_dir
+
+
+@pytest.fixture(scope="module")
+def built(curated, tmp_path_factory):
+    """Every build of the world written once; returns params with a private shard root."""
+    params = {**curated, "paths": {**curated["paths"],
+                                   "shards": str(tmp_path_factory.mktemp("shards"))}}
+    data = Path(params["paths"]["data"])
+    for build in params["builds"]:
+        run_shard(params, build, data, progress=False)
+    return params
+
+
+def _index(params: dict, build: str) -> dict:
+    return json.loads((shards_dir(params) / build / INDEX).read_text())
+
+
+def test_ablation_counts_are_exact(built):
+    curated = read_records(curated_path(Path(built["paths"]["data"])))
+    available = {s: int(pc.sum(pc.equal(curated["source"], s)).as_py())
+                 for s in set(curated["source"].to_pylist())}
+    scale = built["shard"]["cap_scale"]
+    for build, caps in built["builds"].items():
+        want = {s: available[s] if c == "all" else min(available[s], math.ceil(c * scale))
+                for s, c in caps.items()}
+        index = _index(built, build)
+        assert index["sources"] == want, build
+        assert index["samples"] == sum(want.values()) == sum(s["samples"] for s in index["shards"])
+    paper = _index(built, "paper")["sources"]
+    for source in paper:
+        assert _index(built, f"paper_no_{source}")["sources"] == {
+            s: n for s, n in paper.items() if s != source}
+    assert set(_index(built, "paper_no_labeled")["sources"]) == {"naip"}
+
+
+def test_samples_are_the_same_images_in_every_build(built):
+    def keys(build: str) -> set[str]:
+        return {k for s in _index(built, build)["shards"] for k in s["keys"]}
+    paper = keys("paper")
+    assert keys("paper_no_naip") == {k for k in paper if not k.startswith("naip/")}
+
+
+def test_index_matches_the_tars(built):
+    root = shards_dir(built) / "paper"
+    index = _index(built, "paper")
+    seen = []
+    for shard in index["shards"]:
+        path = root / shard["name"]
+        assert path.stat().st_size == shard["bytes"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+        assert all(m.mtime == 0 for m in members)
+        firsts = {}
+        for m in members:
+            key, ext = m.name.split(".", 1)
+            firsts.setdefault(key, m.offset)
+            assert ext in ("jpg", "json", "cls") and "." not in key.rsplit("/", 1)[-1]
+        assert list(firsts) == shard["keys"]
+        assert list(firsts.values()) == shard["offsets"]
+        seen += shard["keys"]
+    sources = [k.split("/")[0] for k in seen]
+    # shuffled across sources: no long run of one source
+    runs = max(len(list(g)) for _, g in itertools.groupby(sources))
+    assert runs < 20
+
+
+def test_jpeg_bytes_are_copied(built):
+    data = Path(built["paths"]["data"])
+    curated = read_records(curated_path(data))
+    paths = dict(zip(curated["key"].to_pylist(), curated["path"].to_pylist(), strict=True))
+    urls = sorted(str(p) for p in (shards_dir(built) / "paper").glob("*.tar"))
+    checked = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        meta = json.loads(sample["json"])
+        assert int(sample["cls"]) == (meta["label_id"] if meta["label_id"] is not None else -1)
+        if meta["source"] != "naip":
+            assert sample["jpg"] == (data / paths[sample["__key__"]]).read_bytes()
+            checked += 1
+        else:
+            assert Image.open(io.BytesIO(sample["jpg"])).mode == "RGB"
+    assert checked > 50
+
+
+def test_rebuild_is_byte_identical(built, tmp_path):
+    data = Path(built["paths"]["data"])
+    config = ShardConfig.from_params(built["shard"])
+    selection = select(read_records(curated_path(data)), "paper", built["builds"]["paper"],
+                       built["seed"], config.cap_scale)
+    index = write_build(selection, data, tmp_path / "again", "paper", built["seed"], config)
+    first = shards_dir(built) / "paper"
+    assert index == _index(built, "paper")
+    for shard in index["shards"]:
+        assert (tmp_path / "again" / shard["name"]).read_bytes() == \
+            (first / shard["name"]).read_bytes()
+
+
+def test_naip_four_bands_are_lossless(built, tmp_path):
+    data = Path(built["paths"]["data"])
+    config = ShardConfig.from_params({**built["shard"], "naip_bands": 4})
+    selection = select(read_records(curated_path(data)), "paper_no_labeled",
+                       built["builds"]["paper_no_labeled"], 0, config.cap_scale)
+    write_build(selection, data, tmp_path, "naip4", 0, config)
+    import rasterio
+    for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")),
+                                 shardshuffle=False):
+        with rasterio.MemoryFile(sample["tif"]) as mem, mem.open() as src:
+            assert src.count == 4
+        break
+
+
+def test_loads_in_hf_datasets(built, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(Path(built["paths"]["data"]) / "hf-cache"))
+    import datasets
+
+    index = _index(built, "paper")
+    urls = [str(shards_dir(built) / "paper" / s["name"]) for s in index["shards"]]
+    ds = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
+                               cache_dir=str(Path(built["paths"]["data"]) / "hf-cache"))
+    assert ds.num_rows == index["samples"]
+    assert {"jpg", "json", "cls", "__key__"} <= set(ds.column_names)
+    assert sorted(ds["__key__"]) == sorted(k for s in index["shards"] for k in s["keys"])
+    assert np.asarray(ds[0]["jpg"]).ndim == 3
+
+
+KILLED_BUILD = """
+import sys, yaml
+from pathlib import Path
+from pipelines.shard import run_shard
+params = yaml.safe_load(open(sys.argv[1]))
+run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+"""
+
+
+def test_killed_build_leaves_only_whole_shards(built, tmp_path):
+    params = {**built, "paths": {**built["paths"], "shards": str(tmp_path / "shards")},
+              "shard": {**built["shard"], "max_samples": 8}}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    out = tmp_path / "shards" / "full"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(params_file)],
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("shard-*.tar"))) < 3:
+        assert proc.poll() is None, "the build finished before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / INDEX).exists()
+    for tar in out.glob("shard-*.tar"):  # every shard that has its final name is whole
+        with tarfile.open(tar) as t:
+            assert len(t.getmembers()) == 8 * 3
+    index = run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    assert not list(out.glob("*.tmp"))
+    assert sorted(p.name for p in out.glob("*.tar")) == [s["name"] for s in index["shards"]]
+    for shard in index["shards"]:
+        assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def test_unknown_build_and_bad_cap(built):
+    from geopile.params import ParamsError
+    from geopile.shards import BuildError
+
+    data = Path(built["paths"]["data"])
+    with pytest.raises(ParamsError, match="nosuch"):
+        run_shard(built, "nosuch", data, progress=False)
+    with pytest.raises(BuildError, match="builds.x.naip"):
+        select(read_records(curated_path(data)), "x", {"naip": "many"}, 0)
