@@ -23,6 +23,8 @@ test: $(BIN)/geopile
 
 bench: $(BIN)/geopile
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/shard.py
 
 clean:
-	rm -rf build data .pytest_cache
+	rm -rf build data reports shards .pytest_cache

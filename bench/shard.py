@@ -1,0 +1,91 @@
+"""Shard writing throughput for copied JPEGs, against plain ``tarfile`` writing the same bytes.
+
+    .venv/bin/python bench/shard.py [--per-class 20] [--repeat 3]
+
+Builds an offline world, ingests its four JPEG corpora, and writes them all as one build with
+``geopile.shards.write_build`` (read each original, compose its .json and .cls, tar, sha256,
+index). The baseline, in the same run on the same files, reads each original and writes the
+same three members with the standard library's ``tarfile`` (no metadata, no hashing, no
+index). Best of ``--repeat`` runs each, alternated, so the page cache treats both alike.
+Target: at least 0.5x of plain tar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from geopile.ingest import ingest
+from geopile.params import load_params
+from geopile.records import read_records, records_path
+from geopile.shards import ShardConfig, write_build
+from geopile.sources import create_source
+from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
+
+REPO = Path(__file__).resolve().parents[1]
+JPEG_SOURCES = ["rsd46", "mlrsnet", "resisc45", "patternnet"]
+
+
+def plain_tar(records: list[dict], data: Path, out: Path) -> None:
+    """The same members, written with nothing but tarfile."""
+    with tarfile.open(out, "w") as tar:
+        for r in records:
+            members = {
+                "jpg": (data / r["path"]).read_bytes(),
+                "json": json.dumps({"key": r["key"], "label": r["label"]}).encode(),
+                "cls": str(r["label_id"]).encode(),
+            }
+            for ext, payload in members.items():
+                info = tarfile.TarInfo(f"{r['key']}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = Path(tmp) / "world"
+        build_world(world, per_class=args.per_class)
+        world_up(world)
+        try:
+            params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
+            data = Path(tmp) / "data"
+            for name in JPEG_SOURCES:
+                source = create_source(name, params["sources"][name], data, progress=False)
+                ingest(source, workers=2, progress=False)
+        finally:
+            world_down(world)
+        table = pa.concat_tables([read_records(records_path(data, n)) for n in JPEG_SOURCES])
+        records = table.to_pylist()
+        mb = sum(r["nbytes"] for r in records) / 1e6
+        config = ShardConfig(max_samples=1000)
+        ours, base = [], []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            write_build(table, data, Path(tmp) / "ours", "bench", 0, config)
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            plain_tar(records, data, Path(tmp) / "plain.tar")
+            base.append(time.perf_counter() - start)
+    n = len(records)
+    print(f"\n{n} JPEGs, {mb:.1f} MB, best of {args.repeat}")
+    print(f"{'writer':<34} {'img/s':>8} {'MB/s':>8}")
+    for name, secs in (("geopile write_build", min(ours)), ("plain tarfile (baseline)", min(base))):
+        print(f"{name:<34} {n / secs:>8.0f} {mb / secs:>8.1f}")
+    print(f"ratio (ours / plain tar): {min(base) / min(ours):.2f}  (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
