@@ -20,6 +20,8 @@ class FlakyServer:
         self.valid_token: str | None = None  # if set, requests need ?token=<this> (else 403)
         self.drop_after: int | None = None  # close the connection after this many body bytes
         self.drops_left = 0  # how many responses to truncate
+        self.error_status = 503  # what the next ``errors_left`` requests get instead of data
+        self.errors_left = 0
         self.requests: list[tuple[str, str | None, int]] = []  # (path, Range header, status)
         server = self
 
@@ -40,6 +42,11 @@ class FlakyServer:
                 if server.valid_token is not None and token != server.valid_token:
                     server.requests.append((parts.path, rng, 403))
                     self.send_error(403, "token expired")
+                    return
+                if server.errors_left:
+                    server.errors_left -= 1
+                    server.requests.append((parts.path, rng, server.error_status))
+                    self.send_error(server.error_status, "scripted failure")
                     return
                 file = server.root / parts.path.lstrip("/")
                 if not file.is_file():

@@ -1,0 +1,169 @@
+"""Streaming real shards: exact resume, local = S3, flaky S3, the cache's checksum, corruption."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geopile.shards import INDEX
+from geopile.stream import CachedStorage, S3Storage, StreamError
+from geopile.world.world import s3_client
+from pipelines.loader import GeoPileLoader, decode_on_device
+from pipelines.shard import run_shard, shards_dir
+from tests.httpserver import FlakyServer
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def shards(curated, tmp_path_factory) -> Path:
+    """The world's ``full`` build in about ten shards."""
+    params = {**curated, "paths": {**curated["paths"],
+                                   "shards": str(tmp_path_factory.mktemp("stream"))},
+              "shard": {**curated["shard"], "max_samples": 70}}
+    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    return shards_dir(params) / "full"
+
+
+def _epoch(loader: GeoPileLoader, stop_after: int | None = None) -> tuple[list, list]:
+    keys, images = [], []
+    for n, batch in enumerate(loader):
+        keys += batch["key"]
+        images.append(batch["image"].numpy().copy())
+        if stop_after is not None and n + 1 == stop_after:
+            break
+    return keys, images
+
+
+def test_batches(shards):
+    loader = GeoPileLoader(str(shards), batch_size=BATCH, workers=0)
+    batch = next(iter(loader))
+    assert tuple(batch["image"].shape) == (BATCH, 3, 192, 192)
+    assert batch["image"].dtype.is_floating_point is False
+    assert tuple(batch["mask"].shape) == (BATCH, 48, 48)
+    assert batch["mask"].float().mean().item() == pytest.approx(22 / 36)
+
+
+@pytest.mark.parametrize("before,after", [(2, 2), (2, 0), (0, 3)])
+def test_resume_mid_epoch_is_exact(shards, before, after):
+    full = GeoPileLoader(str(shards), batch_size=BATCH, workers=before, seed=3)
+    full.load_state_dict({**full.state_dict(), "epoch": 1})
+    keys, images = _epoch(full)
+    assert len(keys) == len(full) * BATCH and len(set(keys)) == len(keys)
+
+    first = GeoPileLoader(str(shards), batch_size=BATCH, workers=before, seed=3)
+    first.load_state_dict({**first.state_dict(), "epoch": 1})
+    head_keys, _ = _epoch(first, stop_after=5)
+    state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
+    assert state["consumed"] == 5 * BATCH
+
+    resumed = GeoPileLoader(str(shards), batch_size=BATCH, workers=after, seed=3)
+    resumed.load_state_dict(state)
+    tail_keys, tail_images = _epoch(resumed)
+    assert head_keys + tail_keys == keys
+    assert all(np.array_equal(a, b) for a, b in zip(tail_images, images[5:], strict=True))
+    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["consumed"] == 0
+
+
+def test_ranks_split_evenly(shards):
+    per_rank = []
+    for rank in range(3):
+        loader = GeoPileLoader(str(shards), batch_size=BATCH, workers=2, rank=rank, world=3)
+        per_rank.append(_epoch(loader)[0])
+    assert len({len(k) for k in per_rank}) == 1
+    every = [k for keys in per_rank for k in keys]
+    assert len(every) == len(set(every))
+
+
+def test_device_decoding_matches_shapes(shards):
+    loader = GeoPileLoader(str(shards), batch_size=BATCH, workers=0, device_decode=True)
+    batch = next(iter(loader))
+    images = decode_on_device(batch, 192, "cpu")
+    assert tuple(images.shape) == (BATCH, 3, 192, 192)
+
+
+def _upload(world: dict, root: Path, prefix: str) -> str:
+    client = s3_client(world["s3"])
+    for path in sorted(root.iterdir()):
+        client.upload_file(str(path), world["bucket"], f"{prefix}/{path.name}")
+    return f"s3://{world['bucket']}/{prefix}"
+
+
+def test_s3_reads_equal_local_reads(shards, world, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", world["s3"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "geopile")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "offline-world")
+    url = _upload(world, shards, "stream-test/full")
+    local = _epoch(GeoPileLoader(str(shards), batch_size=BATCH, workers=2))
+    remote = _epoch(GeoPileLoader(url, batch_size=BATCH, workers=2))
+    assert local[0] == remote[0]
+    assert all(np.array_equal(a, b) for a, b in zip(local[1], remote[1], strict=True))
+
+
+@pytest.fixture
+def flaky_s3(shards, tmp_path, monkeypatch):
+    """A loopback 'S3' (path-style GETs with Range) that can drop connections and fail."""
+    bucket = tmp_path / "bucket" / "full"
+    shutil.copytree(shards, bucket)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    with FlakyServer(tmp_path) as server:
+        yield server
+
+
+def test_dropped_connection_mid_read_is_retried(flaky_s3, shards):
+    storage = S3Storage("s3://bucket/full", endpoint_url=flaky_s3.url, backoff_s=0.01)
+    index = json.loads((shards / INDEX).read_text())
+    name = index["shards"][0]["name"]
+    flaky_s3.drop_after, flaky_s3.drops_left = 100, 2
+    data = storage.read_range(name, 0, 20000)
+    assert data == (shards / name).read_bytes()[:20000]
+    assert [r[2] for r in flaky_s3.requests].count(206) == 3  # two cut short, one whole
+
+
+def test_unreadable_shard_names_it(flaky_s3):
+    storage = S3Storage("s3://bucket/full", endpoint_url=flaky_s3.url, retries=2,
+                        backoff_s=0.01)
+    flaky_s3.errors_left = 100
+    with pytest.raises(StreamError, match="shard-000001.tar.*after 2 retries"):
+        storage.read_range("shard-000001.tar", 0, 100)
+
+
+def test_cache_refuses_a_shard_that_fails_its_checksum(flaky_s3, shards, tmp_path):
+    index = json.loads((shards / INDEX).read_text())
+    digests = {s["name"]: s["sha256"] for s in index["shards"]}
+    remote = S3Storage("s3://bucket/full", endpoint_url=flaky_s3.url, backoff_s=0.01)
+    name = index["shards"][0]["name"]
+    limit = sum(s["bytes"] for s in index["shards"][:2])
+    cache = CachedStorage(remote, tmp_path / "cache", limit, digests)
+    assert cache.read_range(name, 0, 512) == (shards / name).read_bytes()[:512]
+    for shard in index["shards"][1:4]:
+        cache.read_range(shard["name"], 0, 512)
+    cached = sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.tar"))
+    assert cached <= limit  # least recently used shards were evicted
+
+    tampered = CachedStorage(remote, tmp_path / "cache2", limit, digests)
+    bad = bytearray((shards / name).read_bytes())
+    bad[700] ^= 0xFF
+    (tmp_path / "cache2" / name).write_bytes(bad)
+    with pytest.raises(StreamError, match=f"{name}.*refused"):
+        tampered.read_range(name, 0, 512)
+    assert not (tmp_path / "cache2" / name).exists()
+
+
+def test_corrupt_sample_is_skipped_and_counted(shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    index = json.loads((broken / INDEX).read_text())
+    shard = index["shards"][1]
+    data = bytearray((broken / shard["name"]).read_bytes())
+    data[shard["offsets"][3] + 10] ^= 0xFF  # a header byte: the checksum no longer matches
+    (broken / shard["name"]).write_bytes(data)
+    loader = GeoPileLoader(str(broken), batch_size=BATCH, workers=2)
+    keys, _ = _epoch(loader)
+    clean_keys, _ = _epoch(GeoPileLoader(str(shards), batch_size=BATCH, workers=2))
+    assert len(keys) == len(clean_keys)
+    assert loader.state.skipped == 1
+    assert shard["keys"][3] not in keys
