@@ -186,8 +186,9 @@ class GeoPileLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue with exactly the next samples."""
-        return {"epoch": self.state.epoch, "consumed": self.state.consumed,
-                "layout": self.state.layout, "skipped": self.state.skipped, "seed": self.stream.config.seed,
+        state = self.state
+        return {"epoch": state.epoch, "consumed": state.consumed, "layout": state.layout,
+                "skipped": state.skipped, "seed": self.stream.config.seed,
                 "world": self.stream.world, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
