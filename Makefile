@@ -22,9 +22,10 @@ test: $(BIN)/geopile
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/geopile
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/dedup.py
-	$(BIN)/python bench/shard.py
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.dedup
+	$(BIN)/python -m bench.shard
+	$(BIN)/python -m bench.loader
 
 clean:
 	rm -rf build data reports shards .pytest_cache

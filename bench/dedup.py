@@ -1,6 +1,6 @@
 """Near-duplicate search over 64-bit perceptual hashes: multi-index hashing vs brute force.
 
-    .venv/bin/python bench/dedup.py [--radius 10] [--sizes 60000 200000 600000]
+    .venv/bin/python -m bench.dedup [--radius 10] [--sizes 60000 200000 600000]
 
 Random 64-bit hashes with 1% planted near duplicates (0..radius+2 bits flipped). For each
 size: GeoPile's search (geopile.dedup.near_pairs) and, in the same run, the brute-force

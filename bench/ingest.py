@@ -1,6 +1,6 @@
 """Ingest throughput per source on this machine, against a decode-only baseline in the same run.
 
-    .venv/bin/python bench/ingest.py [--per-class 20] [--naip-count 200] [--workers 1]
+    .venv/bin/python -m bench.ingest [--per-class 20] [--naip-count 200] [--workers 1]
 
 Builds a fresh offline world, starts it, and for every source times a full ingest (download,
 verify, extract, decode, hash, entropy, write) into an empty data directory. Baselines, timed on

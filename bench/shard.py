@@ -1,6 +1,6 @@
 """Shard writing throughput for copied JPEGs, against plain ``tarfile`` writing the same bytes.
 
-    .venv/bin/python bench/shard.py [--per-class 20] [--repeat 3]
+    .venv/bin/python -m bench.shard [--per-class 20] [--repeat 3]
 
 Builds an offline world, ingests its four JPEG corpora, and writes them all as one build with
 ``geopile.shards.write_build`` (read each original, compose its .json and .cls, tar, sha256,
@@ -20,17 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
-from geopile.ingest import ingest
-from geopile.params import load_params
-from geopile.records import read_records, records_path
+from bench.common import ingest_jpegs, running_world
 from geopile.shards import ShardConfig, write_build
-from geopile.sources import create_source
-from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
-
-REPO = Path(__file__).resolve().parents[1]
-JPEG_SOURCES = ["rsd46", "mlrsnet", "resisc45", "patternnet"]
 
 
 def plain_tar(records: list[dict], data: Path, out: Path) -> None:
@@ -56,18 +47,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        world = Path(tmp) / "world"
-        build_world(world, per_class=args.per_class)
-        world_up(world)
-        try:
-            params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
-            data = Path(tmp) / "data"
-            for name in JPEG_SOURCES:
-                source = create_source(name, params["sources"][name], data, progress=False)
-                ingest(source, workers=2, progress=False)
-        finally:
-            world_down(world)
-        table = pa.concat_tables([read_records(records_path(data, n)) for n in JPEG_SOURCES])
+        data = Path(tmp) / "data"
+        with running_world(Path(tmp), args.per_class) as (world, _):
+            table = ingest_jpegs(world, data)
         records = table.to_pylist()
         mb = sum(r["nbytes"] for r in records) / 1e6
         config = ShardConfig(max_samples=1000)

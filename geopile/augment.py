@@ -1,4 +1,4 @@
-"""The GFM input pipeline without torch: decode, RandomResizedCrop, flip, SimMIM mask.
+"""The GFM input pipeline without torch: decode, RandomResizedCrop, flip, SimMIM masks.
 
 Output is uint8 HWC plus a mask; normalisation to ImageNet statistics happens later on the
 device (``pipelines.loader.normalize``), where it is a fused multiply-add instead of a float
@@ -70,18 +70,24 @@ class GfmTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def mask(self, rng: random.Random) -> np.ndarray:
-        """SimMIM's mask: ``mask_ratio`` of the mask patches, at model-patch resolution."""
+    def masks(self, epoch: int, indices: np.ndarray) -> np.ndarray:
+        """SimMIM masks for a batch: ``mask_ratio`` of the mask patches, at model-patch size.
+
+        Drawn together from one generator seeded by the batch's samples: a fraction of the cost
+        of one generator per sample, and as reproducible.
+        """
         side = self.size // self.mask_patch
         count = side * side
-        flat = np.zeros(count, np.uint8)
-        flat[rng.sample(range(count), int(math.ceil(count * self.mask_ratio)))] = 1
+        rng = np.random.default_rng([self.seed, epoch, *np.asarray(indices).tolist()])
+        masked = math.ceil(count * self.mask_ratio)
+        chosen = rng.random((len(indices), count)).argsort(1)[:, :masked]
+        flat = np.zeros((len(indices), count), np.uint8)
+        np.put_along_axis(flat, chosen, 1, axis=1)
         scale = self.mask_patch // self.model_patch
-        return flat.reshape(side, side).repeat(scale, 0).repeat(scale, 1)
+        return flat.reshape(-1, side, side).repeat(scale, 1).repeat(scale, 2)
 
-    def __call__(self, data: bytes, ext: str, epoch: int,
-                 index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 image ``size x size x 3``, uint8 mask) for one sample's image bytes."""
+    def __call__(self, data: bytes, ext: str, epoch: int, index: int) -> np.ndarray:
+        """The uint8 image (``size x size x 3``) for one sample's image bytes."""
         rng = self.rng(epoch, index)
         pixels, (top, left, h, w) = _decode(data, ext, self, rng)
         # bilinear without antialiasing: the crop is at most ~1.5x the output, where the two
@@ -90,7 +96,7 @@ class GfmTransform:
                          interpolation=cv2.INTER_LINEAR)
         if rng.random() < self.flip:
             out = cv2.flip(out, 1)
-        return out, self.mask(rng)
+        return out
 
 
 def _decode(data: bytes, ext: str, t: GfmTransform,

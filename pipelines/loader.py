@@ -44,8 +44,7 @@ class _Samples(IterableDataset):
 
     def _prepare(self, ext: str, data: bytes, epoch: int, index: int) -> dict[str, Any]:
         if not self.device_decode:
-            image, mask = self.transform(data, ext, epoch, index)
-            return {"image": image, "mask": mask}
+            return {"image": self.transform(data, ext, epoch, index)}
         # decoding happens on the device: ship the bytes and the drawn crop and flip
         if ext != "jpg":
             raise DecodeError(f"device decoding needs JPEG, got .{ext}")
@@ -57,7 +56,7 @@ class _Samples(IterableDataset):
         box = self.transform.crop_box(height, width, rng)
         flip = rng.random() < self.transform.flip
         return {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                "box": torch.tensor(box), "flip": flip, "mask": self.transform.mask(rng)}
+                "box": torch.tensor(box), "flip": flip}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -89,7 +88,6 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "key": [s["key"] for s in samples],
         "index": torch.tensor([s["index"] for s in samples]),
         "substitute": torch.tensor([s["substitute"] for s in samples]),
-        "mask": torch.from_numpy(np.stack([s["mask"] for s in samples])),
     }
     if "image" in samples[0]:
         # one copy into an NHWC batch, seen as NCHW (channels-last memory): no transposition
@@ -179,6 +177,8 @@ class GeoPileLoader:
                             collate_fn=_collate, pin_memory=self.pin_memory,
                             persistent_workers=False)
         for batch in loader:
+            # masks are drawn here, per batch, from the batch's sample indices
+            batch["mask"] = torch.from_numpy(self.transform.masks(state.epoch, batch["index"]))
             state.consumed += len(batch["key"])
             state.skipped += int(batch["substitute"].sum())
             yield batch
