@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of (b) for memory")
+    parser.add_argument("--block", type=int, default=16, help="samples per ranged read")
+    parser.add_argument("--window", type=int, default=64, help="blocks shuffled together")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many runs each")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,9 +131,10 @@ def main() -> None:
                 return per_second(n, start)
 
             urls = [str(p) for p in sorted((root / "shards").glob("*.tar"))]
-            local = GeoPileLoader(str(root / "shards"), batch_size=args.batch, workers=0)
-            remote = GeoPileLoader(f"s3://{endpoints['bucket']}/bench", batch_size=args.batch,
-                                   workers=0, read_ahead=8)
+            plan = {"batch_size": args.batch, "workers": 0, "block": args.block,
+                    "window": args.window}
+            local = GeoPileLoader(str(root / "shards"), **plan)
+            remote = GeoPileLoader(f"s3://{endpoints['bucket']}/bench", **plan, read_ahead=8)
             runners = {
                 "a": decode_only,
                 "b": lambda: run_loader(local)[0],

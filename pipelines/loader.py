@@ -93,7 +93,11 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         # one copy into an NHWC batch, seen as NCHW (channels-last memory): no transposition
         out["image"] = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
     else:
-        out["jpeg"] = [s["jpeg"] for s in samples]
+        # one flat tensor, not one per image: each tensor crossing from a worker costs a
+        # shared-memory segment of its own
+        sizes = torch.tensor([len(s["jpeg"]) for s in samples])
+        out["jpeg"] = torch.cat([s["jpeg"] for s in samples])
+        out["jpeg_offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
         out["box"] = torch.stack([s["box"] for s in samples])
         out["flip"] = torch.tensor([s["flip"] for s in samples])
     return out
@@ -117,7 +121,9 @@ def decode_on_device(
     from torchvision.io import decode_jpeg
     from torchvision.transforms.v2.functional import resized_crop
 
-    images = decode_jpeg(batch["jpeg"], device=device)
+    offsets = batch["jpeg_offsets"].tolist()
+    jpegs = [batch["jpeg"][a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    images = decode_jpeg(jpegs, device=device)
     out = []
     for image, (top, left, h, w), flip in zip(images, batch["box"].tolist(),
                                               batch["flip"].tolist(), strict=True):
