@@ -1,10 +1,5 @@
 """A killed ingest restarts where it stopped and ends with exactly the records of a clean run."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,12 +10,14 @@ from geopile.ingest import ingest
 from geopile.params import source_params
 from geopile.records import records_path, rejects_path
 from geopile.sources import create_source
+from tests.killing import kill_once
 
 RUNNER = """
 import sys, yaml
 from pathlib import Path
 from geopile.ingest import ingest
 from geopile.sources import create_source
+from tests.killing import kill_once
 params = yaml.safe_load(open(sys.argv[1]))
 name = sys.argv[2]
 src = create_source(name, params["sources"][name], Path(params["paths"]["data"]), progress=False)
@@ -42,15 +39,8 @@ def test_killed_ingest_resumes_to_identical_records(params, tmp_path, name):
     killed = tmp_path / "killed"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({**params, "paths": {"data": str(killed)}}))
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(params_file), name],
-                            start_new_session=True)
     parts = killed / "records" / ".parts" / name
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(parts.glob("part-*.parquet"))) < 3:
-        assert proc.poll() is None, "the ingest finished before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_once(RUNNER, [str(params_file), name], parts, "part-*.parquet", 3)
     assert parts.is_dir() and not records_path(killed, name).exists()
 
     resumed = _run(params, name, killed)

@@ -5,12 +5,7 @@ import io
 import itertools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +19,7 @@ from geopile.records import read_records
 from geopile.shards import INDEX, ShardConfig, select, write_build
 from pipelines.curate import curated_path
 from pipelines.shard import run_shard, shards_dir
+from tests.killing import kill_once
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +161,7 @@ def test_killed_build_leaves_only_whole_shards(built, tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     out = tmp_path / "shards" / "full"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(params_file)],
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("shard-*.tar"))) < 3:
-        assert proc.poll() is None, "the build finished before it could be killed"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_once(KILLED_BUILD, [str(params_file)], out, "shard-*.tar", 3)
     assert not (out / INDEX).exists()
     for tar in out.glob("shard-*.tar"):  # every shard that has its final name is whole
         with tarfile.open(tar) as t:
