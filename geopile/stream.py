@@ -8,9 +8,10 @@ The epoch order is planned from the index alone, before any byte is read:
    of the stream mixes samples from ``window`` blocks drawn from all over the build;
 3. the order is cut (``drop``) or wrapped (``pad``) to a multiple of
    ``ranks x workers x batch_size`` and rank ``r`` takes the ``r``-th equal contiguous part;
-4. inside a rank, batch ``k`` goes to worker ``k % workers``: torch's DataLoader hands batches
-   back round-robin, so the trainer sees the rank's part in plan order whatever the number of
-   workers, and ``consumed`` (samples the trainer has taken) is all a resume needs.
+4. inside a rank, each worker reads its own contiguous part (whole blocks, few reads) and
+   torch's DataLoader takes the workers' batches in turn, so the trainer sees a fixed
+   sequence (:func:`delivery`); ``consumed`` (samples the trainer has taken) and the worker
+   layout are all a resume needs.
 
 With ``drop`` no sample appears twice in an epoch across ranks; with ``pad`` every sample
 appears at least once and a few twice. A resume with another number of workers continues with
@@ -430,7 +431,6 @@ class ShardStream:
         self.storage, self.index = open_storage(url, cache_dir, cache_bytes)
         self.refs = sample_refs(self.index)
         self.block_ids = blocks_of(self.refs, config.block)
-        self.skipped = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # storage objects hold clients and locks: rebuild them in each worker process
@@ -501,7 +501,6 @@ class ShardStream:
                     try:
                         parsed = parse_members(blobs.pop(i))
                     except (tarfile.TarError, IndexError, EOFError, KeyError) as err:
-                        self.skipped += 1
                         log.warning("unreadable sample %s in %s: %s", self.refs[i].key,
                                     self.index["shards"][self.refs[i].shard]["name"], err)
                         parsed = {}
