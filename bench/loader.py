@@ -32,7 +32,7 @@ from torchvision import datasets, transforms
 
 from bench.common import ingest_jpegs, running_world
 from geopile.shards import ShardConfig, write_build
-from geopile.world.world import s3_client
+from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader
 
 torch.set_num_threads(1)
@@ -117,9 +117,7 @@ def main() -> None:
                 target = folder / r["source"] / (r["key"].split("/", 1)[1] + ".jpg")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(blob)
-            client = s3_client(endpoints["s3"])
-            for path in sorted((root / "shards").iterdir()):
-                client.upload_file(str(path), endpoints["bucket"], f"bench/{path.name}")
+            s3_url = upload_tree(endpoints["s3"], root / "shards", "bench")
             os.environ.update(AWS_ENDPOINT_URL=endpoints["s3"], AWS_ACCESS_KEY_ID="geopile",
                               AWS_SECRET_ACCESS_KEY="offline-world")
             n = len(blobs)
@@ -134,7 +132,7 @@ def main() -> None:
             plan = {"batch_size": args.batch, "workers": 0, "block": args.block,
                     "window": args.window}
             local = GeoPileLoader(str(root / "shards"), **plan)
-            remote = GeoPileLoader(f"s3://{endpoints['bucket']}/bench", **plan, read_ahead=8)
+            remote = GeoPileLoader(s3_url, **plan, read_ahead=8)
             runners = {
                 "a": decode_only,
                 "b": lambda: run_loader(local)[0],

@@ -11,7 +11,6 @@ down, still covers the output size (big images, small crops).
 
 from __future__ import annotations
 
-import io
 import math
 import random
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import numpy as np
 import simplejpeg
 import xxhash
 from PIL import Image
+
+from geopile.imagestats import as_rgb, decode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,10 +125,7 @@ def _decode(data: bytes, ext: str, t: GfmTransform,
                 pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
                 box = (top, left, h, w)
         else:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                arr = np.asarray(img)
-            pixels = arr[..., :3] if arr.ndim == 3 else np.stack([arr] * 3, -1)
+            pixels = as_rgb(decode(data)[0])
             height, width = pixels.shape[:2]
             box = t.crop_box(height, width, rng)
     except (ValueError, OSError, SyntaxError, Image.DecompressionBombError) as err:

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from geopile.dedup import clusters, exact_pairs, near_pairs
-from geopile.imagestats import decode
+from geopile.imagestats import as_rgb, decode
 
 THUMB = 32
 REASONS = ("low_entropy", "nodata", "exact_duplicate", "near_duplicate", "contaminated")
@@ -79,9 +79,7 @@ class CurateResult:
 
 def gray_thumbnail(path: Path, size: int = THUMB) -> np.ndarray:
     """A zero-mean, unit-norm ``size`` x ``size`` grayscale thumbnail, for correlation."""
-    pixels, _ = decode(path.read_bytes())
-    rgb = pixels[..., :3] if pixels.ndim == 3 else pixels
-    img = Image.fromarray(np.ascontiguousarray(rgb)).convert("L")
+    img = Image.fromarray(as_rgb(decode(path.read_bytes())[0])).convert("L")
     thumb = np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.float64).ravel()
     thumb -= thumb.mean()
     norm = np.linalg.norm(thumb)
@@ -219,9 +217,7 @@ def curate(
 
 def rgb_thumbnail(path: Path, size: int) -> Image.Image:
     """An RGB thumbnail of a stored image (first three bands), for contact sheets."""
-    pixels, _ = decode(path.read_bytes())
-    rgb = pixels[..., :3] if pixels.ndim == 3 else np.stack([pixels] * 3, -1)
-    img = Image.fromarray(np.ascontiguousarray(rgb))
+    img = Image.fromarray(as_rgb(decode(path.read_bytes())[0]))
     img.thumbnail((size, size))
     return img
 

@@ -109,6 +109,12 @@ def pixel_stats(pixels: np.ndarray, data: bytes, fmt: str, nodata: int | None = 
     )
 
 
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """The first three bands (NAIP: R, G, B of R, G, B, NIR), or gray repeated; contiguous."""
+    rgb = pixels[..., :3] if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
+    return np.ascontiguousarray(rgb)
+
+
 def decode(data: bytes) -> tuple[np.ndarray, str]:
     """Decode image bytes fully (truncation is caught here, not at training time)."""
     if not data:

@@ -330,18 +330,18 @@ def epoch_order(block_ids: np.ndarray, config: StreamConfig, epoch: int) -> np.n
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
+def rank_length(n: int, config: StreamConfig, world: int, workers: int) -> int:
+    """Samples per rank in an epoch of ``n``: cut or wrapped to whole worker batches."""
+    unit = world * max(1, workers) * config.batch_size
+    units = n // unit if config.remainder == "drop" else -(-n // unit)
+    return units * unit // world
+
+
 def rank_plan(order: np.ndarray, config: StreamConfig, rank: int, world: int,
               workers: int) -> np.ndarray:
-    """The rank's equal part of the epoch order (cut or wrapped to whole worker batches)."""
-    n = len(order)
-    unit = world * max(1, workers) * config.batch_size
-    if config.remainder == "drop":
-        total = (n // unit) * unit
-        plan = order[:total]
-    else:
-        total = -(-n // unit) * unit
-        plan = np.resize(order, total) if n else order
-    per_rank = total // world
+    """The rank's equal part of the epoch order (see :func:`rank_length`)."""
+    per_rank = rank_length(len(order), config, world, workers)
+    plan = np.resize(order, per_rank * world) if len(order) else order
     return plan[rank * per_rank:(rank + 1) * per_rank]
 
 
@@ -444,7 +444,7 @@ class ShardStream:
 
     def epoch_length(self, workers: int) -> int:
         """Samples this rank delivers in one epoch with ``workers`` workers."""
-        return len(self.plan(0, workers))
+        return rank_length(len(self.refs), self.config, self.world, workers)
 
     def plan(self, epoch: int, workers: int) -> np.ndarray:
         """The rank's plan for an epoch: indices into ``refs``."""

@@ -199,11 +199,10 @@ class GeoPileLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()``; the number of workers may differ, not the world."""
+        mine = self.state_dict()
         for key in ("seed", "world", "batch_size"):
-            mine = {"seed": self.stream.config.seed, "world": self.stream.world,
-                    "batch_size": self.batch_size}[key]
-            if state[key] != mine:
+            if state[key] != mine[key]:
                 raise ValueError(f"cannot resume: the checkpoint's {key} is {state[key]}, "
-                                 f"this loader's is {mine}")
+                                 f"this loader's is {mine[key]}")
         self.state = LoaderState(epoch=state["epoch"], consumed=state["consumed"],
                                  layout=state["layout"], skipped=state.get("skipped", 0))

@@ -9,7 +9,7 @@ import pytest
 
 from geopile.shards import INDEX
 from geopile.stream import CachedStorage, S3Storage, StreamError
-from geopile.world.world import s3_client
+from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader, decode_on_device
 from pipelines.shard import run_shard, shards_dir
 from tests.httpserver import FlakyServer
@@ -84,18 +84,11 @@ def test_device_decoding_matches_shapes(shards):
     assert tuple(images.shape) == (BATCH, 3, 192, 192)
 
 
-def _upload(world: dict, root: Path, prefix: str) -> str:
-    client = s3_client(world["s3"])
-    for path in sorted(root.iterdir()):
-        client.upload_file(str(path), world["bucket"], f"{prefix}/{path.name}")
-    return f"s3://{world['bucket']}/{prefix}"
-
-
 def test_s3_reads_equal_local_reads(shards, world, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", world["s3"])
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "geopile")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "offline-world")
-    url = _upload(world, shards, "stream-test/full")
+    url = upload_tree(world["s3"], shards, "stream-test/full")
     local = _epoch(GeoPileLoader(str(shards), batch_size=BATCH, workers=2))
     remote = _epoch(GeoPileLoader(url, batch_size=BATCH, workers=2))
     assert local[0] == remote[0]

@@ -64,17 +64,17 @@ def s3_client(endpoint: str):  # noqa: ANN201 - a boto3 S3 client
     )
 
 
-def _upload_tree(endpoint: str, root: Path) -> int:
+def upload_tree(endpoint: str, root: Path, prefix: str = "") -> str:
+    """Upload every file under ``root`` to the world's bucket under ``prefix``; its s3:// URL."""
     client = s3_client(endpoint)
     try:
         client.create_bucket(Bucket=BUCKET)
     except client.exceptions.BucketAlreadyOwnedByYou:  # a restart keeps the server's data
         pass
-    count = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        client.upload_file(str(path), BUCKET, path.relative_to(root).as_posix())
-        count += 1
-    return count
+        key = path.relative_to(root).as_posix()
+        client.upload_file(str(path), BUCKET, f"{prefix}/{key}" if prefix else key)
+    return f"s3://{BUCKET}/{prefix}" if prefix else f"s3://{BUCKET}"
 
 
 def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def world_up(world_dir: Path) -> dict[str, str]:
     world_down(world_dir)
     s3 = servers.start_s3(run, run / "s3data")
     try:
-        _upload_tree(s3.url, world_dir / "http")
+        upload_tree(s3.url, world_dir / "http")
         items = json.loads((world_dir / truth["naip"]["items"]).read_text())
         for item in items["features"]:
             for asset in item["assets"].values():
