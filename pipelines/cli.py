@@ -15,6 +15,9 @@ EPILOG = """examples:
   geopile ingest --params params.yaml --params build/world/world.params.yaml --all
   geopile curate --params params.yaml --params build/world/world.params.yaml
   geopile shard paper --params params.yaml --params build/world/world.params.yaml
+  geopile push paper --params params.yaml --params build/world/world.params.yaml
+  geopile pretrain paper --params params.yaml --params build/world/world.params.yaml
+  torchrun --nproc-per-node 8 -m pipelines.cli pretrain paper --resume
   geopile world down build/world
 """
 
@@ -81,6 +84,38 @@ def _parser() -> argparse.ArgumentParser:
     shard.add_argument("builds", nargs="*", metavar="BUILD", help="build names under `builds:`")
     shard.add_argument("--all", action="store_true", help="every build")
     add_params_arg(shard)
+
+    push = sub.add_parser(
+        "push",
+        help="upload a build's shards to pretrain.stream.url/BUILD (S3) for streaming",
+        description="Upload shards/BUILD (tars, then index.json) to s3://bucket/prefix/BUILD "
+        "(--to, default pretrain.stream.url), skipping shards already there with the same "
+        "sha256. Credentials: boto3's standard chain; AWS_ENDPOINT_URL for other stores. "
+        "With no URL configured there is nothing to do (training reads the local shards).",
+    )
+    push.add_argument("builds", nargs="+", metavar="BUILD")
+    push.add_argument("--to", metavar="S3_URL", help="s3://bucket/prefix (default: "
+                      "pretrain.stream.url)")
+    add_params_arg(push)
+
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="GFM continual pretraining (SimMIM + distillation) on a build's shards",
+        description="Train the masked Swin student on BUILD's shards (local, or streamed from "
+        "pretrain.stream.url/BUILD on S3) with L = L_MIM + alpha * L_feat against the frozen "
+        "teacher (pretrain.teacher: a timm name, or a local checkpoint file). Settings: "
+        "`pretrain:` in params.yaml. Under torchrun each process trains one GPU (or CPU "
+        "process): torchrun --nproc-per-node N -m pipelines.cli pretrain BUILD. Writes "
+        "paths.runs/BUILD/: checkpoints/last.pt, loss.csv + loss.png, metrics.json, "
+        "energy.json, tb/ (TensorBoard) and encoder/ (timm and GFM-layout weights).",
+    )
+    pretrain.add_argument("build", metavar="BUILD")
+    pretrain.add_argument("--resume", action="store_true",
+                          help="continue from the run's checkpoint if it matches the settings "
+                          "and shards (otherwise start afresh)")
+    pretrain.add_argument("--steps", type=int, help="optimiser steps (overrides pretrain.steps)")
+    pretrain.add_argument("--out", type=Path, help="run directory (default paths.runs/BUILD)")
+    add_params_arg(pretrain)
 
     demo = sub.add_parser(
         "demo",
@@ -156,6 +191,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         indexes = [shard_stage.run_shard(params, b, data, progress=not args.no_progress)
                    for b in names]
         print(shard_stage.shard_table(indexes))
+        return 0
+    if args.command == "push":
+        from pipelines.push import push_build
+        from pipelines.shard import shards_dir
+
+        base = args.to or ((params.get("pretrain") or {}).get("stream") or {}).get("url")
+        if not base:
+            print("pretrain.stream.url is not set: nothing to push (training reads local shards)")
+            return 0
+        for build in args.builds:
+            done = push_build(shards_dir(params) / build, f"{base.rstrip('/')}/{build}",
+                              progress=not args.no_progress)
+            print(f"{build}: {done['sent']} shards sent, {done['skipped']} already there "
+                  f"-> {done['url']}")
+        return 0
+    if args.command == "pretrain":
+        from pipelines.pretrain import run_dir, run_pretrain, summary
+
+        out = args.out or run_dir(params, args.build)
+        metrics = run_pretrain(params, args.build, resume=args.resume, steps=args.steps,
+                               progress=not args.no_progress, out=out)
+        if metrics:
+            print(summary(out))
         return 0
     if args.command == "summary":
         print(ingest_stage.summary_table(data, ingest_stage.enabled_sources(params)))

@@ -22,11 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "dvc.yaml"
 
 
-def dvc_env(workspace: Path) -> dict[str, str]:
+def dvc_env(workspace: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for DVC in a workspace: no analytics, site cache inside, our tools on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     return {
         **os.environ,
+        **(extra or {}),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(workspace.resolve() / ".dvc" / "site"),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -34,10 +35,11 @@ def dvc_env(workspace: Path) -> dict[str, str]:
     }
 
 
-def dvc(workspace: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    """Run ``dvc ARGS`` in the workspace; raises with DVC's message when it fails."""
+def dvc(workspace: Path, *args: str, capture: bool = False,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``dvc ARGS`` in the workspace (``env``: extra variables); raises if it fails."""
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=workspace, env=dvc_env(workspace),
+        [sys.executable, "-m", "dvc", *args], cwd=workspace, env=dvc_env(workspace, env),
         capture_output=capture, text=True, check=False,
     )
     if proc.returncode != 0:

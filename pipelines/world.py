@@ -10,20 +10,37 @@ from pathlib import Path
 
 from geopile.params import load_params
 from geopile.shards import INDEX
-from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
+from geopile.world.world import (
+    PARAMS_OVERLAY,
+    TEACHER_FILE,
+    build_world,
+    world_down,
+    world_env,
+    world_up,
+)
 from pipelines.curate import curate_table, read_report
+from pipelines.pretrain import run_dir
+from pipelines.pretrain import summary as pretrain_summary
 from pipelines.shard import build_names, shard_table, shards_dir
 from pipelines.workspace import dvc, make_workspace
+from pipelines.world_teacher import make_world_teacher
+
+
+def build(world: Path, seed: int = 0, per_class: int = 3) -> dict:
+    """The world's data (geopile) and its stand-in teacher checkpoint (a tiny Swin)."""
+    truth = build_world(world, seed=seed, per_class=per_class)
+    make_world_teacher(world, seed=seed)
+    return truth
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch a ``world`` action."""
     if args.world_command == "build":
         started = time.perf_counter()
-        truth = build_world(args.dir, seed=args.seed, per_class=args.per_class)
+        truth = build(args.dir, seed=args.seed, per_class=args.per_class)
         counts = {k: v["valid_images"] for k, v in truth["sources"].items()}
         print(f"built the offline world in {args.dir} in {time.perf_counter() - started:.1f}s: "
-              f"{counts}, {len(truth['naip']['tiles'])} NAIP tiles")
+              f"{counts}, {len(truth['naip']['tiles'])} NAIP tiles, teacher {TEACHER_FILE}")
         return 0
     if args.world_command == "up":
         endpoints = world_up(args.dir)
@@ -38,19 +55,21 @@ def run(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """Build (if needed) and start the world, ``dvc repro`` every stage in a workspace, stop."""
     world: Path = args.world
-    if not (world / "ground_truth.json").exists():
-        build_world(world)
-    world_up(world)
+    if not (world / "ground_truth.json").exists() or not (world / TEACHER_FILE).exists():
+        build(world)
+    endpoints = world_up(world)
     try:
         files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY)]
         workspace = make_workspace(args.workspace, [Path(f).resolve() for f in files])
-        dvc(workspace, "repro")
+        dvc(workspace, "repro", env=world_env(endpoints["s3"]))
         params = load_params([workspace / "params.yaml"])
         with chdir(workspace):
             print("\n" + curate_table(read_report(params)))
             indexes = [json.loads((shards_dir(params) / b / INDEX).read_text())
                        for b in build_names(params)]
             print("\n" + shard_table(indexes))
+            for build_name in params.get("pretrain_builds") or []:
+                print("\n" + pretrain_summary(run_dir(params, build_name).resolve()))
     finally:
         world_down(world)
     root = workspace.resolve()
@@ -60,5 +79,6 @@ results (a DVC workspace running this repository's dvc.yaml on the offline world
   curated   {root / 'data/curated.parquet'}
   reports   {root / 'reports'}/curate.json, duplicates.json, plots/*.png
   shards    {root / 'shards'}/<build>/*.tar + index.json
+  runs      {root / 'runs'}/<build>/: loss.png, metrics.json, energy.json, encoder/, tb/
   try       cd {root} && dvc metrics show && dvc plots show""")
     return 0

@@ -28,6 +28,9 @@ from geopile.world.naip import AZURE_PREFIX, build_naip
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
+# written by `geopile world build` (pipelines.world_teacher): geopile does not train models
+TEACHER_FILE = "teacher/swin-tiny-teacher.pth"
+SHARDS_PREFIX = "shards"  # where `geopile push` puts builds in the world's bucket
 ENDPOINTS = "run/endpoints.json"
 # Anything works as credentials for SeaweedFS started without AWS_ACCESS_KEY_ID.
 WORLD_CREDENTIALS = {"aws_access_key_id": "world", "aws_secret_access_key": "world-secret"}
@@ -62,6 +65,13 @@ def s3_client(endpoint: str):  # noqa: ANN201 - a boto3 S3 client
         "s3", endpoint_url=endpoint, region_name="us-east-1", **WORLD_CREDENTIALS,
         config=Config(retries={"max_attempts": 5, "mode": "standard"}),
     )
+
+
+def world_env(endpoint: str) -> dict[str, str]:
+    """Environment variables that point boto3 (the standard AWS chain) at the world's S3."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": WORLD_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": WORLD_CREDENTIALS["aws_secret_access_key"]}
 
 
 def upload_tree(endpoint: str, root: Path, prefix: str = "") -> str:
@@ -106,7 +116,17 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     }
     # the paper's builds at about 1/2500 of their size, several small shards each
     shard = {"cap_scale": 0.0004, "max_samples": 64}
-    return {"sources": sources, "shard": shard}
+    # the `tiny` model, its teacher from the world's file, streamed from the world's S3; the
+    # lrs are per 512 images, so a batch of 16 needs larger ones to move in a few hundred steps
+    pretrain = {
+        "model": "tiny",
+        "teacher": {"file": str((world_dir / TEACHER_FILE).resolve())},
+        "batch_size": 16, "steps": 300, "workers": 2,
+        "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0016,
+        "checkpoint_every": 100, "log_every": 10,
+        "stream": {"url": f"s3://{BUCKET}/{SHARDS_PREFIX}"},
+    }
+    return {"sources": sources, "shard": shard, "pretrain": pretrain}
 
 
 def world_up(world_dir: Path) -> dict[str, str]:
