@@ -154,15 +154,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pipelines import curate as curate_stage
-    from pipelines import ingest as ingest_stage
-    from pipelines import shard as shard_stage
-    from pipelines import world as world_stage
+    # each command imports only its own stage: DVC runs one process per stage, and torch,
+    # timm and friends cost seconds to import
+    if args.command in ("world", "demo"):
+        from pipelines import world as world_stage
 
-    if args.command == "world":
-        return world_stage.run(args)
-    if args.command == "demo":
-        return world_stage.demo(args)
+        return world_stage.run(args) if args.command == "world" else world_stage.demo(args)
     if args.command == "workspace":
         from pipelines.workspace import make_workspace
 
@@ -171,6 +168,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     params = setup(args)
     data = data_dir(params)
+    if args.command in ("ingest", "summary"):
+        from pipelines import ingest as ingest_stage
     if args.command == "ingest":
         names = ingest_stage.enabled_sources(params) if args.all else args.sources
         if not names:
@@ -181,10 +180,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ingest_stage.summary_table(data, names))
         return 0
     if args.command == "curate":
+        from pipelines import curate as curate_stage
+
         report = curate_stage.run_curate(params, data, progress=not args.no_progress)
         print(curate_stage.curate_table(report))
         return 0
     if args.command == "shard":
+        from pipelines import shard as shard_stage
+
         names = shard_stage.build_names(params) if args.all else args.builds
         if not names:
             raise ParamsError("name at least one build, or pass --all")

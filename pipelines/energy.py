@@ -47,7 +47,7 @@ class EnergyMeter:
                  if s.carbon_intensity is not None else {})
         self.tracker = OfflineEmissionsTracker(
             country_iso_code=s.country, pue=s.pue, measure_power_secs=s.interval_s,
-            save_to_file=False, log_level="error", tracking_mode="machine",
+            output_methods=[], log_level="error", tracking_mode="machine",
             allow_multiple_runs=True, project_name="geopile-pretrain", **extra)
         self.tracker.start()
 

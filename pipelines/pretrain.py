@@ -94,6 +94,7 @@ class PretrainSettings:
     workers: int = 8
     checkpoint_every: int = 1000  # optimiser steps
     log_every: int = 20
+    trace: bool = False  # each rank logs its samples and a weight digest per step (audits)
     stream: StreamSettings = field(default_factory=StreamSettings)
     energy: EnergySettings = field(default_factory=EnergySettings)
 
@@ -105,10 +106,10 @@ class PretrainSettings:
                   "energy": EnergySettings}
         try:
             for key, kind in nested.items():
-                block[key] = kind(**(block.get(key) or {}))
+                block[key] = kind(**_numbers(kind, block.get(key) or {}))
             if "betas" in block:
-                block["betas"] = tuple(block["betas"])
-            settings = cls(**block)
+                block["betas"] = tuple(float(b) for b in block["betas"])
+            settings = cls(**_numbers(cls, block))
         except TypeError as err:
             raise ParamsError(f"pretrain: {err}") from err
         get_config(settings.model)
@@ -123,6 +124,19 @@ class PretrainSettings:
             config = dataclasses.replace(
                 config, teacher=dataclasses.replace(config.teacher, name=self.teacher.name))
         return config
+
+
+def _numbers(kind: type, block: dict[str, Any]) -> dict[str, Any]:
+    """Floats where the settings want floats: YAML 1.1 reads ``1e-8`` (no dot) as a string."""
+    out = dict(block)
+    for f in dataclasses.fields(kind):
+        value = out.get(f.name)
+        if "float" in str(f.type) and isinstance(value, str):
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ParamsError(f"pretrain: {f.name} must be a number, got {value!r}") from None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +201,8 @@ def fingerprint(settings: PretrainSettings, seed: int, index_text: str, world: i
     where the shards are read from (their index digest is what counts).
     """
     keep = dataclasses.asdict(settings)
-    for key in ("workers", "log_every", "checkpoint_every", "stream", "energy", "compile"):
+    for key in ("workers", "log_every", "checkpoint_every", "stream", "energy", "compile",
+                "trace"):
         keep.pop(key)
     blob = json.dumps({"settings": keep, "seed": seed, "world": world,
                        "index": hashlib.sha256(index_text.encode()).hexdigest()},
@@ -332,6 +347,14 @@ def export_encoder(model: GFM, config: GfmConfig, out: Path, meta: dict[str, Any
         {"timm": load, "usage": usage, **meta}, indent=1) + "\n")
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal digests, identical weights."""
+    digest = hashlib.sha256()
+    for _, param in sorted(module.named_parameters()):
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
                  out: Path | None = None) -> dict[str, Any]:
@@ -421,6 +444,10 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
 
         writer = SummaryWriter(str(root / "tb"), purge_step=step or None)
         losses = LossLog(root / "loss.csv", step)
+    trace = None
+    if settings.trace:
+        (root / "trace").mkdir(parents=True, exist_ok=True)
+        trace = (root / "trace" / f"rank{where.rank}.jsonl").open("a")
     meter = EnergyMeter(settings.energy) if where.local_rank == 0 else None
     if meter:
         meter.start()
@@ -437,7 +464,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     bar = tqdm(total=sched.total, initial=step, unit="step", desc=f"pretrain {build}",
                disable=not (progress and where.main), dynamic_ncols=True)
     sums = torch.zeros(3, device=where.device)  # loss, mim, feat over the log interval
-    logged, tic, micro = 0, time.perf_counter(), 0
+    logged, tic, micro, keys = 0, time.perf_counter(), 0, []
     last: dict[str, float] = {}
     model.train()
     while step < sched.total:
@@ -446,6 +473,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                                .contiguous(memory_format=torch.channels_last))
             mask = batch["mask"].to(where.device, non_blocking=True)
             micro += 1
+            keys += batch["key"]
             sync = micro % settings.accumulate == 0
             context = (trainable.no_sync() if where.world > 1 and not sync else nullcontext())
             with context, autocast:
@@ -463,6 +491,11 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
             step += 1
             logged += 1
             scheduler.step_update(step)
+            if trace:
+                trace.write(json.dumps({"step": step, "keys": keys,
+                                        "weights": weights_digest(model)}) + "\n")
+                trace.flush()
+            keys = []
             bar.update(1)
             if step % settings.log_every == 0 or step == sched.total:
                 means = (_mean_across(sums, where) / logged).tolist()
@@ -484,6 +517,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
             if step >= sched.total:
                 break
     bar.close()
+    if trace:
+        trace.close()
     energy = add_energy(energy_before, meter.stop() if meter else None)
     metrics: dict[str, Any] = {}
     if where.main:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from geopile.shards import INDEX
+from geopile.stream import INDEX
 
 log = logging.getLogger(__name__)
 

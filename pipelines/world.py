@@ -19,15 +19,14 @@ from geopile.world.world import (
     world_up,
 )
 from pipelines.curate import curate_table, read_report
-from pipelines.pretrain import run_dir
-from pipelines.pretrain import summary as pretrain_summary
 from pipelines.shard import build_names, shard_table, shards_dir
 from pipelines.workspace import dvc, make_workspace
-from pipelines.world_teacher import make_world_teacher
 
 
 def build(world: Path, seed: int = 0, per_class: int = 3) -> dict:
     """The world's data (geopile) and its stand-in teacher checkpoint (a tiny Swin)."""
+    from pipelines.world_teacher import make_world_teacher
+
     truth = build_world(world, seed=seed, per_class=per_class)
     make_world_teacher(world, seed=seed)
     return truth
@@ -54,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Build (if needed) and start the world, ``dvc repro`` every stage in a workspace, stop."""
+    from pipelines.pretrain import run_dir
+    from pipelines.pretrain import summary as pretrain_summary
+
     world: Path = args.world
     if not (world / "ground_truth.json").exists() or not (world / TEACHER_FILE).exists():
         build(world)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from geopile.params import load_params
-from geopile.world.world import PARAMS_OVERLAY, build_world, load_truth, world_down, world_up
+from geopile.world.world import PARAMS_OVERLAY, load_truth, world_down, world_up
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly generated world (no servers)."""
+    from pipelines.world import build
+
     path = tmp_path_factory.mktemp("world")
-    build_world(path, seed=0, per_class=3)
+    build(path, seed=0, per_class=3)  # the world's data and its tiny teacher checkpoint
     return path
 
 

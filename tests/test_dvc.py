@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from geopile.shards import INDEX
-from geopile.world.world import PARAMS_OVERLAY
+from geopile.world.world import PARAMS_OVERLAY, world_env
 from pipelines.workspace import dvc, make_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +25,14 @@ def _shard_digests(ws: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def repro(world, world_dir, tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("ws") / "geopile",
-                        [REPO / "params.yaml", world_dir / PARAMS_OVERLAY])
-    dvc(ws, "repro", capture=True)
+    root = tmp_path_factory.mktemp("ws")
+    # a short pretraining on the paper build and on one ablation, streamed from the world's S3
+    short = root / "short.yaml"
+    short.write_text(yaml.safe_dump({"pretrain_builds": ["paper", "paper_no_naip"],
+                                     "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2}}))
+    ws = make_workspace(root / "geopile", [REPO / "params.yaml", world_dir / PARAMS_OVERLAY,
+                                           short])
+    dvc(ws, "repro", capture=True, env=world_env(world["s3"]))
     return ws
 
 
@@ -42,7 +47,14 @@ def test_repro_runs_from_ingest_to_shards(repro):
     status = dvc(repro, "status", "--json", capture=True).stdout
     assert json.loads(status) == {}
     metrics = dvc(repro, "metrics", "show", "--json", capture=True).stdout
-    assert "counts" in metrics
+    assert "counts" in metrics and "kg_co2e" in metrics
+    # each pretraining run streamed its own build from S3 and exported an encoder
+    for build in params["pretrain_builds"]:
+        run = repro / "runs" / build
+        config = json.loads((run / "config.json").read_text())
+        assert config["shards"] == f"{params['pretrain']['stream']['url']}/{build}"
+        assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+        assert (run / "encoder" / "encoder.timm.safetensors").exists()
 
 
 def test_one_source_change_reruns_only_what_depends_on_it(repro):
@@ -57,6 +69,19 @@ def test_one_source_change_reruns_only_what_depends_on_it(repro):
         params_file.write_text(original)
     assert "ingest@patternnet" in changed
     assert not {c for c in changed if c.startswith(("ingest@", "shard@"))} - {"ingest@patternnet"}
+
+
+def test_pretrain_change_reruns_only_pretraining(repro):
+    params_file = repro / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["pretrain"]["alpha"] = 0.5
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = set(json.loads(dvc(repro, "status", "--json", capture=True).stdout))
+    finally:
+        params_file.write_text(original)
+    assert changed == {"pretrain@paper", "pretrain@paper_no_naip"}
 
 
 def test_push_and_pull_through_world_s3(repro, world):
