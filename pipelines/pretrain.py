@@ -355,6 +355,35 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def make_optimizer(model: torch.nn.Module, settings: PretrainSettings,
+                   lr: float) -> torch.optim.Optimizer:
+    """AdamW over the reference's two parameter groups; one fused kernel on CUDA."""
+    cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=lr,
+                             betas=settings.betas, eps=settings.eps, fused=True if cuda else None)
+
+
+def micro_step(trainable: torch.nn.Module, teacher: torch.nn.Module, images: torch.Tensor,
+               mask: torch.Tensor, accumulate: int = 1) -> dict[str, torch.Tensor]:
+    """Forward (bf16 autocast on CUDA, float32 on CPU) and backward of one batch."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if images.is_cuda
+                else nullcontext())
+    with autocast:
+        with torch.no_grad():
+            target = teacher(images)
+        out = trainable(images, mask, target)
+    (out["loss"] / accumulate).backward()
+    return out
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   clip: float) -> None:
+    """Clip the gradient norm, step, and free the gradients."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
                  out: Path | None = None) -> dict[str, Any]:
@@ -391,9 +420,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                            cache_dir=settings.stream.cache_dir,
                            cache_bytes=settings.stream.cache_bytes, pin_memory=cuda)
     sched = make_schedule(settings, len(loader), where.world)
-    optimizer = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=sched.lr,
-                                  betas=settings.betas, eps=settings.eps,
-                                  fused=True if cuda else None)
+    optimizer = make_optimizer(model, settings, sched.lr)
     # the reference's schedule: timm's per-step cosine with linear warm-up
     scheduler = CosineLRScheduler(optimizer, t_initial=sched.total, lr_min=sched.min_lr,
                                   warmup_lr_init=sched.warmup_lr, warmup_t=sched.warmup,
@@ -418,11 +445,14 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                 log.info("resuming %s at step %d of %d", checkpoint, step, sched.total)
     scheduler.step_update(step)
 
-    trainable = torch.compile(model) if settings.compile else model
+    trainable = model
+    if settings.compile:
+        trainable, teacher_fn = torch.compile(model), torch.compile(teacher)
+    else:
+        teacher_fn = teacher
     if where.world > 1:
         trainable = DistributedDataParallel(
             trainable, device_ids=[where.device.index] if cuda else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext())
 
     run_config = {
         "build": build, "shards": url, "model": settings.model,
@@ -476,18 +506,13 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
             keys += batch["key"]
             sync = micro % settings.accumulate == 0
             context = (trainable.no_sync() if where.world > 1 and not sync else nullcontext())
-            with context, autocast:
-                with torch.no_grad():
-                    target = teacher(images)
-                out = trainable(images, mask, target)
-                (out["loss"] / settings.accumulate).backward()
+            with context:
+                out = micro_step(trainable, teacher_fn, images, mask, settings.accumulate)
             sums += torch.stack([out["loss"].detach().float(), out["mim"].float(),
                                  out["feat"].float()]) / settings.accumulate
             if not sync:
                 continue
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, settings.clip_grad)
             step += 1
             logged += 1
             scheduler.step_update(step)
