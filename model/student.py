@@ -40,7 +40,8 @@ class MaskedSwin(nn.Module):
         if not 1 <= distill_stage <= len(self.encoder.layers):
             raise ValueError(f"distill_stage must be 1..{len(self.encoder.layers)}")
         self.distill_stage = distill_stage
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, self.encoder.embed_dim))
+        # 1-D: torch.compile returns a broadcast parameter's gradient unbroadcast (torch 2.11)
+        self.mask_token = nn.Parameter(torch.zeros(self.encoder.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     @property

@@ -42,6 +42,7 @@ class EnergyMeter:
         except ImportError:  # pragma: no cover - codecarbon is a dependency
             log.warning("codecarbon is not installed: no energy figures for this run")
             return
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)  # its init chatter
         s = self.settings
         extra = ({"force_carbon_intensity_g_co2e_kwh": s.carbon_intensity}
                  if s.carbon_intensity is not None else {})
@@ -84,6 +85,7 @@ def _figures(data: Any) -> dict[str, Any]:
         "ram_kwh": float(data.ram_energy),
         "assumptions": {
             "tool": f"codecarbon {data.codecarbon_version} (offline tracker, machine mode)",
+            "scope": "the machine of rank 0 (other nodes of a multi-node run are not measured)",
             "country": data.country_iso_code,
             "grid_g_co2e_per_kwh": round(kg / kwh * 1000, 1) if kwh else None,
             "pue": float(data.pue),

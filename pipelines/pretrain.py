@@ -446,7 +446,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     scheduler.step_update(step)
 
     trainable = model
-    if settings.compile:
+    if settings.compile and cuda:  # on the CPU compilation costs more than it saves here
         trainable, teacher_fn = torch.compile(model), torch.compile(teacher)
     else:
         teacher_fn = teacher
@@ -478,7 +478,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     if settings.trace:
         (root / "trace").mkdir(parents=True, exist_ok=True)
         trace = (root / "trace" / f"rank{where.rank}.jsonl").open("a")
-    meter = EnergyMeter(settings.energy) if where.local_rank == 0 else None
+    # rank 0's machine, all of it (machine mode): every GPU, CPU and DIMM of that node
+    meter = EnergyMeter(settings.energy) if where.main else None
     if meter:
         meter.start()
 
@@ -539,6 +540,10 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                 logged, tic = 0, time.perf_counter()
             if step % settings.checkpoint_every == 0 or step == sched.total:
                 save()
+                if where.main and not progress and last:  # no bar: a line per checkpoint
+                    log.info("step %d/%d: loss %.4f (L_MIM %.4f, L_feat %.4f), %.1f images/s",
+                             step, sched.total, last["loss"], last["mim"], last["feat"],
+                             last["images_per_s"])
             if step >= sched.total:
                 break
     bar.close()
@@ -568,6 +573,17 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     return metrics
 
 
+def load_exported(encoder_dir: Path) -> torch.nn.Module:
+    """The exported encoder, loaded the way a timm user would (the call in encoder.json)."""
+    import timm
+
+    card = json.loads((encoder_dir / "encoder.json").read_text())
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card["timm"].items()}
+    name = kwargs.pop("model_name")
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={
+        "file": str(encoder_dir / "encoder.timm.safetensors")}, **kwargs)
+
+
 def summary(root: Path) -> str:
     """What the run wrote, for the console."""
     metrics = json.loads((root / "metrics.json").read_text())
@@ -579,7 +595,9 @@ def summary(root: Path) -> str:
         f"L_feat {metrics['feat']:.4f}), {metrics['images_per_s']:.1f} images/s",
         energy_line(energy),
         f"loss curve  {root / 'loss.png'} (data: {root / 'loss.csv'})",
-        f"encoder     {root / 'encoder'}/encoder.timm.safetensors (timm), encoder.gfm.pth (GFM)",
+        f"encoder     {root / 'encoder'}/encoder.timm.safetensors (timm), encoder.gfm.pth (GFM)"
+        f"; timm loads it: {sum(p.numel() for p in load_exported(root / 'encoder').parameters())}"
+        " parameters",
         f"tensorboard --logdir {root / 'tb'}",
     ])
 

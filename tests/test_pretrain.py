@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import yaml
 
 from geopile.params import deep_merge
 from geopile.world.world import world_env
-from pipelines.pretrain import run_pretrain
+from pipelines.pretrain import load_exported, run_pretrain
 from pipelines.push import push_build
 from pipelines.shard import run_shard, shards_dir
 from tests.killing import kill_once
@@ -78,10 +77,7 @@ def test_loss_falls_and_run_writes_its_outputs(paper, tmp_path):
     assert (run / "loss.png").stat().st_size > 10_000
     assert list((run / "tb").glob("events.out.tfevents.*"))
     # the exported encoder loads in timm, weights intact
-    card = json.loads((run / "encoder" / "encoder.json").read_text())
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card["timm"].items()}
-    net = timm.create_model(kwargs.pop("model_name"), pretrained=True, pretrained_cfg_overlay={
-        "file": str(run / "encoder" / "encoder.timm.safetensors")}, **kwargs)
+    net = load_exported(run / "encoder")  # the call encoder.json gives a timm user
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
     state = net.state_dict()
     assert all(torch.equal(state[k[len("student.encoder."):]], v) for k, v in trained.items()
