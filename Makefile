@@ -26,6 +26,7 @@ bench: $(BIN)/geopile
 	$(BIN)/python -m bench.dedup
 	$(BIN)/python -m bench.shard
 	$(BIN)/python -m bench.loader
+	$(BIN)/python -m bench.train_step
 
 clean:
 	rm -rf build data reports shards .pytest_cache
