@@ -283,6 +283,8 @@ class LossLog:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
+        self.last = ({k: float(v) for k, v in rows[-1].items() if k != "step"} if rows
+                     else {})  # what a resumed, already finished run reports
         self.file = path.open("a", newline="")
         self.writer = csv.DictWriter(self.file, LOSS_FIELDS)
 
@@ -464,6 +466,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
         "fingerprint": stamp, "settings": dataclasses.asdict(settings), "seed": seed,
     }
     writer = losses = None
+    last: dict[str, float] = {}
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
         _atomic_write(root / "config.json", json.dumps(run_config, indent=1, default=str) + "\n")
@@ -474,6 +477,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
 
         writer = SummaryWriter(str(root / "tb"), purge_step=step or None)
         losses = LossLog(root / "loss.csv", step)
+        last = {k: v for k, v in losses.last.items() if k != "epoch"}
     trace = None
     if settings.trace:
         (root / "trace").mkdir(parents=True, exist_ok=True)
@@ -496,7 +500,6 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                disable=not (progress and where.main), dynamic_ncols=True)
     sums = torch.zeros(3, device=where.device)  # loss, mim, feat over the log interval
     logged, tic, micro, keys = 0, time.perf_counter(), 0, []
-    last: dict[str, float] = {}
     model.train()
     while step < sched.total:
         for batch in loader:

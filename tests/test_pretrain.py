@@ -101,6 +101,10 @@ def test_kill_and_resume_gives_the_same_losses(paper, straight, tmp_path):
     for a, b in zip(resumed, reference, strict=True):
         for key in ("loss", "mim", "feat", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    # resuming a finished run trains nothing and reports the same metrics
+    again = run_pretrain(params, "paper", steps=12, resume=True, progress=False)
+    assert again["steps"] == 12 and again["loss"] == pytest.approx(reference[-1]["loss"], abs=1e-5)
+    assert len(_losses(tmp_path / "paper")) == 12
     # a checkpoint from other settings is not resumed
     other = _params(paper, tmp_path, checkpoint_every=6, alpha=0.5)
     run_pretrain(other, "paper", steps=2, resume=True, progress=False)
