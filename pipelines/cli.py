@@ -115,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
                           "and shards (otherwise start afresh)")
     pretrain.add_argument("--steps", type=int, help="optimiser steps (overrides pretrain.steps)")
     pretrain.add_argument("--out", type=Path, help="run directory (default paths.runs/BUILD)")
+    pretrain.add_argument("--shards", metavar="DIR_OR_S3_URL",
+                          help="read the build from here (a directory or s3://bucket/prefix/"
+                          "BUILD holding index.json) instead of pretrain.stream.url / "
+                          "paths.shards")
     add_params_arg(pretrain)
 
     demo = sub.add_parser(
@@ -214,7 +218,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         out = args.out or run_dir(params, args.build)
         metrics = run_pretrain(params, args.build, resume=args.resume, steps=args.steps,
-                               progress=not args.no_progress, out=out)
+                               progress=not args.no_progress, out=out, shards=args.shards)
         if metrics:
             print(summary(out))
         return 0

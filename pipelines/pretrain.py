@@ -388,8 +388,8 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
-                 out: Path | None = None) -> dict[str, Any]:
-    """Pretrain on ``build``; returns the final metrics (rank 0's view)."""
+                 out: Path | None = None, shards: str | None = None) -> dict[str, Any]:
+    """Pretrain on ``build`` (read from ``shards`` if given); returns rank 0's final metrics."""
     settings = PretrainSettings.from_params(params)
     if steps is not None:
         settings = dataclasses.replace(settings, steps=steps)
@@ -397,7 +397,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     where = init_distributed()
     config = settings.config()
     root = out or run_dir(params, build)
-    url = shards_url(params, build, settings)
+    url = shards or shards_url(params, build, settings)
     storage, _ = open_storage(url)
     index_text = storage.read_text(INDEX)
     stamp = fingerprint(settings, seed, index_text, where.world)

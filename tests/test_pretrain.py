@@ -136,6 +136,7 @@ def test_torchrun_two_processes_on_gloo(paper, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--standalone", "-m", "pipelines.cli", "pretrain", "paper", "--steps", "4",
+         "--shards", str(shards_dir(paper) / "paper"),
          "--params", str(overlay), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
