@@ -121,6 +121,20 @@ def _parser() -> argparse.ArgumentParser:
                           "paths.shards")
     add_params_arg(pretrain)
 
+    arp = sub.add_parser(
+        "arp",
+        help="average relative performance of a model's finetuning runs against a baseline's",
+        description="ARP(M) = mean over the (task, metric) scores both have of "
+        "(score(M) - score(baseline)) / score(baseline). Scores come from the metrics.json "
+        "of finetuning runs under the paths given. The table shows the paper's GFM and "
+        "baseline numbers beside each score; with no --model, the paper's own ARP.",
+    )
+    arp.add_argument("--model", nargs="+", type=Path, default=[], metavar="PATH",
+                     help="the model's run directories or metrics.json files")
+    arp.add_argument("--baseline", nargs="+", type=Path, default=[], metavar="PATH",
+                     help="the baseline's run directories or metrics.json files")
+    arp.add_argument("--out", type=Path, help="write the result as JSON here (dvc metrics)")
+
     demo = sub.add_parser(
         "demo",
         help="build and start the offline world, `dvc repro` the whole pipeline on it, stop it",
@@ -164,6 +178,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipelines import world as world_stage
 
         return world_stage.run(args) if args.command == "world" else world_stage.demo(args)
+    if args.command == "arp":
+        from pipelines import arp as arp_stage
+
+        if not args.model:
+            print("the paper's scores (FACTS.md): GFM against the ImageNet-22k Swin-B")
+            print(arp_stage.arp_table(arp_stage.paper_arp(), paper=False,
+                                      labels=("GFM", "22k")))
+            return 0
+        if not args.baseline:
+            raise ValueError("--model needs --baseline (the runs to compare against)")
+        result = arp_stage.arp(arp_stage.read_scores(args.model),
+                               arp_stage.read_scores(args.baseline))
+        print(arp_stage.arp_table(result))
+        if args.out:
+            arp_stage.write_arp(result, args.out)
+        return 0
     if args.command == "workspace":
         from pipelines.workspace import make_workspace
 
