@@ -74,6 +74,7 @@ class TeacherSettings:
 class PretrainSettings:
     """``pretrain:`` in params.yaml (the paper's values there; see FACTS.md section 1)."""
 
+    launcher: str = "geopile"  # the command dvc.yaml starts runs with (torchrun for many GPUs)
     model: str = "swin-b"
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     alpha: float = 1.0
@@ -202,7 +203,7 @@ def fingerprint(settings: PretrainSettings, seed: int, index_text: str, world: i
     """
     keep = dataclasses.asdict(settings)
     for key in ("workers", "log_every", "checkpoint_every", "stream", "energy", "compile",
-                "trace"):
+                "trace", "launcher"):
         keep.pop(key)
     blob = json.dumps({"settings": keep, "seed": seed, "world": world,
                        "index": hashlib.sha256(index_text.encode()).hexdigest()},
