@@ -121,6 +121,25 @@ def _parser() -> argparse.ArgumentParser:
                           "paths.shards")
     add_params_arg(pretrain)
 
+    finetune = sub.add_parser(
+        "finetune",
+        help="finetune a pretrained encoder (or a baseline) on a downstream task",
+        description="The reference recipe (finetune: in params.yaml; layer decay, mixup/cutmix, "
+        "label smoothing through timm; the task's size and window) on TASK's torchgeo "
+        "dataset, built from what `geopile ingest` verified. --init: a pretraining run "
+        "directory of ours (with encoder/), imagenet22k (the baseline) or random. Writes "
+        "paths.runs/finetune/TASK/INIT/: metrics.json (the test score, read by geopile arp), "
+        "history.csv, config.json, checkpoints/last.pt and best.pt (best validation score).",
+    )
+    finetune.add_argument("task", metavar="TASK", help="ucm")
+    finetune.add_argument("--init", required=True,
+                          help="RUN_DIR (ours, e.g. runs/paper), imagenet22k or random")
+    finetune.add_argument("--epochs", type=int, help="overrides finetune.epochs")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue from the run's last checkpoint")
+    finetune.add_argument("--out", type=Path, help="run directory")
+    add_params_arg(finetune)
+
     arp = sub.add_parser(
         "arp",
         help="average relative performance of a model's finetuning runs against a baseline's",
@@ -251,6 +270,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                                progress=not args.no_progress, out=out, shards=args.shards)
         if metrics:
             print(summary(out))
+        return 0
+    if args.command == "finetune":
+        from pipelines.finetune import run_finetune
+
+        metrics = run_finetune(params, args.task, args.init, resume=args.resume,
+                               epochs=args.epochs, progress=not args.no_progress, out=args.out)
+        if metrics:
+            scores = ", ".join(f"{k} {v:.2f}" for k, v in metrics["scores"].items())
+            print(f"{args.task} from {metrics['init']}: test {scores} "
+                  f"(best validation {metrics['val']:.2f} over {metrics['epochs']} epochs)")
         return 0
     if args.command == "summary":
         print(ingest_stage.summary_table(data, ingest_stage.enabled_sources(params)))

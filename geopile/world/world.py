@@ -126,7 +126,14 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
         "checkpoint_every": 100, "log_every": 10,
         "stream": {"url": f"s3://{BUCKET}/{SHARDS_PREFIX}"},
     }
-    return {"sources": sources, "shard": shard, "pretrain": pretrain}
+    # the tiny model on the world's 105-image UC Merced: no mixup (too few images to need it),
+    # 128 px with window 8 (so a checkpoint pretrained at 96 px / window 6 is resized)
+    finetune = {
+        "model": "tiny", "epochs": 8, "warmup_epochs": 1, "batch_size": 16,
+        "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0001, "workers": 2,
+        "mixup": 0.0, "cutmix": 0.0, "tasks": {"ucm": {"img_size": 128, "window_size": 8}},
+    }
+    return {"sources": sources, "shard": shard, "pretrain": pretrain, "finetune": finetune}
 
 
 def world_up(world_dir: Path) -> dict[str, str]:
