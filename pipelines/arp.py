@@ -45,12 +45,12 @@ def arp(model: dict[Score, float], baseline: dict[Score, float]) -> ArpResult:
     rows = []
     for key in sorted(model.keys() & baseline.keys()):
         base = baseline[key]
-        if base == 0:
-            raise ValueError(f"baseline score {key[0]}/{key[1]} is 0: ARP divides by it")
+        # a baseline score of 0 has no relative gain: listed, left out of the mean
+        relative = (model[key] - base) / base if base else None
         rows.append({"task": key[0], "metric": key[1], "model": model[key], "baseline": base,
-                     "relative": (model[key] - base) / base})
-    value = sum(r["relative"] for r in rows) / len(rows) if rows else None
-    return ArpResult(value, rows)
+                     "relative": relative})
+    gains = [r["relative"] for r in rows if r["relative"] is not None]
+    return ArpResult(sum(gains) / len(gains) if gains else None, rows)
 
 
 def paper_arp() -> ArpResult:
@@ -90,14 +90,16 @@ def arp_table(result: ArpResult, paper: bool = True,
         head += f" | {'paper GFM':>9} {'paper base':>10} {'rel.':>8}"
     lines = [head, "-" * len(head)]
     for r in result.rows:
+        gain = "n/a" if r["relative"] is None else f"{r['relative']:+.2%}"
         line = (f"{r['task']:<10} {r['metric']:<6} {r['model']:>9.4g} {r['baseline']:>9.4g} "
-                f"{r['relative']:>+8.2%}")
+                f"{gain:>8}")
         if paper and (r["task"], r["metric"]) in PAPER:
             g, b = PAPER[(r["task"], r["metric"])]
             line += f" | {g:>9.4g} {b:>10.4g} {(g - b) / b:>+8.2%}"
         lines.append(line)
+    counted = sum(r["relative"] is not None for r in result.rows)
     value = "n/a (no shared scores)" if result.arp is None else f"{result.arp:+.2%}"
-    lines.append(f"ARP over {len(result.rows)} scores: {value}")
+    lines.append(f"ARP over {counted} scores: {value}")
     if paper:
         shared = [k for k in ((r["task"], r["metric"]) for r in result.rows) if k in PAPER]
         same = arp({k: PAPER[k][0] for k in shared}, {k: PAPER[k][1] for k in shared})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class FinetuneSettings:
     """``finetune:`` in params.yaml."""
 
     model: str = "swin-b"  # the architecture of --init random / imagenet22k
+    pretrained: str = "paper"  # `--init ours` is the pretraining run of this build
     imagenet22k: Baseline = field(default_factory=Baseline)
     epochs: int = 100
     warmup_epochs: int = 20
@@ -88,10 +90,15 @@ class FinetuneSettings:
         return settings
 
 
-def resolve_init(init: str, settings: FinetuneSettings, img_size: int,
-                 window_size: int) -> tuple[SwinSpec, str | None, bool, str]:
-    """(architecture, weights file, fetch from timm?, a name for the run) for ``--init``."""
+def resolve_init(init: str, settings: FinetuneSettings, img_size: int, window_size: int,
+                 runs_root: str | Path = "runs") -> tuple[SwinSpec, str | None, bool, str]:
+    """(architecture, weights file, fetch from timm?, a name for the run) for ``--init``.
+
+    ``ours`` is ``runs_root/finetune.pretrained``; any other path is a pretraining run.
+    """
     config = get_config(settings.model)
+    if init == "ours":
+        init = str(Path(runs_root) / settings.pretrained)
     if init == "random":
         return (dataclasses.replace(config.student, img_size=img_size, window_size=window_size),
                 None, False, "random")
@@ -160,6 +167,18 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
     return float(metric.compute()) * 100
 
 
+def _fingerprint(settings: FinetuneSettings, task: str, weights: str | None, seed: int,
+                 world: int) -> str:
+    """What a checkpoint must match to be resumed: settings, task, initial weights, seed."""
+    keep = dataclasses.asdict(settings)
+    keep.pop("workers")
+    keep.pop("epochs")  # more epochs continue a run (on the longer schedule)
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
+    blob = json.dumps({"settings": keep, "task": task, "weights": digest, "seed": seed,
+                       "world": world}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def run_dir(params: dict[str, Any], task: str, init_name: str) -> Path:
     """Where a finetuning run lives."""
     return Path((params.get("paths") or {}).get("runs", "runs")) / "finetune" / task / init_name
@@ -178,7 +197,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     window_size = int(geometry.get("window_size", task.window_size))
     seed = int(params.get("seed", 0))
     where = init_distributed()
-    spec, file, fetch, init_name = resolve_init(init, settings, img_size, window_size)
+    runs = Path((params.get("paths") or {}).get("runs", "runs"))
+    spec, file, fetch, init_name = resolve_init(init, settings, img_size, window_size, runs)
     root = out or run_dir(params, task.name, init_name)
 
     torch.manual_seed(seed)
@@ -219,11 +239,18 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
 
     epoch, best = 0, -1.0
     last_ckpt, best_ckpt = root / "checkpoints" / "last.pt", root / "checkpoints" / "best.pt"
-    if resume and last_ckpt.exists():
-        state = torch.load(last_ckpt, map_location="cpu", weights_only=False)
+    stamp = _fingerprint(settings, task.name, file, seed, where.world)
+    state = (torch.load(last_ckpt, map_location="cpu", weights_only=False)
+             if resume and last_ckpt.exists() else None)
+    if state is not None and state.get("fingerprint") != stamp:
+        log.warning("%s was written for other settings or weights: starting afresh", last_ckpt)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        # the schedule is a function of the step: a run given more epochs continues on the
+        # longer schedule (its state would bring back the old length)
+        scheduler.step_update(state["epoch"] * per_epoch)
         torch.set_rng_state(state["rng"])
         generator.set_state(state["sampler_rng"])
         epoch, best = state["epoch"], state["best"]
@@ -271,9 +298,9 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
                 _atomic_save({"model": model.state_dict(), "epoch": epoch, "val": score},
                              best_ckpt)
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                          "rng": torch.get_rng_state(),
                           "sampler_rng": generator.get_state(), "epoch": epoch,
-                          "best": best}, last_ckpt)
+                          "best": best, "fingerprint": stamp}, last_ckpt)
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", val=f"{score:.1f}")
     bar.close()

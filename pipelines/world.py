@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Build (if needed) and start the world, ``dvc repro`` every stage in a workspace, stop."""
+    from pipelines.arp import ArpResult, arp_table
     from pipelines.pretrain import run_dir
     from pipelines.pretrain import summary as pretrain_summary
 
@@ -72,6 +73,13 @@ def demo(args: argparse.Namespace) -> int:
             print("\n" + shard_table(indexes))
             for build_name in params.get("pretrain_builds") or []:
                 print("\n" + pretrain_summary(run_dir(params, build_name).resolve()))
+            arp_file = Path(params["paths"]["reports"]) / "arp.json"
+            if arp_file.exists():
+                result = json.loads(arp_file.read_text())
+                print(f"\nfinetuned on {', '.join(params['finetune_tasks'])}: ours "
+                      f"({params['finetune']['pretrained']}) against "
+                      f"{params['finetune_inits'][-1]}")
+                print(arp_table(ArpResult(result["arp"], result["rows"])))
     finally:
         world_down(world)
     root = workspace.resolve()
@@ -82,5 +90,6 @@ results (a DVC workspace running this repository's dvc.yaml on the offline world
   reports   {root / 'reports'}/curate.json, duplicates.json, plots/*.png
   shards    {root / 'shards'}/<build>/*.tar + index.json
   runs      {root / 'runs'}/<build>/: loss.png, metrics.json, energy.json, encoder/, tb/
+  finetune  {root / 'runs/finetune'}/<task>/<init>/: metrics.json, history.csv; reports/arp.json
   try       cd {root} && dvc metrics show && dvc plots show""")
     return 0

@@ -18,8 +18,8 @@ def test_arp_matches_a_hand_computation():
     assert result.arp == pytest.approx(0.0625)
     assert [(r["task"], r["metric"]) for r in result.rows] == [("ben10", "map"), ("ucm", "top1")]
     assert arp({}, base).arp is None
-    with pytest.raises(ValueError, match="ucm/top1"):
-        arp(model, {("ucm", "top1"): 0.0})
+    zero = arp(model, {("ucm", "top1"): 0.0, ("ben10", "map"): 40.0})
+    assert zero.rows[1]["relative"] is None and zero.arp == pytest.approx(1.0)
 
 
 def test_paper_arp_over_its_nine_scores():

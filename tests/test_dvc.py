@@ -29,7 +29,8 @@ def repro(world, world_dir, tmp_path_factory):
     # a short pretraining on the paper build and on one ablation, streamed from the world's S3
     short = root / "short.yaml"
     short.write_text(yaml.safe_dump({"pretrain_builds": ["paper", "paper_no_naip"],
-                                     "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2}}))
+                                     "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2},
+                                     "finetune": {"epochs": 2}}))
     ws = make_workspace(root / "geopile", [REPO / "params.yaml", world_dir / PARAMS_OVERLAY,
                                            short])
     dvc(ws, "repro", capture=True, env=world_env(world["s3"]))
@@ -55,6 +56,13 @@ def test_repro_runs_from_ingest_to_shards(repro):
         assert config["shards"] == f"{params['pretrain']['stream']['url']}/{build}"
         assert json.loads((run / "metrics.json").read_text())["steps"] == 6
         assert (run / "encoder" / "encoder.timm.safetensors").exists()
+    # finetuning of ours and of the random baseline on UCM, then ARP over them
+    for init in ("ours", "random"):
+        scores = json.loads((repro / "runs" / "finetune" / "ucm" / init / "metrics.json")
+                            .read_text())
+        assert scores["task"] == "ucm" and scores["epochs"] == 2
+    arp = json.loads((repro / "reports" / "arp.json").read_text())
+    assert [(r["task"], r["metric"]) for r in arp["rows"]] == [("ucm", "top1")]
 
 
 def test_one_source_change_reruns_only_what_depends_on_it(repro):

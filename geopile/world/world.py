@@ -133,7 +133,8 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
         "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0001, "workers": 2,
         "mixup": 0.0, "cutmix": 0.0, "tasks": {"ucm": {"img_size": 128, "window_size": 8}},
     }
-    return {"sources": sources, "shard": shard, "pretrain": pretrain, "finetune": finetune}
+    return {"sources": sources, "shard": shard, "pretrain": pretrain, "finetune": finetune,
+            "finetune_inits": ["ours", "random"]}  # no ImageNet weights offline
 
 
 def world_up(world_dir: Path) -> dict[str, str]:
