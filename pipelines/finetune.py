@@ -15,6 +15,7 @@ A run directory (``paths.runs``/finetune/TASK/INIT) holds ``config.json``, ``che
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -154,6 +155,13 @@ def _metric(task: Task, device: torch.device):  # noqa: ANN202 - a torchmetrics 
     return MulticlassAccuracy(num_classes=task.num_classes, average="micro").to(device)
 
 
+def _autocast(device: torch.device):  # noqa: ANN202 - a context manager
+    """bf16 autocast on CUDA (as in pretraining), float32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
              device: torch.device) -> float:
@@ -161,7 +169,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
     metric = _metric(task, device)
     model.eval()
     for images, labels in loader:
-        logits = model(images.to(device))
+        with _autocast(device):
+            logits = model(images.to(device)).float()
         metric.update(logits, labels.to(device))
     model.train()
     return float(metric.compute()) * 100
@@ -280,7 +289,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
             images, labels = images.to(where.device), labels.to(where.device)
             if mixup is not None:
                 images, labels = mixup(images, labels)
-            loss = criterion(trainable(images), labels)
+            with _autocast(where.device):
+                loss = criterion(trainable(images).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad)
