@@ -25,6 +25,13 @@ def create_swin(spec: SwinSpec, *, pretrained: bool = False, file: str | None = 
     return timm.create_model(spec.name, pretrained=pretrained, **kwargs)
 
 
+def distill_channels(encoder: nn.Module, stage: int) -> int:
+    """Channels of a Swin's ``stage`` feature (see :class:`MaskedSwin`): student and teacher."""
+    if stage == len(encoder.layers):
+        return encoder.num_features
+    return encoder.layers[stage].downsample.out_dim
+
+
 class MaskedSwin(nn.Module):
     """A Swin encoder whose masked patch embeddings are replaced by a learnable token.
 
@@ -52,10 +59,7 @@ class MaskedSwin(nn.Module):
     @property
     def distill_features(self) -> int:
         """Channels of the distilled feature."""
-        layers = self.encoder.layers
-        if self.distill_stage == len(layers):
-            return self.encoder.num_features
-        return layers[self.distill_stage].downsample.out_dim
+        return distill_channels(self.encoder, self.distill_stage)
 
     def forward(self, images: torch.Tensor,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.configs import SwinSpec
-from model.student import create_swin
+from model.student import create_swin, distill_channels
 
 
 class FrozenTeacher(nn.Module):
@@ -46,10 +46,7 @@ class FrozenTeacher(nn.Module):
     @property
     def distill_features(self) -> int:
         """Channels of the distilled feature."""
-        layers = self.encoder.layers
-        if self.distill_stage == len(layers):
-            return self.encoder.num_features
-        return layers[self.distill_stage].downsample.out_dim
+        return distill_channels(self.encoder, self.distill_stage)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
