@@ -9,10 +9,11 @@ under the directories given. The paper's numbers ride along, so a run is read be
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.common import atomic_write_text
 
 Score = tuple[str, str]  # (task, metric)
 
@@ -112,8 +113,5 @@ def arp_table(result: ArpResult, paper: bool = True,
 
 def write_arp(result: ArpResult, path: Path) -> None:
     """``arp.json`` (dvc metrics), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"arp": result.arp, "rows": result.rows,
-                               "paper_arp": paper_arp().arp}, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"arp": result.arp, "rows": result.rows,
+                                        "paper_arp": paper_arp().arp}, indent=1) + "\n")

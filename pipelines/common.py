@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from geopile.params import load_params
+from geopile.params import ParamsError, load_params
 
 
 def add_params_arg(parser: argparse.ArgumentParser) -> None:
@@ -35,3 +37,34 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 def data_dir(params: dict[str, Any]) -> Path:
     """The data directory from ``paths.data``."""
     return Path((params.get("paths") or {}).get("data", "data"))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename it into place."""
+    import torch  # not at module level: every command imports this module
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def coerce_floats(kind: type, block: dict[str, Any], name: str) -> dict[str, Any]:
+    """Floats where dataclass ``kind`` wants floats: YAML 1.1 reads ``1e-8`` as a string."""
+    out = dict(block)
+    for f in dataclasses.fields(kind):
+        value = out.get(f.name)
+        if "float" in str(f.type) and isinstance(value, str):
+            try:
+                out[f.name] = float(value)
+            except ValueError:
+                raise ParamsError(f"{name}: {f.name} must be a number, got {value!r}") from None
+    return out

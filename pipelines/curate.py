@@ -18,6 +18,7 @@ from tqdm import tqdm
 from geopile.curate import CurateConfig, curate, rgb_thumbnail
 from geopile.params import ParamsError
 from geopile.records import read_records, records_path, write_table_atomic
+from pipelines.common import atomic_write_text
 
 log = logging.getLogger(__name__)
 CURATED = "curated.parquet"
@@ -53,10 +54,7 @@ def _load(data: Path, names: list[str]) -> dict[str, pa.Table]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=False))
 
 
 def _save_png(fig: Figure, path: Path) -> None:

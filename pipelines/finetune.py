@@ -41,7 +41,8 @@ from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
 from geopile.params import ParamsError
 from model.configs import SwinSpec, get_config
 from model.student import create_swin
-from pipelines.pretrain import _atomic_save, _atomic_write, _numbers, init_distributed
+from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
+from pipelines.pretrain import exported_timm_args, init_distributed
 from pipelines.tasks import Task, TorchgeoSamples, get_task
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class FinetuneSettings:
         block = dict(params.get("finetune") or {})
         try:
             block["imagenet22k"] = Baseline(**(block.get("imagenet22k") or {}))
-            settings = cls(**_numbers(cls, block))
+            settings = cls(**coerce_floats(cls, block, "finetune"))
         except TypeError as err:
             raise ParamsError(f"finetune: {err}") from err
         get_config(settings.model)
@@ -116,8 +117,8 @@ def resolve_init(init: str, settings: FinetuneSettings, img_size: int, window_si
     else:
         raise FileNotFoundError(f"--init {init}: neither random, imagenet22k nor a run with "
                                 "encoder/encoder.json (written by geopile pretrain)")
-    timm_args = json.loads(card.read_text())["timm"]
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in timm_args.items()
+    timm_args = exported_timm_args(card.parent)
+    arch = {k: v for k, v in timm_args.items()
             if k not in ("model_name", "num_classes", "img_size", "window_size")}
     spec = SwinSpec(timm_args["model_name"], img_size, window_size, arch)
     name = path.name if path.name != "encoder" else path.parent.name
@@ -275,7 +276,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     history = root / "history.csv"
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(root / "config.json", json.dumps(config, indent=1, default=str) + "\n")
+        atomic_write_text(root / "config.json", json.dumps(config, indent=1, default=str) + "\n")
         if epoch == 0:
             history.write_text("epoch,loss,lr,val\n")
     bar = tqdm(total=settings.epochs, initial=epoch, unit="epoch",
@@ -305,9 +306,9 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
                                         optimizer.param_groups[-1]["lr"], score])
             if score > best:
                 best = score
-                _atomic_save({"model": model.state_dict(), "epoch": epoch, "val": score},
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "val": score},
                              best_ckpt)
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "rng": torch.get_rng_state(),
                           "sampler_rng": generator.get_state(), "epoch": epoch,
                           "best": best, "fingerprint": stamp}, last_ckpt)
@@ -322,5 +323,5 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     if where.main:
         metrics = {"task": task.name, "init": init_name, "scores": {task.metric: test_score},
                    "val": best, "epochs": epoch, "weights": file}
-        _atomic_write(root / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        atomic_write_text(root / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics

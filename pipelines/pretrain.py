@@ -45,6 +45,7 @@ from model.export import gfm_state_dict, timm_state_dict
 from model.gfm import GFM
 from model.optim import param_groups
 from model.teacher import FrozenTeacher
+from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
 from pipelines.energy import EnergyMeter, EnergySettings, add_energy, energy_line
 from pipelines.loader import GeoPileLoader, normalize
 
@@ -107,10 +108,11 @@ class PretrainSettings:
                   "energy": EnergySettings}
         try:
             for key, kind in nested.items():
-                block[key] = kind(**_numbers(kind, block.get(key) or {}))
+                block[key] = kind(**coerce_floats(kind, block.get(key) or {},
+                                                  f"pretrain.{key}"))
             if "betas" in block:
                 block["betas"] = tuple(float(b) for b in block["betas"])
-            settings = cls(**_numbers(cls, block))
+            settings = cls(**coerce_floats(cls, block, "pretrain"))
         except TypeError as err:
             raise ParamsError(f"pretrain: {err}") from err
         get_config(settings.model)
@@ -125,19 +127,6 @@ class PretrainSettings:
             config = dataclasses.replace(
                 config, teacher=dataclasses.replace(config.teacher, name=self.teacher.name))
         return config
-
-
-def _numbers(kind: type, block: dict[str, Any]) -> dict[str, Any]:
-    """Floats where the settings want floats: YAML 1.1 reads ``1e-8`` (no dot) as a string."""
-    out = dict(block)
-    for f in dataclasses.fields(kind):
-        value = out.get(f.name)
-        if "float" in str(f.type) and isinstance(value, str):
-            try:
-                out[f.name] = float(value)
-            except ValueError:
-                raise ParamsError(f"pretrain: {f.name} must be a number, got {value!r}") from None
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,20 +198,6 @@ def fingerprint(settings: PretrainSettings, seed: int, index_text: str, world: i
                        "index": hashlib.sha256(index_text.encode()).hexdigest()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -335,18 +310,16 @@ def export_encoder(model: GFM, config: GfmConfig, out: Path, meta: dict[str, Any
     save_file(timm_state_dict(model.student), str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)  # safetensors creates it private
     os.replace(tmp, out / "encoder.timm.safetensors")
-    _atomic_save({"model": gfm_state_dict(model.student), "meta": meta},
+    atomic_torch_save({"model": gfm_state_dict(model.student), "meta": meta},
                  out / "encoder.gfm.pth")
     spec = config.student
-    arch = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.arch.items()}
     load = {"model_name": spec.name, "num_classes": 0, "img_size": spec.img_size,
-            "window_size": spec.window_size, **arch}
+            "window_size": spec.window_size, **spec.arch}
     usage = (f"timm.create_model({spec.name!r}, pretrained=True, pretrained_cfg_overlay="
              f"dict(file='encoder.timm.safetensors'), num_classes=0, img_size={spec.img_size}, "
              f"window_size={spec.window_size}"
-             + "".join(f", {k}={tuple(v) if isinstance(v, list) else v!r}"
-                       for k, v in arch.items()) + ")")
-    _atomic_write(out / "encoder.json", json.dumps(
+             + "".join(f", {k}={v!r}" for k, v in spec.arch.items()) + ")")
+    atomic_write_text(out / "encoder.json", json.dumps(
         {"timm": load, "usage": usage, **meta}, indent=1) + "\n")
 
 
@@ -470,7 +443,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     last: dict[str, float] = {}
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(root / "config.json", json.dumps(run_config, indent=1, default=str) + "\n")
+        atomic_write_text(root / "config.json",
+                          json.dumps(run_config, indent=1, default=str) + "\n")
         log.info("pretraining %s (%s) on %s: teacher %s, %d steps of %d images, %s",
                  settings.model, run_config["precision"], url, teacher.source, sched.total,
                  sched.global_batch, where.device)
@@ -492,7 +466,7 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
         if not where.main:
             return
         energy = add_energy(energy_before, meter.snapshot() if meter else None)
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "loader": loader.state_dict(),
                       "rng": _rng_state(), "step": step, "fingerprint": stamp,
                       "energy": energy, "config": run_config}, checkpoint)
@@ -569,20 +543,26 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                    "kwh": energy["kwh"] if energy else None,
                    "kg_co2e": energy["kg_co2e"] if energy else None,
                    "teacher": teacher.source}
-        _atomic_write(root / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-        _atomic_write(root / "energy.json", json.dumps(energy, indent=1) + "\n")
+        atomic_write_text(root / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        atomic_write_text(root / "energy.json", json.dumps(energy, indent=1) + "\n")
         log.info(energy_line(energy))
     if where.world > 1:
         dist.barrier()
     return metrics
 
 
+def exported_timm_args(encoder_dir: Path) -> dict[str, Any]:
+    """``timm.create_model`` arguments of an exported encoder (``model_name`` included)."""
+    card = json.loads((encoder_dir / "encoder.json").read_text())
+    # JSON has no tuples: depths and heads come back as lists
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in card["timm"].items()}
+
+
 def load_exported(encoder_dir: Path) -> torch.nn.Module:
     """The exported encoder, loaded the way a timm user would (the call in encoder.json)."""
     import timm
 
-    card = json.loads((encoder_dir / "encoder.json").read_text())
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card["timm"].items()}
+    kwargs = exported_timm_args(encoder_dir)
     name = kwargs.pop("model_name")
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={
         "file": str(encoder_dir / "encoder.timm.safetensors")}, **kwargs)

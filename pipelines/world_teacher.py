@@ -10,7 +10,6 @@ so its features carry real, if modest, information for the student to distil.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from geopile.world.scenes import render_scene
 from geopile.world.world import TEACHER_FILE
 from model.configs import get_config
 from model.student import create_swin
+from pipelines.common import atomic_torch_save
 
 
 def _images(classes: list[str], per_class: int, size: int, seed: int) -> tuple[torch.Tensor,
@@ -63,13 +63,9 @@ def make_world_teacher(world_dir: Path, *, classes: int = 16, per_class: int = 1
     net.eval()
     with torch.no_grad():
         accuracy = float((net(x).argmax(1) == y).float().mean())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, target)
+    atomic_torch_save(net.state_dict(), target)
     card = {"architecture": spec.name, "img_size": spec.img_size,
-            "window_size": spec.window_size, **{k: list(v) if isinstance(v, tuple) else v
-                                                 for k, v in spec.arch.items()},
+            "window_size": spec.window_size, **spec.arch,
             "classes": names, "images": len(x), "steps": steps,
             "train_accuracy": round(accuracy, 3),
             "note": "a stand-in for the ImageNet-22k teacher, trained on rendered world scenes"}
