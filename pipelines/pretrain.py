@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from geopile.augment import GfmTransform
 from geopile.params import ParamsError
-from geopile.stream import INDEX, open_storage
 from model.configs import GfmConfig, get_config
 from model.export import gfm_state_dict, timm_state_dict
 from model.gfm import GFM
@@ -184,7 +183,8 @@ def run_dir(params: dict[str, Any], build: str) -> Path:
     return Path((params.get("paths") or {}).get("runs", "runs")) / build
 
 
-def fingerprint(settings: PretrainSettings, seed: int, index_text: str, world: int) -> str:
+def fingerprint(settings: PretrainSettings, seed: int, index: dict[str, Any],
+                world: int) -> str:
     """What a checkpoint must match to be resumed: settings, seed, shards, world size.
 
     ``workers``, ``log_every`` and ``checkpoint_every`` may change across a resume, and so may
@@ -195,7 +195,8 @@ def fingerprint(settings: PretrainSettings, seed: int, index_text: str, world: i
                 "trace", "launcher"):
         keep.pop(key)
     blob = json.dumps({"settings": keep, "seed": seed, "world": world,
-                       "index": hashlib.sha256(index_text.encode()).hexdigest()},
+                       "index": hashlib.sha256(json.dumps(index, sort_keys=True).encode())
+                       .hexdigest()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -372,9 +373,6 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     config = settings.config()
     root = out or run_dir(params, build)
     url = shards or shards_url(params, build, settings)
-    storage, _ = open_storage(url)
-    index_text = storage.read_text(INDEX)
-    stamp = fingerprint(settings, seed, index_text, where.world)
 
     torch.manual_seed(seed)
     random.seed(seed)
@@ -395,6 +393,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                            rank=where.rank, world=where.world, seed=seed, transform=transform,
                            cache_dir=settings.stream.cache_dir,
                            cache_bytes=settings.stream.cache_bytes, pin_memory=cuda)
+    # the loader has read and parsed the build's index: its digest identifies the shards
+    stamp = fingerprint(settings, seed, loader.stream.index, where.world)
     sched = make_schedule(settings, len(loader), where.world)
     optimizer = make_optimizer(model, settings, sched.lr)
     # the reference's schedule: timm's per-step cosine with linear warm-up
@@ -482,7 +482,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                                .contiguous(memory_format=torch.channels_last))
             mask = batch["mask"].to(where.device, non_blocking=True)
             micro += 1
-            keys += batch["key"]
+            if trace:
+                keys += batch["key"]
             sync = micro % settings.accumulate == 0
             context = (trainable.no_sync() if where.world > 1 and not sync else nullcontext())
             with context:
