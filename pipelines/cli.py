@@ -121,17 +121,31 @@ def _parser() -> argparse.ArgumentParser:
                           "paths.shards")
     add_params_arg(pretrain)
 
+    fetch = sub.add_parser(
+        "fetch",
+        help="download a downstream evaluation set (BigEarthNet) into torchgeo's layout",
+        description="Download (resumed, md5-checked) and safely extract each SET into "
+        "paths.data/downstream/SET/torchgeo, the root torchgeo reads; record what was fetched in "
+        "paths.data/fetched/SET.json. URLs and md5s: downstream.SET.urls/md5s in params.yaml. "
+        "UC Merced comes from `geopile ingest ucmerced` instead.",
+    )
+    fetch.add_argument("sets", nargs="*", metavar="SET", help="bigearthnet")
+    fetch.add_argument("--all", action="store_true", help="every set in downstream_sets")
+    add_params_arg(fetch)
+
     finetune = sub.add_parser(
         "finetune",
         help="finetune a pretrained encoder (or a baseline) on a downstream task",
         description="The reference recipe (finetune: in params.yaml; layer decay, mixup/cutmix, "
         "label smoothing through timm; the task's size and window) on TASK's torchgeo "
-        "dataset, built from what `geopile ingest` verified. --init: a pretraining run "
+        "dataset, built from what `geopile ingest` or `geopile fetch` verified (fetched on "
+        "first use). ben10 and ben1 train on a seeded 10%% / 1%% of BigEarthNet's training "
+        "split, drawn without replacement and listed in subset.json. --init: a pretraining run "
         "directory of ours (with encoder/), imagenet22k (the baseline) or random. Writes "
         "paths.runs/finetune/TASK/INIT/: metrics.json (the test score, read by geopile arp), "
         "history.csv, config.json, checkpoints/last.pt and best.pt (best validation score).",
     )
-    finetune.add_argument("task", metavar="TASK", help="ucm")
+    finetune.add_argument("task", metavar="TASK", help="ucm, ben10 or ben1")
     finetune.add_argument("--init", required=True,
                           help="RUN_DIR (ours, e.g. runs/paper), imagenet22k or random")
     finetune.add_argument("--epochs", type=int, help="overrides finetune.epochs")
@@ -270,6 +284,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                                progress=not args.no_progress, out=out, shards=args.shards)
         if metrics:
             print(summary(out))
+        return 0
+    if args.command == "fetch":
+        from geopile.downstream import fetch
+
+        names = (params.get("downstream_sets") or []) if args.all else args.sets
+        if not names:
+            raise ParamsError("name at least one set, or pass --all")
+        for name in names:
+            print(f"{name}: {fetch(name, params, data, progress=not args.no_progress)}")
         return 0
     if args.command == "finetune":
         from pipelines.finetune import run_finetune

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -33,7 +34,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -42,7 +43,7 @@ from geopile.params import ParamsError
 from model.configs import SwinSpec, get_config
 from model.student import create_swin
 from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
-from pipelines.pretrain import exported_timm_args, init_distributed
+from pipelines.pretrain import exported_timm_args, init_distributed, weights_digest
 from pipelines.tasks import Task, TorchgeoSamples, get_task
 
 log = logging.getLogger(__name__)
@@ -139,21 +140,52 @@ def build_classifier(spec: SwinSpec, file: str | None, fetch: bool, num_classes:
     return model
 
 
-def _transform(size: int, train: bool) -> v2.Compose:
-    ops: list[Any] = [v2.ToDtype(torch.float32, scale=False),
-                      v2.Lambda(lambda x: x / 255.0)]
+def _transform(task: Task, size: int, train: bool) -> v2.Compose:
+    """0..255 (through the task's own scaling), resize or augment, ImageNet normalisation."""
+    ops: list[Any] = [v2.ToDtype(torch.float32, scale=False)]
+    if task.to_255 is not None:
+        ops.append(v2.Lambda(task.to_255))
+    ops.append(v2.Lambda(lambda x: x / 255.0))
     if train:
-        ops += [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+        ops += [v2.RandomResizedCrop(size, scale=task.crop_scale, antialias=True),
+                v2.RandomHorizontalFlip()]
+        if task.vflip:
+            ops.append(v2.RandomVerticalFlip())
     else:
         ops += [v2.Resize((size, size), antialias=True)]
+    # always normalised (the reference forgets to for BigEarthNet without mixup)
     ops.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return v2.Compose(ops)
 
 
-def _metric(task: Task, device: torch.device):  # noqa: ANN202 - a torchmetrics Metric
-    from torchmetrics.classification import MulticlassAccuracy
+def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
+    """A seeded sample of ``int(fraction * n)`` of ``range(n)`` without replacement, sorted.
 
+    The reference drew its BigEarthNet subsets with replacement, so about 5% of a 10% subset
+    were repeats; this draws each index at most once.
+    """
+    size = int(fraction * n)
+    if size < 1:
+        raise ValueError(f"a {fraction:.0%} subset of {n} training samples is empty")
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=size, replace=False).tolist())
+
+
+def _metric(task: Task, device: torch.device):  # noqa: ANN202 - a torchmetrics Metric
+    from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+    if task.multilabel:
+        return MultilabelAveragePrecision(num_labels=task.num_classes, average="micro").to(device)
     return MulticlassAccuracy(num_classes=task.num_classes, average="micro").to(device)
+
+
+def _criterion(task: Task, settings: FinetuneSettings, mixup: bool) -> torch.nn.Module:
+    """Soft-target losses after mixup; otherwise CE (single label) or BCE (multi-label)."""
+    if task.multilabel:
+        return torch.nn.BCEWithLogitsLoss()  # takes mixup's (smoothed) soft targets as they are
+    if mixup:
+        return SoftTargetCrossEntropy()
+    return torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
 
 def _autocast(device: torch.device):  # noqa: ANN202 - a context manager
@@ -165,16 +197,23 @@ def _autocast(device: torch.device):  # noqa: ANN202 - a context manager
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
-             device: torch.device) -> float:
-    """The task's metric over a split, in percent (the paper's scale)."""
+             device: torch.device) -> tuple[float, float]:
+    """The task's metric over a split and its chance level, both in percent (the paper's scale).
+
+    Chance is what uninformed scores get in expectation: 1/classes for top-1, and for micro AP
+    the share of positive (image, label) pairs.
+    """
     metric = _metric(task, device)
     model.eval()
+    positives, pairs = 0, 0
     for images, labels in loader:
         with _autocast(device):
             logits = model(images.to(device)).float()
         metric.update(logits, labels.to(device))
+        positives, pairs = positives + int(labels.sum()), pairs + labels.numel()
     model.train()
-    return float(metric.compute()) * 100
+    chance = positives / max(pairs, 1) if task.multilabel else 1 / task.num_classes
+    return float(metric.compute()) * 100, chance * 100
 
 
 def _fingerprint(settings: FinetuneSettings, task: str, weights: str | None, seed: int,
@@ -215,9 +254,17 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     model = build_classifier(spec, file, fetch, task.num_classes, settings.drop_path)
     model = model.to(where.device)
     splits = task.datasets(params)
-    train = TorchgeoSamples(splits["train"], _transform(img_size, True))
-    val = TorchgeoSamples(splits["val"], _transform(img_size, False))
-    test = TorchgeoSamples(splits["test"], _transform(img_size, False))
+    train_full = TorchgeoSamples(splits["train"], _transform(task, img_size, True))
+    val = TorchgeoSamples(splits["val"], _transform(task, img_size, False))
+    test = TorchgeoSamples(splits["test"], _transform(task, img_size, False))
+    train: Dataset = train_full
+    subset = None
+    if task.train_fraction < 1:
+        indices = subset_indices(len(train_full), task.train_fraction, seed)
+        train = Subset(train_full, indices)
+        subset = {"fraction": task.train_fraction, "seed": seed, "size": len(indices),
+                  "of": len(train_full), "replacement": False, "indices": indices,
+                  "samples": [train_full.sample_id(i) for i in indices]}
     batch = min(settings.batch_size, len(train) // where.world)
     batch -= batch % 2  # mixup pairs samples
     if batch < 2:
@@ -242,10 +289,9 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     mixup = None
     if settings.mixup > 0 or settings.cutmix > 0:
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
-                      label_smoothing=settings.label_smoothing, num_classes=task.num_classes)
-        criterion: torch.nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+                      label_smoothing=settings.label_smoothing, num_classes=task.num_classes,
+                      multi_label=task.multilabel)
+    criterion = _criterion(task, settings, mixup is not None)
 
     epoch, best = 0, -1.0
     last_ckpt, best_ckpt = root / "checkpoints" / "last.pt", root / "checkpoints" / "best.pt"
@@ -277,6 +323,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / "config.json", json.dumps(config, indent=1, default=str) + "\n")
+        if subset is not None:  # which training samples this run saw
+            atomic_write_text(root / "subset.json", json.dumps(subset, indent=1) + "\n")
         if epoch == 0:
             history.write_text("epoch,loss,lr,val\n")
     bar = tqdm(total=settings.epochs, initial=epoch, unit="epoch",
@@ -288,6 +336,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
         losses = []
         for i, (images, labels) in enumerate(train_loader):
             images, labels = images.to(where.device), labels.to(where.device)
+            if task.multilabel:
+                labels = labels.float()
             if mixup is not None:
                 images, labels = mixup(images, labels)
             with _autocast(where.device):
@@ -299,7 +349,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
             scheduler.step_update(epoch * per_epoch + i + 1)
             losses.append(loss.item())
         epoch += 1
-        score = evaluate(model, val_loader, task, where.device)
+        score, _ = evaluate(model, val_loader, task, where.device)
         if where.main:
             with history.open("a", newline="") as f:
                 csv.writer(f).writerow([epoch, sum(losses) / len(losses),
@@ -315,13 +365,19 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", val=f"{score:.1f}")
     bar.close()
-    if where.world > 1:
+    if where.world > 1:  # DDP keeps replicas equal; a silent divergence would taint the score
+        digests: list[Any] = [None] * where.world
+        dist.all_gather_object(digests, weights_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {where.world} processes ended with different weights "
+                               f"({digests}); the run is not valid")
         dist.barrier()
     model.load_state_dict(torch.load(best_ckpt, map_location="cpu", weights_only=False)["model"])
-    test_score = evaluate(model, test_loader, task, where.device)
+    test_score, chance = evaluate(model, test_loader, task, where.device)
     metrics: dict[str, Any] = {}
     if where.main:
         metrics = {"task": task.name, "init": init_name, "scores": {task.metric: test_score},
-                   "val": best, "epochs": epoch, "weights": file}
+                   "chance": {task.metric: chance}, "val": best, "epochs": epoch,
+                   "train_samples": len(train), "world_size": where.world, "weights": file}
         atomic_write_text(root / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics

@@ -1,12 +1,12 @@
 """Downstream tasks: one contract (dataset splits, classes, metric, the reference's geometry).
 
-A task turns what ``geopile ingest`` fetched (verified by checksum) into the torchgeo dataset
-that reads it, so finetuning uses the same bytes curation decontaminated against.
+A task turns verified downloads into the torchgeo dataset that reads them: UC Merced from what
+``geopile ingest`` fetched (the bytes curation decontaminated against), the others from
+``geopile.downstream.fetch``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+from geopile.downstream import fetch, link
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Task:
     window_size: int  # ... and window
     multilabel: bool
     datasets: Callable[[dict[str, Any]], dict[str, Dataset]]  # params -> split -> dataset
+    train_fraction: float = 1.0  # a seeded sample of the training split, without replacement
+    to_255: Callable[[torch.Tensor], torch.Tensor] | None = None  # raw values -> 0..255
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range
+    vflip: bool = False  # vertical flips too (overhead imagery has no up)
 
 
 class TorchgeoSamples(Dataset):
@@ -42,13 +48,14 @@ class TorchgeoSamples(Dataset):
         sample = self.dataset[index]
         return self.transform(sample["image"]), sample["label"]
 
-
-def _link(target: Path, link: Path) -> None:
-    if link.is_symlink() or link.exists():
-        if link.resolve() == target.resolve():
-            return
-        link.unlink()
-    os.symlink(target.resolve(), link)
+    def sample_id(self, index: int) -> str:
+        """A name for sample ``index`` that survives re-ordering (its file or folder)."""
+        ds = self.dataset
+        if hasattr(ds, "folders"):  # BigEarthNet
+            return Path(ds.folders[index]["s2"]).name
+        if hasattr(ds, "samples"):  # torchvision ImageFolder-style (UC Merced)
+            return Path(ds.samples[index][0]).name
+        return str(index)
 
 
 def ucm_root(params: dict[str, Any]) -> Path:
@@ -62,9 +69,9 @@ def ucm_root(params: dict[str, Any]) -> Path:
         raise FileNotFoundError(f"{missing[0]} missing: run `geopile ingest ucmerced` first")
     root = data / "downstream" / "ucm"
     root.mkdir(parents=True, exist_ok=True)
-    _link(images, root / "UCMerced_LandUse")
+    link(images, root / "UCMerced_LandUse")
     for split in splits:
-        _link(split, root / split.name)
+        link(split, root / split.name)
     return root
 
 
@@ -75,9 +82,46 @@ def _ucm(params: dict[str, Any]) -> dict[str, Dataset]:
     return {split: UCMerced(str(root), split=split) for split in ("train", "val", "test")}
 
 
+# The reference's BigEarthNet input (from SeCo): B04, B03, B02 each stretched from its 2nd to
+# 98th percentile over the dataset to 0..255 and truncated to uint8.
+BEN_RGB = ("B04", "B03", "B02")
+BEN_QUANTILES = {"B04": (27.0, 2332.0), "B03": (61.0, 2001.0), "B02": (50.0, 1862.0)}
+
+
+def ben_to_255(image: torch.Tensor) -> torch.Tensor:
+    """BigEarthNet reflectances (B04, B03, B02) to the reference's 0..255 values."""
+    lo = torch.tensor([BEN_QUANTILES[b][0] for b in BEN_RGB]).view(3, 1, 1)
+    hi = torch.tensor([BEN_QUANTILES[b][1] for b in BEN_RGB]).view(3, 1, 1)
+    return ((image - lo) / (hi - lo) * 255).clamp(0, 255).floor()
+
+
+def _ben(params: dict[str, Any]) -> dict[str, Dataset]:
+    from torchgeo.datasets import BigEarthNet
+
+    class BigEarthNetRGB(BigEarthNet):
+        """torchgeo's BigEarthNet (S2, 19 classes), reading only the reference's three bands.
+
+        A quarter of the file reads of all twelve.
+        """
+
+        def _load_paths(self, index: int) -> list[str]:
+            folder = Path(self.folders[index]["s2"])
+            return [str(folder / f"{folder.name}_{band}.tif") for band in BEN_RGB]
+
+    data = Path((params.get("paths") or {}).get("data", "data"))
+    root = fetch("bigearthnet", params, data, progress=False)
+    return {split: BigEarthNetRGB(str(root), split=split, bands="s2", num_classes=19)
+            for split in ("train", "val", "test")}
+
+
 TASKS: dict[str, Task] = {
     # UC Merced: 21 classes, the torchgeo (In-domain representation learning) splits, top-1
     "ucm": Task("ucm", 21, "top1", 256, 8, False, _ucm),
+    # BigEarthNet-S2, 19 labels, micro AP; trained on 10% / 1% of the training split
+    "ben10": Task("ben10", 19, "micro_ap", 128, 4, True, _ben, train_fraction=0.10,
+                  to_255=ben_to_255, crop_scale=(0.67, 1.0), vflip=True),
+    "ben1": Task("ben1", 19, "micro_ap", 128, 4, True, _ben, train_fraction=0.01,
+                 to_255=ben_to_255, crop_scale=(0.67, 1.0), vflip=True),
 }
 
 

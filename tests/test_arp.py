@@ -11,14 +11,15 @@ from pipelines.cli import main
 
 
 def test_arp_matches_a_hand_computation():
-    model = {("ucm", "top1"): 90.0, ("ben10", "map"): 80.0, ("whu", "iou"): 50.0}
-    base = {("ucm", "top1"): 80.0, ("ben10", "map"): 80.0, ("oscd", "f1"): 40.0}
+    model = {("ucm", "top1"): 90.0, ("ben10", "micro_ap"): 80.0, ("whu", "iou"): 50.0}
+    base = {("ucm", "top1"): 80.0, ("ben10", "micro_ap"): 80.0, ("oscd", "f1"): 40.0}
     result = arp(model, base)
     # shared: ucm (+10/80 = 0.125) and ben10 (0): mean 0.0625; whu and oscd are left out
     assert result.arp == pytest.approx(0.0625)
-    assert [(r["task"], r["metric"]) for r in result.rows] == [("ben10", "map"), ("ucm", "top1")]
+    rows = [(r["task"], r["metric"]) for r in result.rows]
+    assert rows == [("ben10", "micro_ap"), ("ucm", "top1")]
     assert arp({}, base).arp is None
-    zero = arp(model, {("ucm", "top1"): 0.0, ("ben10", "map"): 40.0})
+    zero = arp(model, {("ucm", "top1"): 0.0, ("ben10", "micro_ap"): 40.0})
     assert zero.rows[1]["relative"] is None and zero.arp == pytest.approx(1.0)
 
 
@@ -38,12 +39,12 @@ def _run(root, name, task, scores):
 
 def test_scores_from_run_directories_and_the_cli(tmp_path, capsys):
     _run(tmp_path / "ours", "ucm", "ucm", {"top1": 95.0})
-    _run(tmp_path / "ours", "ben10", "ben10", {"map": 86.0})
+    _run(tmp_path / "ours", "ben10", "ben10", {"micro_ap": 86.0})
     _run(tmp_path / "random", "ucm", "ucm", {"top1": 50.0})
-    _run(tmp_path / "random", "ben10", "ben10", {"map": 43.0})
+    _run(tmp_path / "random", "ben10", "ben10", {"micro_ap": 43.0})
     (tmp_path / "ours" / "pretrain").mkdir()
     (tmp_path / "ours" / "pretrain" / "metrics.json").write_text(json.dumps({"loss": 0.1}))
-    assert read_scores([tmp_path / "ours"]) == {("ucm", "top1"): 95.0, ("ben10", "map"): 86.0}
+    assert read_scores([tmp_path / "ours"]) == {("ucm", "top1"): 95.0, ("ben10", "micro_ap"): 86.0}
     out = tmp_path / "arp.json"
     assert main(["arp", "--model", str(tmp_path / "ours"), "--baseline",
                  str(tmp_path / "random"), "--out", str(out)]) == 0

@@ -30,6 +30,7 @@ def repro(world, world_dir, tmp_path_factory):
     short = root / "short.yaml"
     short.write_text(yaml.safe_dump({"pretrain_builds": ["paper", "paper_no_naip"],
                                      "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2},
+                                     "finetune_tasks": ["ucm", "ben1"],
                                      "finetune": {"epochs": 2}}))
     ws = make_workspace(root / "geopile", [REPO / "params.yaml", world_dir / PARAMS_OVERLAY,
                                            short])
@@ -56,13 +57,18 @@ def test_repro_runs_from_ingest_to_shards(repro):
         assert config["shards"] == f"{params['pretrain']['stream']['url']}/{build}"
         assert json.loads((run / "metrics.json").read_text())["steps"] == 6
         assert (run / "encoder" / "encoder.timm.safetensors").exists()
-    # finetuning of ours and of the random baseline on UCM, then ARP over them
-    for init in ("ours", "random"):
-        scores = json.loads((repro / "runs" / "finetune" / "ucm" / init / "metrics.json")
-                            .read_text())
-        assert scores["task"] == "ucm" and scores["epochs"] == 2
+    # BigEarthNet fetched from the world's S3 and recorded
+    fetched = json.loads((repro / "data" / "fetched" / "bigearthnet.json").read_text())
+    assert set(fetched["files"]) == {"s2", "split_train", "split_val", "split_test"}
+    # finetuning of ours and of the random baseline on UCM and BEN 1%, then ARP over them
+    for task in ("ucm", "ben1"):
+        for init in ("ours", "random"):
+            scores = json.loads((repro / "runs" / "finetune" / task / init / "metrics.json")
+                                .read_text())
+            assert scores["task"] == task and scores["epochs"] == 2
     arp = json.loads((repro / "reports" / "arp.json").read_text())
-    assert [(r["task"], r["metric"]) for r in arp["rows"]] == [("ucm", "top1")]
+    assert sorted((r["task"], r["metric"]) for r in arp["rows"]) == [("ben1", "micro_ap"),
+                                                                     ("ucm", "top1")]
 
 
 def test_one_source_change_reruns_only_what_depends_on_it(repro):

@@ -1,20 +1,33 @@
-"""``geopile finetune`` on the world's UC Merced with the ``tiny`` model, on the CPU."""
+"""``geopile finetune`` on the world's UC Merced and BigEarthNet with ``tiny``, on the CPU."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
+from geopile.downstream import downstream_root
 from geopile.params import deep_merge
-from pipelines.finetune import FinetuneSettings, build_classifier, resolve_init, run_finetune
+from geopile.world.downstream import covers as ben_covers
+from pipelines.finetune import (
+    FinetuneSettings,
+    build_classifier,
+    resolve_init,
+    run_finetune,
+    subset_indices,
+)
 from pipelines.pretrain import run_pretrain
 from pipelines.shard import run_shard
-from pipelines.tasks import get_task
+from pipelines.tasks import ben_to_255, get_task
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +83,79 @@ def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     assert (config["img_size"], config["window_size"]) == (128, 8)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert (out / "checkpoints" / "best.pt").exists()
+
+
+def test_subsets_are_seeded_without_replacement():
+    for n, fraction in ((500, 0.10), (500, 0.01), (269_695, 0.10)):
+        picked = subset_indices(n, fraction, seed=0)
+        assert len(picked) == int(fraction * n) and len(set(picked)) == len(picked)
+        assert picked == sorted(picked) and 0 <= picked[0] and picked[-1] < n
+        assert picked == subset_indices(n, fraction, seed=0)
+    assert subset_indices(500, 0.1, seed=0) != subset_indices(500, 0.1, seed=1)
+    with pytest.raises(ValueError, match="empty"):
+        subset_indices(50, 0.01, seed=0)
+
+
+def test_ben_reads_the_reference_rgb_and_19_labels(pretrained, truth):
+    from torchgeo.datasets import BigEarthNet
+
+    params, _ = pretrained
+    splits = get_task("ben10").datasets(params)
+    ben = truth["downstream"]["bigearthnet"]
+    assert {s: len(ds) for s, ds in splits.items()} == ben["splits"]
+    sample = splits["test"][3]
+    assert sample["image"].shape == (3, 120, 120)
+    names = BigEarthNet.class_sets[43]
+    expected = torch.zeros(19, dtype=torch.long)
+    for label in ben["labels"]["test"][3]:
+        index = BigEarthNet.label_converter.get(names.index(label))
+        if index is not None:
+            expected[index] = 1
+    assert torch.equal(sample["label"], expected)
+    # the reference's stretch: (x - q02) / (q98 - q02) * 255, clipped and truncated
+    raw = torch.tensor([[[27.0, 2332.0, 1000.0]], [[61.0, 0.0, 1000.0]], [[50.0, 1862.0, 5000.0]]])
+    # B04: 973 / 2305 * 255 = 107.6; B03: 939 / 1940 * 255 = 123.4
+    assert ben_to_255(raw)[:, 0].tolist() == [[0.0, 255.0, 107.0], [0.0, 0.0, 123.0],
+                                              [0.0, 255.0, 255.0]]
+
+
+@pytest.mark.parametrize("task,epochs,size", [("ben10", 6, 50), ("ben1", 3, 5)])
+def test_ben_finetuning_beats_chance_on_its_subset(pretrained, tmp_path, truth, task, epochs,
+                                                   size):
+    params, run = pretrained
+    out = tmp_path / task
+    metrics = run_finetune(params, task, str(run), epochs=epochs, progress=False, out=out)
+    subset = json.loads((out / "subset.json").read_text())
+    assert subset["size"] == size == metrics["train_samples"] and not subset["replacement"]
+    assert len(set(subset["samples"])) == size and subset["of"] == 500
+    root = downstream_root(Path(params["paths"]["data"]), "bigearthnet")
+    listed = (root / "bigearthnet-train.csv").read_text().split()
+    train_patches = [line.split(",")[0] for line in listed]
+    assert subset["samples"] == [train_patches[i] for i in subset["indices"]]
+    score, chance = metrics["scores"]["micro_ap"], metrics["chance"]["micro_ap"]
+    ben = truth["downstream"]["bigearthnet"]
+    labels = [set(x) & set(ben_covers()) for x in ben["labels"]["test"]]
+    assert abs(chance - 100 * sum(map(len, labels)) / (19 * len(labels))) < 1e-6
+    margin = 25 if task == "ben10" else 5
+    assert score > chance + margin, metrics
+
+
+def test_torchrun_two_processes_on_gloo(pretrained, tmp_path):
+    params, _ = pretrained
+    overlay = tmp_path / "params.yaml"
+    overlay.write_text(yaml.safe_dump(deep_merge(params, {"finetune": {"workers": 0}})))
+    out = tmp_path / "ucm"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+         "-m", "pipelines.cli", "finetune", "ucm", "--init", "random", "--epochs", "2",
+         "--out", str(out), "--params", str(overlay), "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # includes the ranks' weight check
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["world_size"] == metrics["world_size"] == 2
+    per_rank = config["batch_size"]
+    assert config["steps"] == 2 * (config["train"] // (2 * per_rank))
+    with (out / "history.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]

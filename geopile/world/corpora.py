@@ -360,7 +360,7 @@ class _Builder:
         self.corrupt.append(((source, name), kind))
 
 
-class _Writer:
+class WorldWriter:
     """Writes files under the world directory and records their checksums."""
 
     def __init__(self, world_dir: Path) -> None:
@@ -418,7 +418,7 @@ def _hf_schema() -> pa.Schema:
         metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _write_mlrsnet(writer: _Writer, corpus: _Corpus) -> dict[str, str]:
+def _write_mlrsnet(writer: WorldWriter, corpus: _Corpus) -> dict[str, str]:
     """Shard the rows (name order) into the three published parquet files.
 
     Returns:
@@ -438,7 +438,7 @@ def _write_mlrsnet(writer: _Writer, corpus: _Corpus) -> dict[str, str]:
     return refs
 
 
-def _write_all(b: _Builder, writer: _Writer) -> dict[str, dict]:
+def _write_all(b: _Builder, writer: WorldWriter) -> dict[str, dict]:
     """Write every archive, split file and parquet shard; return per-source summaries."""
     c = b.corpora
     pubs = {k: PUBLICATIONS[k].downloads for k in ("resisc45", "patternnet", "ucmerced")}
@@ -494,7 +494,7 @@ def build_corpora(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict:
     b.plant_duplicates()
     b.plant_contaminants()
     b.plant_corrupt()
-    writer = _Writer(Path(world_dir))
+    writer = WorldWriter(Path(world_dir))
     summaries = _write_all(b, writer)
     mlrs_refs = _write_mlrsnet(writer, b.corpora["mlrsnet"])
 

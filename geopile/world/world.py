@@ -20,9 +20,11 @@ import boto3
 import yaml
 from botocore.config import Config
 
+from geopile.downstream import DOWNSTREAM
 from geopile.sources.published import PUBLICATIONS
 from geopile.world import servers
-from geopile.world.corpora import build_corpora, mirror_path
+from geopile.world.corpora import WorldWriter, build_corpora, mirror_path
+from geopile.world.downstream import build_bigearthnet
 from geopile.world.naip import AZURE_PREFIX, build_naip
 
 BUCKET = "world"
@@ -44,6 +46,9 @@ def build_world(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict[str,
     world_dir.mkdir(parents=True, exist_ok=True)
     truth = build_corpora(world_dir, seed=seed, per_class=per_class)
     truth["naip"] = build_naip(world_dir, seed=seed)
+    writer = WorldWriter(world_dir)
+    truth["downstream"] = {"bigearthnet": build_bigearthnet(writer.write_url, seed=seed)}
+    truth["downstream"]["bigearthnet"]["files"] = writer.files["bigearthnet"]
     truth["seed"] = seed
     tmp = world_dir / f".{GROUND_TRUTH}.tmp"
     tmp.write_text(json.dumps(truth, indent=1, sort_keys=True))
@@ -100,6 +105,13 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
             urls[which] = f"{s3}/{BUCKET}/{mirror_path(download.url)}"
             md5s[which] = files[rel]["md5"] if download.md5 else None
         sources[name] = {"urls": urls, "md5s": md5s} if urls else {}
+    downstream = {}
+    for name, published in DOWNSTREAM.items():
+        got = truth["downstream"][name]["files"]
+        downstream[name] = {
+            "urls": {k: f"{s3}/{BUCKET}/{mirror_path(f.url)}" for k, f in published.files.items()},
+            "md5s": {k: got["http/" + mirror_path(f.url)]["md5"] if f.md5 else None
+                     for k, f in published.files.items()}}
     sources["rsd46"]["archive"] = str((world_dir / "user" / "RSD46-WHU.zip").resolve())
     naip = truth["naip"]
     sources["naip"] = {
@@ -133,7 +145,8 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
         "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0001, "workers": 2,
         "mixup": 0.0, "cutmix": 0.0, "tasks": {"ucm": {"img_size": 128, "window_size": 8}},
     }
-    return {"sources": sources, "shard": shard, "pretrain": pretrain, "finetune": finetune,
+    return {"sources": sources, "downstream": downstream, "shard": shard, "pretrain": pretrain,
+            "finetune": finetune,
             "finetune_inits": ["ours", "random"]}  # no ImageNet weights offline
 
 
