@@ -15,18 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geopile.download import download, extract_archive
+from geopile.download import download, extract_archive, verify_file
 from geopile.params import ParamsError
 
 
 @dataclass(frozen=True)
 class PublishedFile:
-    """One published file: URL, MD5 (the publisher's, via torchgeo) and the name torchgeo wants."""
+    """One published file: URL, MD5 (the publisher's, via torchgeo) and its local name.
 
-    url: str
+    ``url`` is None where the publisher hands files out by request or through a web form: the
+    user downloads them and sets ``downstream.<set>.urls.<key>`` to the local path.
+    """
+
+    url: str | None
     md5: str | None
-    filename: str  # the name it gets in the torchgeo root
-    archive: bool = False  # extracted into the root rather than placed there
+    filename: str  # the name the download gets (torchgeo's name for it)
+    archive: bool = False  # extracted, its top-level entries linked into the root
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ DOWNSTREAM: dict[str, DownstreamSet] = {
         files={
             # 66 GB, 590,326 Sentinel-2 patches; only S2 is fetched (the reference uses RGB)
             "s2": PublishedFile("https://zenodo.org/records/12687186/files/BigEarthNet-S2-v1.0.tar.gz",
-                                "5a64e9ce38deb036a435a7b59494924c", "BigEarthNet-v1.0",
-                                archive=True),
+                                "5a64e9ce38deb036a435a7b59494924c",
+                                "BigEarthNet-S2-v1.0.tar.gz", archive=True),
             # the BigEarthNet-MM splits (cloud, shadow and seasonal-snow patches left out)
             "split_train": PublishedFile(f"{_BEN_SPLITS}/train.csv",
                                          "623e501b38ab7b12fe44f0083c00986d",
@@ -61,6 +65,68 @@ DOWNSTREAM: dict[str, DownstreamSet] = {
             "split_test": PublishedFile(f"{_BEN_SPLITS}/test.csv",
                                         "697fb90677e30571b9ac7699b7e5b432",
                                         "bigearthnet-test.csv"),
+        },
+    ),
+    "vaihingen": DownstreamSet(
+        name="ISPRS 2D Semantic Labeling Vaihingen",
+        licence="ISPRS benchmark terms: research use, cite the benchmark; no redistribution",
+        homepage="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx",
+        files={  # handed out by ISPRS on request: no public URL
+            "images": PublishedFile(None, "462b8dca7b6fa9eaf729840f0cdfc7f3",
+                                    "ISPRS_semantic_labeling_Vaihingen.zip", archive=True),
+            "labels": PublishedFile(None, "4802dd6326e2727a352fb735be450277",
+                                    "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip",
+                                    archive=True),
+        },
+    ),
+    "whu": DownstreamSet(
+        name="WHU Building Dataset, aerial imagery (cropped 512 px tiles)",
+        licence="research use; cite Ji, Wei & Lu 2019",
+        homepage="http://gpcv.whu.edu.cn/data/building_dataset.html",
+        files={  # the publisher's page links a zip with {train,val,test}/{image,label}/*.tif
+            "archive": PublishedFile(None, None, "whu-aerial.zip", archive=True),
+        },
+    ),
+    "oscd": DownstreamSet(
+        name="Onera Satellite Change Detection (OSCD)",
+        licence="CC-BY-NC-SA-4.0",
+        homepage="https://rcdaudt.github.io/oscd/",
+        files={  # torchgeo's URLs and md5s
+            "images": PublishedFile("https://partage.imt.fr/index.php/s/gKRaWgRnLMfwMGo/download",
+                                    "c50d4a2941da64e03a47ac4dec63d915",
+                                    "Onera Satellite Change Detection dataset - Images.zip",
+                                    archive=True),
+            "train_labels": PublishedFile(
+                "https://partage.mines-telecom.fr/index.php/s/2D6n03k58ygBSpu/download",
+                "4d2965af8170c705ebad3d6ee71b6990",
+                "Onera Satellite Change Detection dataset - Train Labels.zip", archive=True),
+            "test_labels": PublishedFile(
+                "https://partage.imt.fr/index.php/s/gpStKn4Mpgfnr63/download",
+                "8177d437793c522653c442aa4e66c617",
+                "Onera Satellite Change Detection dataset - Test Labels.zip", archive=True),
+        },
+    ),
+    "dsifn": DownstreamSet(
+        name="DSIFN change detection (Zhang et al. 2020)",
+        licence="research use; cite Zhang et al., ISPRS J. 2020",
+        homepage="https://github.com/GeoZcx/A-deeply-supervised-image-fusion-network-for-change-detection-in-remote-sensing-images",
+        files={  # shared through a cloud drive: {train,val,test}/{t1,t2,mask}/
+            "archive": PublishedFile(None, None, "DSIFN.zip", archive=True),
+        },
+    ),
+    "sn2": DownstreamSet(
+        name="SpaceNet 2: Building Detection v2 (the four training AOIs)",
+        licence="CC-BY-SA-4.0",
+        homepage="https://spacenet.ai/spacenet-buildings-dataset-v2/",
+        files={  # the AWS open-data bucket; torchgeo's md5s
+            f"aoi_{aoi}": PublishedFile(
+                f"https://spacenet-dataset.s3.amazonaws.com/spacenet/SN2_buildings/tarballs/"
+                f"SN2_buildings_train_AOI_{aoi}_{city}.tar.gz", md5,
+                f"SN2_buildings_train_AOI_{aoi}_{city}.tar.gz", archive=True)
+            for aoi, city, md5 in ((2, "Vegas", "307da318bc43aaf9481828f92eda9126"),
+                                   (3, "Paris", "4db469e3e4e7bf025368ad730aec0888"),
+                                   (4, "Shanghai", "986129eecd3e842ebc2063d43b407adb"),
+                                   (5, "Khartoum", "462b4bf0466c945d708befabd4d9115b"))
         },
     ),
 }
@@ -111,17 +177,23 @@ def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = Tru
     for which, item in published.files.items():
         url = urls.get(which) or item.url
         md5 = md5s[which] if which in md5s else item.md5
-        got = download(url, root.parent / "downloads" / url.rsplit("/", 1)[-1], md5,
-                       progress=progress)
+        if url is None:
+            raise ParamsError(
+                f"{name}: {item.filename} has no public URL ({published.homepage} hands it "
+                f"out); download it and set downstream.{name}.urls.{which} to its path")
+        if "://" in url:
+            got = download(url, root.parent / "downloads" / item.filename, md5,
+                           progress=progress)
+        else:  # a file the user downloaded: checked in place
+            if not Path(url).is_file():
+                raise FileNotFoundError(f"downstream.{name}.urls.{which}: {url} not found")
+            got = verify_file(Path(url), url, md5)
         record["files"][which] = {"url": got.url, "md5": got.md5, "sha256": got.sha256,
                                   "size": got.size}
         if item.archive:
-            raw = extract_archive(got.path, root.parent / "extracted" / which)
-            inner = raw / item.filename
-            if not inner.is_dir():
-                raise FileNotFoundError(f"{got.path}: the archive holds no {item.filename}/ "
-                                        "(is this the published file?)")
-            link(inner, root / item.filename)
+            extracted = extract_archive(got.path, root.parent / "extracted" / which)
+            for entry in sorted(extracted.iterdir()):
+                link(entry, root / entry.name)
         else:
             link(got.path, root / item.filename)
     out = manifest_path(data, name)

@@ -86,13 +86,13 @@ def read_scores(paths: list[Path]) -> dict[Score, float]:
 def arp_table(result: ArpResult, paper: bool = True,
               labels: tuple[str, str] = ("model", "baseline")) -> str:
     """The per-score table, with the paper's GFM and baseline beside each row."""
-    head = f"{'task':<10} {'metric':<6} {labels[0]:>9} {labels[1]:>9} {'rel.':>8}"
+    head = f"{'task':<10} {'metric':<8} {labels[0]:>9} {labels[1]:>9} {'rel.':>8}"
     if paper:
         head += f" | {'paper GFM':>9} {'paper base':>10} {'rel.':>8}"
     lines = [head, "-" * len(head)]
     for r in result.rows:
         gain = "n/a" if r["relative"] is None else f"{r['relative']:+.2%}"
-        line = (f"{r['task']:<10} {r['metric']:<6} {r['model']:>9.4g} {r['baseline']:>9.4g} "
+        line = (f"{r['task']:<10} {r['metric']:<8} {r['model']:>9.4g} {r['baseline']:>9.4g} "
                 f"{gain:>8}")
         if paper and (r["task"], r["metric"]) in PAPER:
             g, b = PAPER[(r["task"], r["metric"])]

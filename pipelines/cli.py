@@ -145,10 +145,15 @@ def _parser() -> argparse.ArgumentParser:
         "paths.runs/finetune/TASK/INIT/: metrics.json (the test score, read by geopile arp), "
         "history.csv, config.json, checkpoints/last.pt and best.pt (best validation score).",
     )
-    finetune.add_argument("task", metavar="TASK", help="ucm, ben10 or ben1")
+    finetune.add_argument("task", metavar="TASK",
+                          help="classification: ucm, ben10, ben1 (epochs); segmentation: whu, "
+                          "vaihingen; change detection: oscd, dsifn; super-resolution: sn2 "
+                          "(iterations, finetune.dense)")
     finetune.add_argument("--init", required=True,
                           help="RUN_DIR (ours, e.g. runs/paper), imagenet22k or random")
     finetune.add_argument("--epochs", type=int, help="overrides finetune.epochs")
+    finetune.add_argument("--iterations", type=int,
+                          help="overrides finetune.dense.iterations (dense tasks)")
     finetune.add_argument("--resume", action="store_true",
                           help="continue from the run's last checkpoint")
     finetune.add_argument("--out", type=Path, help="run directory")
@@ -298,11 +303,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipelines.finetune import run_finetune
 
         metrics = run_finetune(params, args.task, args.init, resume=args.resume,
-                               epochs=args.epochs, progress=not args.no_progress, out=args.out)
+                               epochs=args.epochs, iterations=args.iterations,
+                               progress=not args.no_progress, out=args.out)
         if metrics:
-            scores = ", ".join(f"{k} {v:.2f}" for k, v in metrics["scores"].items())
-            print(f"{args.task} from {metrics['init']}: test {scores} "
-                  f"(best validation {metrics['val']:.2f} over {metrics['epochs']} epochs)")
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics["scores"].items())
+            length = (f"{metrics['epochs']} epochs" if "epochs" in metrics
+                      else f"{metrics['iterations']} iterations")
+            val = f"best validation {metrics['val']:.2f}" if metrics["val"] is not None \
+                else "last checkpoint"
+            print(f"{args.task} from {metrics['init']}: test {scores} ({val}, {length})")
         return 0
     if args.command == "summary":
         print(ingest_stage.summary_table(data, ingest_stage.enabled_sources(params)))

@@ -43,8 +43,9 @@ from geopile.params import ParamsError
 from model.configs import SwinSpec, get_config
 from model.student import create_swin
 from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
+from pipelines.dense_tasks import DENSE_TASKS
 from pipelines.pretrain import exported_timm_args, init_distributed, weights_digest
-from pipelines.tasks import Task, TorchgeoSamples, get_task
+from pipelines.tasks import TASKS, Task, TorchgeoSamples, get_task
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class FinetuneSettings:
     clip_grad: float = 5.0
     workers: int = 8
     tasks: dict[str, dict[str, int]] = field(default_factory=dict)  # img_size/window_size
+    dense: dict[str, Any] = field(default_factory=dict)  # pipelines.dense.DenseSettings
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> FinetuneSettings:
@@ -222,6 +224,7 @@ def _fingerprint(settings: FinetuneSettings, task: str, weights: str | None, see
     keep = dataclasses.asdict(settings)
     keep.pop("workers")
     keep.pop("epochs")  # more epochs continue a run (on the longer schedule)
+    keep.pop("dense")  # the dense tasks' recipe
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
     blob = json.dumps({"settings": keep, "task": task, "weights": digest, "seed": seed,
                        "world": world}, sort_keys=True, default=str)
@@ -234,9 +237,21 @@ def run_dir(params: dict[str, Any], task: str, init_name: str) -> Path:
 
 
 def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: bool = False,
-                 epochs: int | None = None, progress: bool = True,
-                 out: Path | None = None) -> dict[str, Any]:
-    """Finetune ``init`` on ``task_name``; returns rank 0's metrics."""
+                 epochs: int | None = None, iterations: int | None = None,
+                 progress: bool = True, out: Path | None = None) -> dict[str, Any]:
+    """Finetune ``init`` on ``task_name``; returns rank 0's metrics.
+
+    Classification tasks train for epochs (here); the dense ones for iterations
+    (:mod:`pipelines.dense`).
+    """
+    if task_name in DENSE_TASKS:
+        from pipelines.dense import run_dense
+
+        return run_dense(params, DENSE_TASKS[task_name], init, resume=resume,
+                         iterations=iterations, progress=progress, out=out)
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose one of "
+                         f"{[*TASKS, *DENSE_TASKS]}")
     settings = FinetuneSettings.from_params(params)
     if epochs is not None:
         settings = dataclasses.replace(settings, epochs=epochs)

@@ -35,6 +35,20 @@ class Task:
     vflip: bool = False  # vertical flips too (overhead imagery has no up)
 
 
+def read_sample(dataset: Dataset, index: int) -> dict[str, torch.Tensor]:
+    """``dataset[index]`` with rasterio kept off AWS.
+
+    With AWS credentials in the environment (S3 streaming, the demo) every bare
+    ``rasterio.open`` builds a boto3 session: about 17 ms a file, logged each time. These files
+    are local.
+    """
+    import rasterio
+    from rasterio.session import DummySession
+
+    with rasterio.Env(session=DummySession()):
+        return dataset[index]
+
+
 class TorchgeoSamples(Dataset):
     """(image, label) pairs from a torchgeo dataset, through a tensor transform."""
 
@@ -45,7 +59,7 @@ class TorchgeoSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.dataset[index]
+        sample = read_sample(self.dataset, index)
         return self.transform(sample["image"]), sample["label"]
 
     def sample_id(self, index: int) -> str:

@@ -13,6 +13,7 @@ from geopile.shards import INDEX
 from geopile.world.world import (
     PARAMS_OVERLAY,
     TEACHER_FILE,
+    WORLD_VERSION,
     build_world,
     world_down,
     world_env,
@@ -58,8 +59,10 @@ def demo(args: argparse.Namespace) -> int:
     from pipelines.pretrain import summary as pretrain_summary
 
     world: Path = args.world
-    if not (world / "ground_truth.json").exists() or not (world / TEACHER_FILE).exists():
-        build(world)
+    truth = world / "ground_truth.json"
+    if (not truth.exists() or not (world / TEACHER_FILE).exists()
+            or json.loads(truth.read_text()).get("version") != WORLD_VERSION):
+        build(world)  # missing, or written by an older GeoPile
     endpoints = world_up(world)
     try:
         files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY)]

@@ -14,9 +14,11 @@ import gzip
 import io
 import json
 import tarfile
+import zipfile
 
 import numpy as np
 import rasterio
+from PIL import Image
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
@@ -160,4 +162,189 @@ def build_bigearthnet(write_url, seed: int = 0) -> dict:  # noqa: ANN001 - (set,
                       ("\n".join(rows) + "\n").encode())
             truth["splits"][split] = count
     write_url("bigearthnet", published["s2"].url, _tar_gz(files))
+    return truth
+
+
+# -- dense tasks: one scene renderer (Vaihingen's six classes) for all five sets ----------------
+# class -> (R, G, B, NIR) in 0..255; 0 clutter, 1 impervious, 2 building, 3 low vegetation,
+# 4 tree, 5 car
+_SCENE_COLOURS = np.array([[200, 40, 40, 90], [150, 150, 150, 60], [190, 120, 90, 70],
+                           [110, 170, 80, 200], [30, 100, 40, 230], [230, 220, 30, 50]], float)
+VAIHINGEN_COLOURS = ((255, 0, 0), (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0),
+                     (255, 255, 0))  # torchgeo's Vaihingen2D colormap, in class order
+
+
+def scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(4, h, w) R, G, B, NIR in 0..255 and the (h, w) class map of a small aerial scene."""
+    classes = np.full((h, w), 1, np.uint8)
+    classes[:, : w // 2] = 3
+    for cls, count, size in ((2, max(2, h * w // 3000), (12, 30)), (4, max(2, h * w // 4000),
+                                                                     (6, 14)),
+                             (5, max(2, h * w // 5000), (3, 6)), (0, 1, (5, 10))):
+        for _ in range(count):
+            a, b = rng.integers(*size, size=2)
+            y, x = rng.integers(0, max(1, h - a)), rng.integers(0, max(1, w - b))
+            classes[y:y + a, x:x + b] = cls
+    pixels = _SCENE_COLOURS[classes].transpose(2, 0, 1)
+    pixels = pixels + rng.normal(0, 8, size=pixels.shape)
+    return np.clip(pixels, 0, 255), classes
+
+
+def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    """A deterministic zip (sorted members, fixed timestamps)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
+            zf.writestr(info, files[name])
+    return buf.getvalue()
+
+
+def build_vaihingen(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+    """The two ISPRS zips: IRRG ``top/top_mosaic_09cm_areaN.tif`` and colour-coded labels."""
+    images, labels = {}, {}
+    areas = {"train": (1, 3, 5, 7), "test": (2, 4, 6)}  # names from torchgeo's split lists
+    for split_areas in areas.values():
+        for area in split_areas:
+            pixels, classes = scene(192, 256, rng)
+            irrg = pixels[[3, 0, 1]].transpose(1, 2, 0).astype(np.uint8)  # NIR, R, G
+            name = f"top_mosaic_09cm_area{area}.tif"
+            images[f"top/{name}"] = _png(irrg, "TIFF")
+            labels[name] = _png(np.array(VAIHINGEN_COLOURS, np.uint8)[classes], "TIFF")
+    files = {"ISPRS_semantic_labeling_Vaihingen.zip": _zip(images),
+             "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip": _zip(labels)}
+    return files, {"splits": {k: len(v) for k, v in areas.items()}}
+
+
+def build_whu(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+    """``whu-aerial.zip``: ``{train,val,test}/{image,label}/N.tif`` (label: building 255)."""
+    files, counts = {}, {"train": 12, "val": 4, "test": 6}
+    for split, count in counts.items():
+        for i in range(count):
+            pixels, classes = scene(128, 128, rng)
+            rgb = pixels[:3].transpose(1, 2, 0).astype(np.uint8)
+            files[f"WHU/{split}/image/{i:04d}.tif"] = _png(rgb, "TIFF")
+            files[f"WHU/{split}/label/{i:04d}.tif"] = _png(((classes == 2) * 255).astype(np.uint8),
+                                                           "TIFF")
+    return {"whu-aerial.zip": _zip(files)}, {"splits": counts}
+
+
+def _changed_pair(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
+                                                                         np.ndarray]:
+    """Two dates of one scene (R, G, B, NIR) and the change mask: buildings built in between."""
+    before, _ = scene(h, w, rng)
+    after = before + rng.normal(0, 4, size=before.shape)
+    change = np.zeros((h, w), np.uint8)
+    for _ in range(rng.integers(2, 5)):
+        a, b = rng.integers(10, 28, size=2)
+        y, x = rng.integers(0, h - a), rng.integers(0, w - b)
+        after[:, y:y + a, x:x + b] = _SCENE_COLOURS[2][:, None, None]
+        change[y:y + a, x:x + b] = 1
+    return np.clip(before, 0, 255), np.clip(after, 0, 255), change
+
+
+def build_dsifn(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+    """``DSIFN.zip``: ``{train,val,test}/{t1,t2}/N.jpg`` and ``mask/N.png`` (change 255)."""
+    files, counts = {}, {"train": 12, "val": 3, "test": 4}
+    for split, count in counts.items():
+        for i in range(count):
+            before, after, change = _changed_pair(128, 128, rng)
+            for date, pixels in (("t1", before), ("t2", after)):
+                rgb = pixels[:3].transpose(1, 2, 0).astype(np.uint8)
+                files[f"DSIFN/{split}/{date}/{i}.jpg"] = _png(rgb, "JPEG")
+            files[f"DSIFN/{split}/mask/{i}.png"] = _png(change * 255)
+    return {"DSIFN.zip": _zip(files)}, {"splits": counts}
+
+
+_OSCD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+               "B11", "B12")
+
+
+def build_oscd(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+    """The three OSCD zips: 13 single-band uint16 TIFFs per date, ``dates.txt``, ``cm/cm.png``."""
+    top = "Onera Satellite Change Detection dataset - "
+    images, labels = {}, {"Train": {}, "Test": {}}
+    cities = {"Train": ("aguasclaras", "bercy", "bordeaux"), "Test": ("brasilia", "chongqing")}
+    for split, names in cities.items():
+        for city in names:
+            before, after, change = _changed_pair(96, 128, rng)
+            for date, pixels in ((1, before), (2, after)):
+                reflectance = {"B04": pixels[0], "B03": pixels[1], "B02": pixels[2],
+                               "B08": pixels[3]}
+                for band in _OSCD_BANDS:  # stretched back to Sentinel-2 DNs
+                    dn = reflectance.get(band, pixels[3] * 0.5) / 255 * 2000 + 50
+                    images[f"{top}Images/{city}/imgs_{date}_rect/{band}.tif"] = _png(
+                        dn.astype(np.uint16), "TIFF")
+            images[f"{top}Images/{city}/dates.txt"] = b"date_1: 20151203\ndate_2: 20171021\n"
+            labels[split][f"{top}{split} Labels/{city}/cm/cm.png"] = _png(change * 255)
+    files = {f"{top}Images.zip": _zip(images),
+             f"{top}Train Labels.zip": _zip(labels["Train"]),
+             f"{top}Test Labels.zip": _zip(labels["Test"])}
+    return files, {"splits": {"train": 3, "test": 2}}
+
+
+def _multiband_tif(arr: np.ndarray) -> bytes:
+    profile = {"driver": "GTiff", "dtype": "uint16", "count": arr.shape[0],
+               "height": arr.shape[1], "width": arr.shape[2], "crs": _CRS,
+               "transform": from_origin(600000, 4000000, 1.24, 1.24)}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(arr)
+        return mem.read()
+
+
+def build_sn2(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+    """Four SpaceNet2 training tarballs of 5 pairs each: 8-band MUL and RGB-PanSharpen.
+
+    MUL (32 px) is the pan-sharpened scene (128 px, 11-bit) averaged over 4x4 blocks.
+    """
+    tarballs = {}
+    for aoi, city in ((2, "Vegas"), (3, "Paris"), (4, "Shanghai"), (5, "Khartoum")):
+        files = {}
+        for i in range(1, 6):
+            pixels, _ = scene(128, 128, rng)
+            sharp = (pixels / 255 * 1800 + 100).astype(np.uint16)
+            coarse = sharp.reshape(4, 32, 4, 32, 4).mean(axis=(2, 4))
+            r, g, b, nir = coarse
+            mul = np.stack([b * 0.9, b, g, 0.5 * (r + g), r, 0.5 * (r + nir), nir, nir * 0.95])
+            stem = f"AOI_{aoi}_{city}_img{i}"
+            files[f"AOI_{aoi}_{city}_Train/MUL/MUL_{stem}.tif"] = _multiband_tif(
+                mul.astype(np.uint16))
+            files[f"AOI_{aoi}_{city}_Train/RGB-PanSharpen/RGB-PanSharpen_{stem}.tif"] = \
+                _multiband_tif(sharp[:3])
+        tarballs[f"SN2_buildings_train_AOI_{aoi}_{city}.tar.gz"] = _tar_gz(files)
+    return tarballs, {"pairs": 20}
+
+
+_DENSE_BUILDERS = {"vaihingen": build_vaihingen, "whu": build_whu, "oscd": build_oscd,
+                   "dsifn": build_dsifn, "sn2": build_sn2}
+
+
+def user_path(filename: str) -> str:
+    """Where the world keeps a file with no public URL (the user would download it by hand)."""
+    return f"user/downstream/{filename}"
+
+
+def build_downstream(writer, seed: int = 0) -> dict:  # noqa: ANN001 - a corpora.WorldWriter
+    """Every downstream set, at its published URL's mirror path or (no URL) under ``user/``."""
+    truth = {"bigearthnet": build_bigearthnet(writer.write_url, seed=seed)}
+    for k, (name, builder) in enumerate(_DENSE_BUILDERS.items()):
+        files, summary = builder(np.random.default_rng([seed, 4300 + k]))
+        by_name = {item.filename: item for item in DOWNSTREAM[name].files.values()}
+        for filename, data in files.items():
+            item = by_name[filename]
+            if item.url:
+                writer.write_url(name, item.url, data)
+            else:
+                writer.write(name, user_path(filename), data)
+        truth[name] = summary
+    for name in truth:
+        truth[name]["files"] = writer.files[name]
     return truth

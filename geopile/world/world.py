@@ -24,9 +24,10 @@ from geopile.downstream import DOWNSTREAM
 from geopile.sources.published import PUBLICATIONS
 from geopile.world import servers
 from geopile.world.corpora import WorldWriter, build_corpora, mirror_path
-from geopile.world.downstream import build_bigearthnet
+from geopile.world.downstream import build_downstream, user_path
 from geopile.world.naip import AZURE_PREFIX, build_naip
 
+WORLD_VERSION = 3  # bumped whenever build_world writes something new; older worlds are rebuilt
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
@@ -46,10 +47,9 @@ def build_world(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict[str,
     world_dir.mkdir(parents=True, exist_ok=True)
     truth = build_corpora(world_dir, seed=seed, per_class=per_class)
     truth["naip"] = build_naip(world_dir, seed=seed)
-    writer = WorldWriter(world_dir)
-    truth["downstream"] = {"bigearthnet": build_bigearthnet(writer.write_url, seed=seed)}
-    truth["downstream"]["bigearthnet"]["files"] = writer.files["bigearthnet"]
+    truth["downstream"] = build_downstream(WorldWriter(world_dir), seed=seed)
     truth["seed"] = seed
+    truth["version"] = WORLD_VERSION
     tmp = world_dir / f".{GROUND_TRUTH}.tmp"
     tmp.write_text(json.dumps(truth, indent=1, sort_keys=True))
     os.replace(tmp, world_dir / GROUND_TRUTH)
@@ -108,10 +108,16 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     downstream = {}
     for name, published in DOWNSTREAM.items():
         got = truth["downstream"][name]["files"]
-        downstream[name] = {
-            "urls": {k: f"{s3}/{BUCKET}/{mirror_path(f.url)}" for k, f in published.files.items()},
-            "md5s": {k: got["http/" + mirror_path(f.url)]["md5"] if f.md5 else None
-                     for k, f in published.files.items()}}
+        urls, md5s = {}, {}
+        for which, item in published.files.items():
+            if item.url:  # served by the world's S3 at the mirror of the published URL
+                rel = "http/" + mirror_path(item.url)
+                urls[which] = f"{s3}/{BUCKET}/{mirror_path(item.url)}"
+            else:  # no public URL: a local file, as a user's own download would be
+                rel = user_path(item.filename)
+                urls[which] = str(world_dir / rel)
+            md5s[which] = got[rel]["md5"] if item.md5 else None
+        downstream[name] = {"urls": urls, "md5s": md5s}
     sources["rsd46"]["archive"] = str((world_dir / "user" / "RSD46-WHU.zip").resolve())
     naip = truth["naip"]
     sources["naip"] = {
@@ -143,7 +149,13 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     finetune = {
         "model": "tiny", "epochs": 8, "warmup_epochs": 1, "batch_size": 16,
         "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0001, "workers": 2,
-        "mixup": 0.0, "cutmix": 0.0, "tasks": {"ucm": {"img_size": 128, "window_size": 8}},
+        "mixup": 0.0, "cutmix": 0.0,
+        "tasks": {"ucm": {"img_size": 128, "window_size": 8},
+                  # the dense tasks on 128 px crops (sn2: a 32 px input, 4x)
+                  **{t: {"img_size": 128, "window_size": 4}
+                     for t in ("whu", "vaihingen", "oscd", "dsifn", "sn2")}},
+        "dense": {"iterations": 60, "warmup_iters": 6, "batch_size": 4, "lr": 0.001,
+                  "decoder_channels": 64, "eval_every": 30, "workers": 0},
     }
     return {"sources": sources, "downstream": downstream, "shard": shard, "pretrain": pretrain,
             "finetune": finetune,
