@@ -201,7 +201,11 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 tf.extractall(tmp, filter="data")
         else:
             raise ValueError(f"{archive} is neither a zip nor a tar archive")
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not a concurrent extraction that finished first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

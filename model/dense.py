@@ -16,8 +16,12 @@ from torch.nn import functional as F
 
 
 def stage_features(encoder: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """The four stage outputs of a timm Swin, (N, C_i, H / 2^(i+2), W / 2^(i+2))."""
-    return encoder.forward_intermediates(images, intermediates_only=True)
+    """The four stage outputs of a timm Swin, (N, C_i, H / 2^(i+2), W / 2^(i+2)).
+
+    The last goes through the encoder's final (pretrained) norm, so every encoder parameter is
+    used (DDP requires it); the decoder normalises each stage itself.
+    """
+    return encoder.forward_intermediates(images, norm=True, intermediates_only=True)
 
 
 def _stage_channels(encoder: nn.Module) -> list[int]:

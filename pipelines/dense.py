@@ -235,7 +235,11 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
     model = model.to(where.device)
     root = out or run_dir(params, task.name, info["init_name"])
 
+    if where.world > 1 and not where.main:
+        dist.barrier()  # rank 0 fetches and extracts first; the others then find it done
     splits = task.datasets(params)
+    if where.world > 1 and where.main:
+        dist.barrier()
     train = TrainCrops(task, splits["train"], crop)
     val = WholeImages(task, splits["val"]) if "val" in splits else None
     test = WholeImages(task, splits["test"])

@@ -268,7 +268,11 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     torch.manual_seed(seed)
     model = build_classifier(spec, file, fetch, task.num_classes, settings.drop_path)
     model = model.to(where.device)
+    if where.world > 1 and not where.main:
+        dist.barrier()  # rank 0 fetches and extracts first; the others then find it done
     splits = task.datasets(params)
+    if where.world > 1 and where.main:
+        dist.barrier()
     train_full = TorchgeoSamples(splits["train"], _transform(task, img_size, True))
     val = TorchgeoSamples(splits["val"], _transform(task, img_size, False))
     test = TorchgeoSamples(splits["test"], _transform(task, img_size, False))
