@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from geopile.card import CARD
 from geopile.stream import INDEX
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ def push_build(build_dir: Path, url: str, *, progress: bool = True) -> dict[str,
                                ExtraArgs={"Metadata": {"sha256": shard["sha256"]}},
                                Callback=bar.update)
             sent += 1
-    key = f"{prefix}/{INDEX}" if prefix else INDEX
+    card = Path(build_dir) / CARD
+    if card.is_file():  # the dataset card travels with the data
+        client.upload_file(str(card), bucket, f"{prefix}/{CARD}" if prefix else CARD)
+    key = f"{prefix}/{INDEX}" if prefix else INDEX  # last: readers see a complete build
     client.upload_file(str(index_path), bucket, key)
     log.info("pushed %s to %s: %d shards sent, %d already there", build_dir, url, sent, skipped)
     return {"url": url, "sent": sent, "skipped": skipped, "shards": len(index["shards"])}

@@ -1,17 +1,23 @@
-"""The shard stage: ``geopile shard BUILD`` -> ``shards/BUILD/*.tar`` + ``index.json``."""
+"""The shard stage: ``geopile shard BUILD`` -> ``shards/BUILD/``.
+
+It holds the ``*.tar`` shards, ``index.json`` and the dataset card ``README.md``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from geopile.card import CARD, render_card
 from geopile.params import ParamsError
 from geopile.records import read_records
 from geopile.shards import ShardConfig, select, write_build
-from pipelines.curate import curated_path
+from pipelines.common import atomic_write_text
+from pipelines.curate import REPORT, curated_path, reports_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,9 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     with tqdm(total=selection.num_rows, desc=f"shard {build}", unit="img",
               disable=not progress) as bar:
         index = write_build(selection, data, out, build, seed, config, progress=bar.update)
+    report = reports_dir(params) / REPORT
+    card = render_card(index, params, json.loads(report.read_text()) if report.exists() else None)
+    atomic_write_text(out / CARD, card)
     log.info("%s: %d samples in %d shards -> %s", build, index["samples"],
              len(index["shards"]), out)
     return index

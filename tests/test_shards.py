@@ -182,3 +182,26 @@ def test_unknown_build_and_bad_cap(built):
         run_shard(built, "nosuch", data, progress=False)
     with pytest.raises(BuildError, match="builds.x.naip"):
         select(read_records(curated_path(data)), "x", {"naip": "many"}, 0)
+
+
+def test_dataset_card_lists_sources_licences_and_hashes(built):
+    from geopile.card import CARD
+    from geopile.sources.published import PUBLICATIONS
+
+    for build, nc_expected in (("paper", True), ("paper_no_resisc45", False)):
+        index = _index(built, build)
+        text = (shards_dir(built) / build / CARD).read_text()
+        _, header, body = text.split("---\n", 2)
+        meta = yaml.safe_load(header)
+        assert meta["source_datasets"] == sorted(index["sources"])
+        assert meta["geopile"]["samples"] == index["samples"]
+        for source in index["sources"]:
+            licence = meta["geopile"]["licences"][source]
+            assert f"| {source} | {index['sources'][source]:,} | {licence} |" in body
+            if source in PUBLICATIONS:
+                assert licence == PUBLICATIONS[source].licence
+        assert ("non-commercial purposes only" in body) == nc_expected
+        for shard in index["shards"]:
+            assert shard["sha256"] in body
+        assert "@inproceedings{mendieta2023gfm" in body
+        assert "sig=" not in text and "secret" not in text.lower()
