@@ -173,6 +173,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="the baseline's run directories or metrics.json files")
     arp.add_argument("--out", type=Path, help="write the result as JSON here (dvc metrics)")
 
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML page (and a Markdown twin) of the run: curation, "
+        "pretraining, ARP",
+        description="Reads what the stages wrote (reports/curate.json, duplicates.json, the "
+        "plots, runs/BUILD/ metrics, loss curves and energy, reports/arp.json) and writes "
+        "OUT.html (images embedded) and OUT.md (images in OUT_files/).",
+    )
+    report.add_argument("--out", type=Path, help="default: paths.reports/report")
+    report.add_argument("--examples", type=int, default=8,
+                        help="duplicate and contaminant pairs shown (default 8)")
+    add_params_arg(report)
+
     demo = sub.add_parser(
         "demo",
         help="build and start the offline world, `dvc repro` the whole pipeline on it, stop it",
@@ -289,6 +302,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                                progress=not args.no_progress, out=out, shards=args.shards)
         if metrics:
             print(summary(out))
+        return 0
+    if args.command == "report":
+        from pipelines.curate import reports_dir
+        from pipelines.report import build_report
+
+        html_path, md_path = build_report(params, data, args.out or reports_dir(params) / "report",
+                                          examples=args.examples)
+        print(f"report: {html_path.resolve()}\n        {md_path.resolve()}")
         return 0
     if args.command == "fetch":
         from geopile.downstream import fetch

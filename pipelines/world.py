@@ -86,6 +86,9 @@ def demo(args: argparse.Namespace) -> int:
     finally:
         world_down(world)
     root = workspace.resolve()
+    report = root / params["paths"]["reports"] / "report.html"
+    if report.exists():
+        print(f"\nreport    {report}  (open it in a browser; Markdown: report.md)")
     print(f"""
 results (a DVC workspace running this repository's dvc.yaml on the offline world):
   records   {root / 'data/records'}/<source>.parquet

@@ -2,11 +2,15 @@
 ``dvc push``/``pull`` through the world's S3 server restore identical shards."""
 
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from geopile.shards import INDEX
 from geopile.world.world import PARAMS_OVERLAY, world_env
@@ -115,3 +119,34 @@ def test_push_and_pull_through_world_s3(repro, world):
     dvc(repro, "pull", capture=True)
     assert _shard_digests(repro) == before
     assert json.loads(dvc(repro, "status", "--json", capture=True).stdout) == {}
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("no chromium (Debian: apt-get install chromium; .ci/run installs it)")
+    return found
+
+
+def test_report_renders_in_chromium(repro, tmp_path):
+    report = repro / "reports" / "report.html"
+    markdown = (repro / "reports" / "report.md").read_text()
+    assert "data:image/png;base64," in report.read_text()  # self-contained
+    images = markdown.count("](report_files/")
+    assert images >= 10 and len(list((repro / "reports" / "report_files").glob("*.png"))) == images
+    for section in ("Curation: per source", "Duplicates removed", "Contaminants removed",
+                    "Pretraining", "Downstream: ARP"):
+        assert section in markdown
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+               "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", report.as_uri()], capture_output=True,
+                         text=True, timeout=180, check=True).stdout
+    check = re.search(r'id="selfcheck">images (\d+)/(\d+) loaded, (\d+) tables<', dom)
+    assert check, dom[-2000:]
+    loaded, total, tables = map(int, check.groups())
+    assert loaded == total == images and tables >= 3
+    shot = tmp_path / "report.png"
+    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1280,2400",
+                    report.as_uri()], capture_output=True, timeout=180, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280) and pixels.std() > 20  # text, tables and images drawn

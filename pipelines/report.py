@@ -1,0 +1,235 @@
+"""``geopile report``: one self-contained HTML page (and a Markdown twin) of a pipeline run.
+
+It reads what the stages wrote: curation's counts, entropy histograms, contact sheets and
+duplicate clusters, each pretraining run's curve, metrics and energy, and the finetuning ARP
+table. Images are embedded as data URIs, so the HTML is one file to mail or attach; the Markdown
+twin links the same PNGs from ``report_files/``. A small script at the end of the page checks
+that every image decoded and writes the result into ``#selfcheck`` (the browser test reads it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from geopile.curate import rgb_thumbnail
+from geopile.records import read_records, records_path, rejects_path
+from pipelines.arp import PAPER, paper_arp
+from pipelines.curate import REPORT, reports_dir
+from pipelines.energy import energy_line
+
+DUPLICATES = "duplicates.json"
+_SELFCHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const tables = document.querySelectorAll('table').length;
+  document.getElementById('selfcheck').textContent =
+    `images ${ok}/${imgs.length} loaded, ${tables} tables`;
+});
+</script>"""
+_STYLE = """<style>
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}
+td.n{text-align:right}img{max-width:100%}.pair img{width:160px;margin-right:4px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}.grid img{max-width:340px}
+figcaption{font-size:12px}
+</style>"""
+
+
+class _Page:
+    """Collects sections as HTML and Markdown at once."""
+
+    def __init__(self, files: Path) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.files = files
+        self.n_images = 0
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md += ["", "#" * level + " " + text, ""]
+
+    def text(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md += [text, ""]
+
+    def table(self, head: list[str], rows: list[list[Any]]) -> None:
+        def cell(v: Any) -> str:
+            if isinstance(v, float):
+                return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+            return f"{v:,}" if isinstance(v, int) else str(v)
+
+        cells = [[cell(v) for v in row] for row in rows]
+        self.html.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                         + "</tr>" + "".join(
+                             "<tr>" + "".join(
+                                 f'<td class="n">{html.escape(c)}</td>'
+                                 if isinstance(v, int | float) else f"<td>{html.escape(c)}</td>"
+                                 for c, v in zip(row, raw, strict=True)) + "</tr>"
+                             for row, raw in zip(cells, rows, strict=True)) + "</table>")
+        self.md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        self.md += ["| " + " | ".join(row) + " |" for row in cells]
+        self.md.append("")
+
+    def _save(self, png: bytes, caption: str) -> tuple[str, str]:
+        self.n_images += 1
+        name = f"{self.n_images:03d}.png"
+        (self.files / name).write_bytes(png)
+        uri = "data:image/png;base64," + base64.b64encode(png).decode()
+        return uri, f"{self.files.name}/{name}"
+
+    def image(self, png: bytes, caption: str) -> None:
+        uri, rel = self._save(png, caption)
+        self.html.append(f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.md += [f"![{caption}]({rel})", ""]
+
+    def images(self, items: list[tuple[bytes, str]]) -> None:
+        self.html.append('<div class="grid">')
+        for png, caption in items:
+            self.image(png, caption)
+        self.html.append("</div>")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _side_by_side(paths: list[Path], size: int = 160) -> bytes:
+    thumbs = [rgb_thumbnail(p, size) for p in paths]
+    sheet = Image.new("RGB", (sum(t.width for t in thumbs) + 6 * (len(thumbs) - 1),
+                              max(t.height for t in thumbs)), "white")
+    x = 0
+    for t in thumbs:
+        sheet.paste(t, (x, 0))
+        x += t.width + 6
+    return _png(sheet)
+
+
+def _key_paths(data: Path, sources: list[str]) -> dict[str, Path]:
+    paths = {}
+    for source in sources:
+        path = records_path(data, source)
+        if path.exists():
+            table = read_records(path).select(["key", "path"])
+            paths.update({k: data / p for k, p in zip(table["key"].to_pylist(),
+                                                      table["path"].to_pylist(), strict=True)})
+    return paths
+
+
+def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) -> None:
+    reports = reports_dir(params)
+    report = json.loads((reports / REPORT).read_text())
+    page.heading("Curation: per source")
+    rows = []
+    at_ingest = {s: read_records(rejects_path(data, s)).num_rows
+                 for s in report["counts"] if rejects_path(data, s).exists()}
+    at_ingest["total"] = sum(at_ingest.values())
+    for source, c in report["counts"].items():
+        ent = (report.get("entropy", {}).get(source, {}).get("entropy_global", {})
+               .get("mean")) if source != "total" else None
+        rows.append([source, c["in"], c["exact_duplicate"] + c["near_duplicate"],
+                     c["contaminated"], at_ingest.get(source, 0) + c["low_entropy"] + c["nodata"],
+                     c["out"], round(ent, 2) if ent is not None else "-"])
+    page.table(["source", "in", "duplicates", "contaminants", "rejected", "out",
+                "entropy (bits)"], rows)
+    page.text("Rejected: unreadable at ingest, plus curation's entropy and nodata filters.")
+    plots = reports / "plots"
+    page.heading("Entropy histograms")
+    page.images([(p.read_bytes(), p.stem) for p in sorted(plots.glob("entropy_*.png"))])
+    page.heading("Contact sheets")
+    for p in sorted(plots.glob("contact_*.png")):
+        page.image(p.read_bytes(), p.stem.removeprefix("contact_"))
+    dups = json.loads((reports / DUPLICATES).read_text())
+    sources = sorted({*(params.get("sources") or {}), "ucmerced"})
+    paths = _key_paths(data, sources)
+    page.heading("Duplicates removed (kept | removed)")
+    pairs = []
+    for cluster in dups["clusters"][:examples]:
+        gone = cluster["removed"][0]
+        if cluster["kept"] in paths and gone["key"] in paths:
+            pairs.append((_side_by_side([paths[cluster["kept"]], paths[gone["key"]]]),
+                          f"{cluster['kept']} | {gone['key']} ({gone['reason']})"))
+    page.images(pairs)
+    page.heading("Contaminants removed (pretraining image | evaluation image)")
+    pairs = []
+    for item in dups["contaminated"][:examples]:
+        match = item["matches"][0]
+        if item["key"] in paths and match in paths:
+            pairs.append((_side_by_side([paths[item["key"]], paths[match]]),
+                          f"{item['key']} | {match}"))
+    page.images(pairs)
+
+
+def _pretraining(page: _Page, params: dict[str, Any]) -> None:
+    runs = Path((params.get("paths") or {}).get("runs", "runs"))
+    builds = [b for b in params.get("pretrain_builds") or []
+              if (runs / b / "metrics.json").exists()]
+    if not builds:
+        return
+    page.heading("Pretraining")
+    rows = []
+    for build in builds:
+        m = json.loads((runs / build / "metrics.json").read_text())
+        rows.append([build, m.get("steps"), m.get("images_seen"), m.get("loss"), m.get("mim"),
+                     m.get("feat"), m.get("kwh"), m.get("kg_co2e")])
+    page.table(["build", "steps", "images", "loss", "L_MIM", "L_feat", "kWh", "kg CO2e"], rows)
+    for build in builds:
+        curve = runs / build / "loss.png"
+        if curve.exists():
+            page.image(curve.read_bytes(), f"{build}: loss curves")
+        energy = runs / build / "energy.json"
+        if energy.exists() and (e := json.loads(energy.read_text())):
+            page.text(f"{build}: {energy_line(e)}")
+
+
+def _downstream(page: _Page, params: dict[str, Any]) -> None:
+    arp_file = reports_dir(params) / "arp.json"
+    if not arp_file.exists():
+        return
+    result = json.loads(arp_file.read_text())
+    page.heading("Downstream: ARP against the baseline")
+    rows = [[r["task"], r["metric"], r["model"], r["baseline"],
+             "n/a" if r["relative"] is None else f"{r['relative']:+.2%}",
+             *PAPER.get((r["task"], r["metric"]), ("-", "-"))]
+            for r in result["rows"]]
+    page.table(["task", "metric", "ours", "baseline", "rel.", "paper GFM", "paper base"], rows)
+    arp = result.get("arp")
+    page.text("ARP over the shared scores: " + ("n/a" if arp is None else f"{arp:+.2%}")
+              + f"; the paper's ARP over its {len(PAPER)} scores: {paper_arp().arp:+.2%}.")
+
+
+def build_report(params: dict[str, Any], data: Path, out: Path,
+                 examples: int = 8) -> tuple[Path, Path]:
+    """Write ``out``.html and ``out``.md (+ ``out``_files/); returns both paths."""
+    out = Path(out)
+    files = out.with_name(out.name + "_files")
+    files.mkdir(parents=True, exist_ok=True)
+    page = _Page(files)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    page.heading("GeoPile report", 1)
+    page.text(f"Generated {stamp} from {Path.cwd()}.")
+    _curation(page, params, data, examples)
+    _pretraining(page, params)
+    _downstream(page, params)
+    body = "\n".join(page.html)
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>GeoPile report</title>"
+           f"{_STYLE}</head><body>{body}<p id='selfcheck'>checking...</p>{_SELFCHECK}"
+           "</body></html>")
+    html_path, md_path = out.with_suffix(".html"), out.with_suffix(".md")
+    for path, text in ((html_path, doc), (md_path, "\n".join(page.md) + "\n")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return html_path, md_path
+
