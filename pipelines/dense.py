@@ -12,7 +12,6 @@ the last checkpoint is. Outputs match classification runs: ``metrics.json`` (``s
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import PolyLRScheduler
 from torch import nn
@@ -38,8 +36,15 @@ from geopile.params import ParamsError
 from model.dense import ChangeDetector, Segmenter, SuperResolver, adapt_patch_embed
 from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
 from pipelines.dense_tasks import IGNORE, DenseTask
-from pipelines.finetune import FinetuneSettings, build_classifier, resolve_init
-from pipelines.pretrain import init_distributed, weights_digest
+from pipelines.finetune import (
+    FinetuneSettings,
+    autocast,
+    build_classifier,
+    check_replicas,
+    datasets_rank0_first,
+    resolve_init,
+)
+from pipelines.pretrain import init_distributed
 from pipelines.tasks import read_sample
 
 log = logging.getLogger(__name__)
@@ -208,12 +213,6 @@ def _forever(loader: DataLoader, sampler: Any) -> Iterator[tuple[torch.Tensor, t
         epoch += 1
 
 
-def _autocast(device: torch.device):  # noqa: ANN202 - a context manager
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: bool = False,
               iterations: int | None = None, progress: bool = True,
               out: Path | None = None) -> dict[str, Any]:
@@ -235,11 +234,7 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
     model = model.to(where.device)
     root = out or run_dir(params, task.name, info["init_name"])
 
-    if where.world > 1 and not where.main:
-        dist.barrier()  # rank 0 fetches and extracts first; the others then find it done
-    splits = task.datasets(params)
-    if where.world > 1 and where.main:
-        dist.barrier()
+    splits = datasets_rank0_first(task, params, where)
     train = TrainCrops(task, splits["train"], crop)
     val = WholeImages(task, splits["val"]) if "val" in splits else None
     test = WholeImages(task, splits["test"])
@@ -303,7 +298,7 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
     losses: list[float] = []
     while step < settings.iterations:
         images, targets = next(batches)
-        with _autocast(where.device):
+        with autocast(where.device):
             out = trainable(images.to(where.device)).float()
         loss = _loss(task, out, targets.to(where.device))
         optimizer.zero_grad(set_to_none=True)
@@ -333,12 +328,7 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
                             **({task.select: f"{score:.2f}"} if score is not None else {}))
             losses = []
     bar.close()
-    if where.world > 1:
-        digests: list[Any] = [None] * where.world
-        dist.all_gather_object(digests, weights_digest(model))
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"the {where.world} processes ended with different weights")
-        dist.barrier()
+    check_replicas(model, where)
     if val is not None and best_ckpt.exists():
         model.load_state_dict(torch.load(best_ckpt, map_location="cpu",
                                          weights_only=False)["model"])

@@ -44,7 +44,7 @@ from model.configs import SwinSpec, get_config
 from model.student import create_swin
 from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
 from pipelines.dense_tasks import DENSE_TASKS
-from pipelines.pretrain import exported_timm_args, init_distributed, weights_digest
+from pipelines.pretrain import Dist, exported_timm_args, init_distributed, weights_digest
 from pipelines.tasks import TASKS, Task, TorchgeoSamples, get_task
 
 log = logging.getLogger(__name__)
@@ -190,11 +190,35 @@ def _criterion(task: Task, settings: FinetuneSettings, mixup: bool) -> torch.nn.
     return torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
 
 
-def _autocast(device: torch.device):  # noqa: ANN202 - a context manager
+def autocast(device: torch.device):  # noqa: ANN201 - a context manager
     """bf16 autocast on CUDA (as in pretraining), float32 on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def datasets_rank0_first(task: Any, params: dict[str, Any], where: Dist) -> dict[str, Dataset]:
+    """The task's splits; under torchrun rank 0 fetches and extracts, the others then find it."""
+    if where.world > 1 and not where.main:
+        dist.barrier()
+    splits = task.datasets(params)
+    if where.world > 1 and where.main:
+        dist.barrier()
+    return splits
+
+
+def check_replicas(model: torch.nn.Module, where: Dist) -> None:
+    """Under DDP, fail if the processes ended with different weights.
+
+    DDP keeps replicas equal; a silent divergence would taint the score.
+    """
+    if where.world > 1:
+        digests: list[Any] = [None] * where.world
+        dist.all_gather_object(digests, weights_digest(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {where.world} processes ended with different weights "
+                               f"({digests}); the run is not valid")
+        dist.barrier()
 
 
 @torch.no_grad()
@@ -209,7 +233,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
     model.eval()
     positives, pairs = 0, 0
     for images, labels in loader:
-        with _autocast(device):
+        with autocast(device):
             logits = model(images.to(device)).float()
         metric.update(logits, labels.to(device))
         positives, pairs = positives + int(labels.sum()), pairs + labels.numel()
@@ -268,11 +292,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     torch.manual_seed(seed)
     model = build_classifier(spec, file, fetch, task.num_classes, settings.drop_path)
     model = model.to(where.device)
-    if where.world > 1 and not where.main:
-        dist.barrier()  # rank 0 fetches and extracts first; the others then find it done
-    splits = task.datasets(params)
-    if where.world > 1 and where.main:
-        dist.barrier()
+    splits = datasets_rank0_first(task, params, where)
     train_full = TorchgeoSamples(splits["train"], _transform(task, img_size, True))
     val = TorchgeoSamples(splits["val"], _transform(task, img_size, False))
     test = TorchgeoSamples(splits["test"], _transform(task, img_size, False))
@@ -359,7 +379,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
                 labels = labels.float()
             if mixup is not None:
                 images, labels = mixup(images, labels)
-            with _autocast(where.device):
+            with autocast(where.device):
                 loss = criterion(trainable(images).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -384,13 +404,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", val=f"{score:.1f}")
     bar.close()
-    if where.world > 1:  # DDP keeps replicas equal; a silent divergence would taint the score
-        digests: list[Any] = [None] * where.world
-        dist.all_gather_object(digests, weights_digest(model))
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"the {where.world} processes ended with different weights "
-                               f"({digests}); the run is not valid")
-        dist.barrier()
+    check_replicas(model, where)
     model.load_state_dict(torch.load(best_ckpt, map_location="cpu", weights_only=False)["model"])
     test_score, chance = evaluate(model, test_loader, task, where.device)
     metrics: dict[str, Any] = {}

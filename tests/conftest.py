@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,15 @@ from geopile.world.world import PARAMS_OVERLAY, load_truth, world_down, world_up
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list[str], procs: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node PROCS -m pipelines.cli ARGS`` (gloo on the CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
+         "--standalone", "-m", "pipelines.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")

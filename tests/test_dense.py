@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ import yaml
 from pipelines.dense import predict_tiled
 from pipelines.dense_tasks import DENSE_TASKS, IGNORE
 from pipelines.finetune import run_finetune
-from tests.conftest import REPO
+from tests.conftest import torchrun
 
 CPU = torch.device("cpu")
 
@@ -117,12 +114,8 @@ def test_torchrun_two_processes_on_gloo(curated, tmp_path):
     overlay = tmp_path / "params.yaml"
     overlay.write_text(yaml.safe_dump(curated))
     out = tmp_path / "dsifn"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "pipelines.cli", "finetune", "dsifn", "--init", "random", "--iterations", "4",
-         "--out", str(out), "--params", str(overlay), "--no-progress"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = torchrun(["finetune", "dsifn", "--init", "random", "--iterations", "4",
+                     "--out", str(out), "--params", str(overlay), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]  # includes the ranks' weight check
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["iterations"] == 4

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from pipelines.finetune import (
 from pipelines.pretrain import run_pretrain
 from pipelines.shard import run_shard
 from pipelines.tasks import ben_to_255, get_task
-from tests.conftest import REPO
+from tests.conftest import torchrun
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +142,8 @@ def test_torchrun_two_processes_on_gloo(pretrained, tmp_path):
     overlay = tmp_path / "params.yaml"
     overlay.write_text(yaml.safe_dump(deep_merge(params, {"finetune": {"workers": 0}})))
     out = tmp_path / "ucm"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "pipelines.cli", "finetune", "ucm", "--init", "random", "--epochs", "2",
-         "--out", str(out), "--params", str(overlay), "--no-progress"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = torchrun(["finetune", "ucm", "--init", "random", "--epochs", "2", "--out", str(out),
+                     "--params", str(overlay), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]  # includes the ranks' weight check
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
