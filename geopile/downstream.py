@@ -17,6 +17,7 @@ from typing import Any
 
 from geopile.download import download, extract_archive, verify_file
 from geopile.params import ParamsError
+from geopile.urls import strip_secrets
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,28 @@ def downstream_root(data: Path, name: str) -> Path:
 def manifest_path(data: Path, name: str) -> Path:
     """The record of what ``fetch`` got for ``name`` (a dvc output: finetuning depends on it)."""
     return Path(data) / "fetched" / f"{name}.json"
+
+
+def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
+    """The torchgeo root of ``name``, fetching only if no fetch of the same files is recorded.
+
+    Finetuning calls this on every run (and every rank): re-hashing a 66 GB archive each time
+    would cost minutes, and ``geopile fetch`` (the dvc stage) has verified it already.
+    """
+    record_path, root = manifest_path(data, name), downstream_root(data, name)
+    if record_path.is_file() and root.is_dir():
+        record = json.loads(record_path.read_text())["files"]
+        block = ((params.get("downstream") or {}).get(name)) or {}
+        urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
+        same = all(
+            which in record
+            and record[which]["url"] == strip_secrets(urls.get(which) or item.url or "")
+            and (md5s.get(which, item.md5) if which in md5s else item.md5) in
+            (None, record[which]["md5"])
+            for which, item in DOWNSTREAM[name].files.items()) if name in DOWNSTREAM else False
+        if same:
+            return root
+    return fetch(name, params, data, progress=False)
 
 
 def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = True) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from pipelines.finetune import (
     build_classifier,
     check_replicas,
     datasets_rank0_first,
+    fingerprint,
     resolve_init,
 )
 from pipelines.pretrain import init_distributed
@@ -253,15 +253,8 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
                                 warmup_lr_init=settings.lr * scale * settings.warmup_ratio,
                                 t_in_epochs=False)
     last_ckpt, best_ckpt = root / "checkpoints" / "last.pt", root / "checkpoints" / "best.pt"
-    keep = dataclasses.asdict(settings)
-    for volatile in ("workers", "iterations", "eval_every"):
-        keep.pop(volatile)
-    digest = hashlib.sha256(Path(info["weights"]).read_bytes()).hexdigest() \
-        if info["weights"] else None
-    stamp = hashlib.sha256(json.dumps({"settings": keep, "task": task.name, "crop": crop,
-                                       "window": window, "weights": digest, "seed": seed,
-                                       "world": where.world}, sort_keys=True).encode()
-                           ).hexdigest()[:16]
+    stamp = fingerprint(settings, ("workers", "iterations", "eval_every"), info["weights"],
+                        task=task.name, crop=crop, window=window, seed=seed, world=where.world)
     step, best = 0, None
     state = (torch.load(last_ckpt, map_location="cpu", weights_only=False)
              if resume and last_ckpt.exists() else None)

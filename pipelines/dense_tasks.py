@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from geopile.downstream import fetch
+from geopile.downstream import fetched_root
 from pipelines.tasks import ben_to_255
 
 IGNORE = 255  # label of padding (and of pixels no class claims)
@@ -152,13 +152,13 @@ def _split_dirs(root: Path, split: str, marker: str) -> Path:
 
 
 def _whu(params: dict[str, Any]) -> dict[str, Dataset]:
-    root = fetch("whu", params, _data(params), progress=False)
+    root = fetched_root("whu", params, _data(params))
     return {s: PairedFolders(_split_dirs(root, s, "image"), ("image",), "label")
             for s in ("train", "val", "test")}
 
 
 def _dsifn(params: dict[str, Any]) -> dict[str, Dataset]:
-    root = fetch("dsifn", params, _data(params), progress=False)
+    root = fetched_root("dsifn", params, _data(params))
     return {s: PairedFolders(_split_dirs(root, s, "t1"), ("t1", "t2"), "mask")
             for s in ("train", "val", "test")}
 
@@ -166,14 +166,14 @@ def _dsifn(params: dict[str, Any]) -> dict[str, Dataset]:
 def _vaihingen(params: dict[str, Any]) -> dict[str, Dataset]:
     from torchgeo.datasets import Vaihingen2D
 
-    root = fetch("vaihingen", params, _data(params), progress=False)
+    root = fetched_root("vaihingen", params, _data(params))
     return {s: Vaihingen2D(str(root), split=s) for s in ("train", "test")}
 
 
 def _oscd(params: dict[str, Any]) -> dict[str, Dataset]:
     from torchgeo.datasets import OSCD
 
-    root = fetch("oscd", params, _data(params), progress=False)
+    root = fetched_root("oscd", params, _data(params))
     return {s: OSCD(str(root), split=s, bands=OSCD.rgb_bands) for s in ("train", "test")}
 
 
@@ -213,7 +213,7 @@ def sn2_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 def _sn2(params: dict[str, Any]) -> dict[str, Dataset]:
-    root = fetch("sn2", params, _data(params), progress=False)
+    root = fetched_root("sn2", params, _data(params))
     pairs = sn2_pairs(root)
     # SpaceNet2 publishes no test labels for SR: a seeded 80/10/10 split of the training AOIs
     order = np.random.default_rng(int(params.get("seed", 0))).permutation(len(pairs))

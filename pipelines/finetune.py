@@ -242,16 +242,19 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, task: Task,
     return float(metric.compute()) * 100, chance * 100
 
 
-def _fingerprint(settings: FinetuneSettings, task: str, weights: str | None, seed: int,
-                 world: int) -> str:
-    """What a checkpoint must match to be resumed: settings, task, initial weights, seed."""
+def fingerprint(settings: Any, volatile: tuple[str, ...], weights: str | None,
+                **identity: Any) -> str:
+    """What a checkpoint must match to be resumed.
+
+    The settings (less ``volatile`` ones, which a run may change between resumes), the initial
+    weights' digest, and ``identity``.
+    """
     keep = dataclasses.asdict(settings)
-    keep.pop("workers")
-    keep.pop("epochs")  # more epochs continue a run (on the longer schedule)
-    keep.pop("dense")  # the dense tasks' recipe
+    for key in volatile:
+        keep.pop(key)
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if weights else None
-    blob = json.dumps({"settings": keep, "task": task, "weights": digest, "seed": seed,
-                       "world": world}, sort_keys=True, default=str)
+    blob = json.dumps({"settings": keep, "weights": digest, **identity}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -334,7 +337,9 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
 
     epoch, best = 0, -1.0
     last_ckpt, best_ckpt = root / "checkpoints" / "last.pt", root / "checkpoints" / "best.pt"
-    stamp = _fingerprint(settings, task.name, file, seed, where.world)
+    # more epochs continue a run (on the longer schedule); `dense` is the other tasks' recipe
+    stamp = fingerprint(settings, ("workers", "epochs", "dense"), file, task=task.name,
+                        seed=seed, world=where.world)
     state = (torch.load(last_ckpt, map_location="cpu", weights_only=False)
              if resume and last_ckpt.exists() else None)
     if state is not None and state.get("fingerprint") != stamp:

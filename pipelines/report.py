@@ -79,7 +79,7 @@ class _Page:
         self.md += ["| " + " | ".join(row) + " |" for row in cells]
         self.md.append("")
 
-    def _save(self, png: bytes, caption: str) -> tuple[str, str]:
+    def _save(self, png: bytes) -> tuple[str, str]:
         self.n_images += 1
         name = f"{self.n_images:03d}.png"
         (self.files / name).write_bytes(png)
@@ -87,7 +87,7 @@ class _Page:
         return uri, f"{self.files.name}/{name}"
 
     def image(self, png: bytes, caption: str) -> None:
-        uri, rel = self._save(png, caption)
+        uri, rel = self._save(png)
         self.html.append(f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         self.md += [f"![{caption}]({rel})", ""]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from geopile.downstream import fetch, link
+from geopile.downstream import fetched_root, link
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,13 @@ BEN_RGB = ("B04", "B03", "B02")
 BEN_QUANTILES = {"B04": (27.0, 2332.0), "B03": (61.0, 2001.0), "B02": (50.0, 1862.0)}
 
 
+_BEN_LO = torch.tensor([BEN_QUANTILES[b][0] for b in BEN_RGB]).view(3, 1, 1)
+_BEN_HI = torch.tensor([BEN_QUANTILES[b][1] for b in BEN_RGB]).view(3, 1, 1)
+
+
 def ben_to_255(image: torch.Tensor) -> torch.Tensor:
     """BigEarthNet reflectances (B04, B03, B02) to the reference's 0..255 values."""
-    lo = torch.tensor([BEN_QUANTILES[b][0] for b in BEN_RGB]).view(3, 1, 1)
-    hi = torch.tensor([BEN_QUANTILES[b][1] for b in BEN_RGB]).view(3, 1, 1)
-    return ((image - lo) / (hi - lo) * 255).clamp(0, 255).floor()
+    return ((image - _BEN_LO) / (_BEN_HI - _BEN_LO) * 255).clamp(0, 255).floor()
 
 
 def _ben(params: dict[str, Any]) -> dict[str, Dataset]:
@@ -123,7 +125,7 @@ def _ben(params: dict[str, Any]) -> dict[str, Dataset]:
             return [str(folder / f"{folder.name}_{band}.tif") for band in BEN_RGB]
 
     data = Path((params.get("paths") or {}).get("data", "data"))
-    root = fetch("bigearthnet", params, data, progress=False)
+    root = fetched_root("bigearthnet", params, data)
     return {split: BigEarthNetRGB(str(root), split=split, bands="s2", num_classes=19)
             for split in ("train", "val", "test")}
 

@@ -382,6 +382,11 @@ class WorldWriter:
 
 
 def _zip_bytes(members: dict[str, _Member]) -> bytes:
+    """The corpus members as a deterministic zip."""
+    return zip_bytes({name: m.data for name, m in members.items()})
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
     """A deterministic zip: sorted names, directory entries, fixed timestamps and modes."""
     names = set(members)
     for name in members:
@@ -398,7 +403,7 @@ def _zip_bytes(members: dict[str, _Member]) -> bytes:
             else:
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, members[name].data)
+                zf.writestr(info, members[name])
     return buf.getvalue()
 
 

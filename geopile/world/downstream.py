@@ -14,7 +14,6 @@ import gzip
 import io
 import json
 import tarfile
-import zipfile
 
 import numpy as np
 import rasterio
@@ -24,6 +23,7 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
 from geopile.downstream import DOWNSTREAM
+from geopile.world.corpora import zip_bytes
 
 # 43-class names the world's patches carry, with (B04, B03, B02, B08) reflectance x 10^4 and a
 # texture. 'Burnt areas' has no 19-class label: torchgeo drops it, as it does for real patches.
@@ -196,17 +196,6 @@ def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    """A deterministic zip (sorted members, fixed timestamps)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(files):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr, info.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED
-            zf.writestr(info, files[name])
-    return buf.getvalue()
-
-
 def build_vaihingen(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
     """The two ISPRS zips: IRRG ``top/top_mosaic_09cm_areaN.tif`` and colour-coded labels."""
     images, labels = {}, {}
@@ -218,8 +207,8 @@ def build_vaihingen(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
             name = f"top_mosaic_09cm_area{area}.tif"
             images[f"top/{name}"] = _png(irrg, "TIFF")
             labels[name] = _png(np.array(VAIHINGEN_COLOURS, np.uint8)[classes], "TIFF")
-    files = {"ISPRS_semantic_labeling_Vaihingen.zip": _zip(images),
-             "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip": _zip(labels)}
+    files = {"ISPRS_semantic_labeling_Vaihingen.zip": zip_bytes(images),
+             "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip": zip_bytes(labels)}
     return files, {"splits": {k: len(v) for k, v in areas.items()}}
 
 
@@ -233,7 +222,7 @@ def build_whu(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
             files[f"WHU/{split}/image/{i:04d}.tif"] = _png(rgb, "TIFF")
             files[f"WHU/{split}/label/{i:04d}.tif"] = _png(((classes == 2) * 255).astype(np.uint8),
                                                            "TIFF")
-    return {"whu-aerial.zip": _zip(files)}, {"splits": counts}
+    return {"whu-aerial.zip": zip_bytes(files)}, {"splits": counts}
 
 
 def _changed_pair(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray,
@@ -260,7 +249,7 @@ def build_dsifn(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
                 rgb = pixels[:3].transpose(1, 2, 0).astype(np.uint8)
                 files[f"DSIFN/{split}/{date}/{i}.jpg"] = _png(rgb, "JPEG")
             files[f"DSIFN/{split}/mask/{i}.png"] = _png(change * 255)
-    return {"DSIFN.zip": _zip(files)}, {"splits": counts}
+    return {"DSIFN.zip": zip_bytes(files)}, {"splits": counts}
 
 
 _OSCD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -284,9 +273,9 @@ def build_oscd(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
                         dn.astype(np.uint16), "TIFF")
             images[f"{top}Images/{city}/dates.txt"] = b"date_1: 20151203\ndate_2: 20171021\n"
             labels[split][f"{top}{split} Labels/{city}/cm/cm.png"] = _png(change * 255)
-    files = {f"{top}Images.zip": _zip(images),
-             f"{top}Train Labels.zip": _zip(labels["Train"]),
-             f"{top}Test Labels.zip": _zip(labels["Test"])}
+    files = {f"{top}Images.zip": zip_bytes(images),
+             f"{top}Train Labels.zip": zip_bytes(labels["Train"]),
+             f"{top}Test Labels.zip": zip_bytes(labels["Test"])}
     return files, {"splits": {"train": 3, "test": 2}}
 
 
