@@ -11,7 +11,10 @@ export DVC_NO_ANALYTICS := 1
 $(BIN)/geopile: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	@# bytecode on every core (pip compiles on one); like pip, skip files that do not compile
+	@# (torch ships some written for newer Pythons): they are compiled, if ever, on import
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	touch $(BIN)/geopile
 
 demo: $(BIN)/geopile

@@ -189,14 +189,20 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="build and start the offline world, `dvc repro` the whole pipeline on it, stop it",
-        description="What `make demo` runs: build the offline world (if missing), start its "
-        "servers, create a DVC workspace whose params.yaml is --params merged with the world's "
-        "overlay, run this repository's dvc.yaml there with `dvc repro` (ingest every source, "
-        "curate, write every build), print the tables and stop the servers.",
+        description="What `make demo` runs: build the offline world (if missing or older than "
+        "this GeoPile), start its servers, create a DVC workspace whose params.yaml is --params "
+        "merged with the world's overlay (then --overlay), and run this repository's dvc.yaml "
+        "there with `dvc repro`: ingest every source, curate, write every build with its card, "
+        "push `paper` to the world's S3, pretrain the `tiny` model streaming from there, fetch "
+        "the downstream sets, finetune it and a random-init baseline on every task, ARP and the "
+        "report. Prints the tables and where the report is, and stops the servers.",
     )
     demo.add_argument("--world", type=Path, default=Path("build/world"), help="world directory")
     demo.add_argument("--workspace", type=Path, default=Path("build/demo"),
                       help="DVC workspace for the run (default build/demo)")
+    demo.add_argument("--overlay", type=Path, action="append", default=[], metavar="FILE",
+                      help="params merged after the world's overlay (repeatable), e.g. fewer "
+                      "finetune_tasks for a quicker demo")
 
     workspace = sub.add_parser(
         "workspace",

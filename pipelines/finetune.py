@@ -131,8 +131,15 @@ def resolve_init(init: str, settings: FinetuneSettings, img_size: int, window_si
 def build_classifier(spec: SwinSpec, file: str | None, fetch: bool, num_classes: int,
                      drop_path: float) -> torch.nn.Module:
     """A timm Swin classifier; pretrained weights are checked to have arrived."""
-    model = create_swin(spec, pretrained=fetch, file=file, num_classes=num_classes,
-                        drop_path_rate=drop_path)
+    try:
+        model = create_swin(spec, pretrained=fetch, file=file, num_classes=num_classes,
+                            drop_path_rate=drop_path)
+    except OSError as err:  # no network for the hub, or an unreadable local file
+        where = file or f"timm's hub copy of {spec.name}"
+        hint = (" Offline? Download the ImageNet-22k weights (swin_base_patch4_window7_224_22k.pth"
+                " or timm's safetensors) and set finetune.imagenet22k.file" if fetch else "")
+        raise RuntimeError(f"could not load the weights from {where}: {str(err).rstrip('.')}."
+                           f"{hint}") from err
     if file and file.endswith(".safetensors"):
         # a new head makes timm load non-strictly: make sure the encoder really came in
         saved = load_file(file)

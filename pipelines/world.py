@@ -65,7 +65,8 @@ def demo(args: argparse.Namespace) -> int:
         build(world)  # missing, or written by an older GeoPile
     endpoints = world_up(world)
     try:
-        files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY)]
+        files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY),
+                 *args.overlay]
         workspace = make_workspace(args.workspace, [Path(f).resolve() for f in files])
         dvc(workspace, "repro", env=world_env(endpoints["s3"]))
         params = load_params([workspace / "params.yaml"])

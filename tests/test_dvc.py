@@ -1,10 +1,12 @@
 """``dvc repro`` runs the pipeline on the offline world; one source's params re-run only it;
 ``dvc push``/``pull`` through the world's S3 server restore identical shards."""
 
+import io
 import json
 import re
 import shutil
 import subprocess
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,9 @@ import yaml
 from PIL import Image
 
 from geopile.shards import INDEX
-from geopile.world.world import PARAMS_OVERLAY, world_env
-from pipelines.workspace import dvc, make_workspace
+from geopile.world.world import world_down
+from pipelines.cli import main
+from pipelines.workspace import dvc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,18 +31,37 @@ def _shard_digests(ws: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repro(world, world_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ws")
+def demo(world_dir, tmp_path_factory):
+    """`geopile demo` on a copy of the session's small world: it starts and stops its own
+    servers; an overlay keeps the pretraining and finetuning short."""
+    root = tmp_path_factory.mktemp("demo")
+    world = root / "world"  # without run/: the session's servers stay the session's
+    shutil.copytree(world_dir, world, ignore=lambda d, _: ["run"] if Path(d) == world_dir else [])
     # a short pretraining on the paper build and on one ablation, streamed from the world's S3
     short = root / "short.yaml"
     short.write_text(yaml.safe_dump({"pretrain_builds": ["paper", "paper_no_naip"],
                                      "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2},
                                      "finetune_tasks": ["ucm", "ben1", "dsifn"],
                                      "finetune": {"epochs": 2, "dense": {"iterations": 4}}}))
-    ws = make_workspace(root / "geopile", [REPO / "params.yaml", world_dir / PARAMS_OVERLAY,
-                                           short])
-    dvc(ws, "repro", capture=True, env=world_env(world["s3"]))
-    return ws
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["demo", "--world", str(world), "--workspace", str(root / "geopile"),
+                     "--params", str(REPO / "params.yaml"), "--overlay", str(short)])
+    assert code == 0
+    return root / "geopile", world, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def repro(demo):
+    """The demo's DVC workspace."""
+    return demo[0]
+
+
+def test_demo_ends_with_the_report_and_stops_its_servers(demo):
+    workspace, world, printed = demo
+    assert f"report    {workspace / 'reports' / 'report.html'}" in printed
+    assert "ARP over 3 scores" in printed and printed.count("pretrained 6 steps") == 2
+    assert world_down(world) == []  # nothing of the demo's world is left running
 
 
 def test_repro_runs_from_ingest_to_shards(repro):

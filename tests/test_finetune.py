@@ -152,3 +152,12 @@ def test_torchrun_two_processes_on_gloo(pretrained, tmp_path):
     assert config["steps"] == 2 * (config["train"] // (2 * per_rank))
     with (out / "history.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+
+def test_offline_imagenet22k_baseline_says_which_parameter_to_set(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec, file, fetch, name = resolve_init("imagenet22k", FinetuneSettings(model="tiny"), 128, 4,
+                                           Path("runs"))
+    assert fetch and file is None and name == "imagenet22k"
+    with pytest.raises(RuntimeError, match=r"hub copy of .*finetune\.imagenet22k\.file"):
+        build_classifier(spec, file, fetch, 10, 0.0)
