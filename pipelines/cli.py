@@ -201,8 +201,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workspace", type=Path, default=Path("build/demo"),
                       help="DVC workspace for the run (default build/demo)")
     demo.add_argument("--overlay", type=Path, action="append", default=[], metavar="FILE",
-                      help="params merged after the world's overlay (repeatable), e.g. fewer "
-                      "finetune_tasks for a quicker demo")
+                      help="params merged after the world's overlay (repeatable), e.g. "
+                      "finetune_tasks for all eight tasks")
 
     workspace = sub.add_parser(
         "workspace",
