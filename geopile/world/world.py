@@ -139,7 +139,7 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     pretrain = {
         "model": "tiny",
         "teacher": {"file": str((world_dir / TEACHER_FILE).resolve())},
-        "batch_size": 16, "steps": 300, "workers": 2,
+        "batch_size": 16, "steps": 200, "workers": 2,
         "base_lr": 0.016, "warmup_lr": 0.0001, "min_lr": 0.0016,
         "checkpoint_every": 100, "log_every": 10,
         "stream": {"url": f"s3://{BUCKET}/{SHARDS_PREFIX}"},
