@@ -68,8 +68,16 @@ def demo(args: argparse.Namespace) -> int:
         files = [*(args.params or ["params.yaml"]), str(world / PARAMS_OVERLAY),
                  *args.overlay]
         workspace = make_workspace(args.workspace, [Path(f).resolve() for f in files])
-        dvc(workspace, "repro", env=world_env(endpoints["s3"]))
+        env = world_env(endpoints["s3"])
+        dvc(workspace, "repro", env=env)
         params = load_params([workspace / "params.yaml"])
+        # every build's shards into a DVC remote on the world's S3 (content-addressed, the
+        # credentials from the environment): what `dvc pull` restores on another machine
+        remote = f"s3://{endpoints['bucket']}/dvc"
+        dvc(workspace, "remote", "add", "--force", "--default", "world", remote, capture=True)
+        dvc(workspace, "remote", "modify", "world", "endpointurl", endpoints["s3"], capture=True)
+        builds = build_names(params)
+        dvc(workspace, "push", *[f"shard@{b}" for b in builds], env=env)
         with chdir(workspace):
             print("\n" + curate_table(read_report(params)))
             indexes = [json.loads((shards_dir(params) / b / INDEX).read_text())
@@ -87,6 +95,8 @@ def demo(args: argparse.Namespace) -> int:
     finally:
         world_down(world)
     root = workspace.resolve()
+    print(f"\ndvc push  the shards of {len(builds)} builds -> {remote} on the world's S3 (the "
+          "workspace's default DVC remote)")
     report = root / params["paths"]["reports"] / "report.html"
     if report.exists():
         print(f"\nreport    {report}  (open it in a browser; Markdown: report.md)")
