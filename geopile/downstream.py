@@ -156,6 +156,15 @@ def manifest_path(data: Path, name: str) -> Path:
     return Path(data) / "fetched" / f"{name}.json"
 
 
+def _wanted(name: str, params: dict[str, Any]) -> dict[str, tuple[PublishedFile, str | None,
+                                                                   str | None]]:
+    """Each file of ``name``: (its table entry, URL or local path, md5), params over the table."""
+    block = ((params.get("downstream") or {}).get(name)) or {}
+    urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
+    return {which: (item, urls.get(which) or item.url, md5s[which] if which in md5s else item.md5)
+            for which, item in DOWNSTREAM[name].files.items()}
+
+
 def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
     """The torchgeo root of ``name``, fetching only if no fetch of the same files is recorded.
 
@@ -163,17 +172,11 @@ def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
     would cost minutes, and ``geopile fetch`` (the dvc stage) has verified it already.
     """
     record_path, root = manifest_path(data, name), downstream_root(data, name)
-    if record_path.is_file() and root.is_dir():
+    if name in DOWNSTREAM and record_path.is_file() and root.is_dir():
         record = json.loads(record_path.read_text())["files"]
-        block = ((params.get("downstream") or {}).get(name)) or {}
-        urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
-        same = all(
-            which in record
-            and record[which]["url"] == strip_secrets(urls.get(which) or item.url or "")
-            and (md5s.get(which, item.md5) if which in md5s else item.md5) in
-            (None, record[which]["md5"])
-            for which, item in DOWNSTREAM[name].files.items()) if name in DOWNSTREAM else False
-        if same:
+        if all(which in record and record[which]["url"] == strip_secrets(url or "")
+               and md5 in (None, record[which]["md5"])
+               for which, (_, url, md5) in _wanted(name, params).items()):
             return root
     return fetch(name, params, data, progress=False)
 
@@ -190,16 +193,12 @@ def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = Tru
         published = DOWNSTREAM[name]
     except KeyError:
         raise ParamsError(f"unknown downstream set {name!r}; known: {sorted(DOWNSTREAM)}") from None
-    block = ((params.get("downstream") or {}).get(name)) or {}
-    urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
     data = Path(data)
     root = downstream_root(data, name)
     root.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"name": published.name, "licence": published.licence,
                               "root": str(root), "files": {}}
-    for which, item in published.files.items():
-        url = urls.get(which) or item.url
-        md5 = md5s[which] if which in md5s else item.md5
+    for which, (item, url, md5) in _wanted(name, params).items():
         if url is None:
             raise ParamsError(
                 f"{name}: {item.filename} has no public URL ({published.homepage} hands it "

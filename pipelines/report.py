@@ -22,10 +22,10 @@ from PIL import Image
 from geopile.curate import rgb_thumbnail
 from geopile.records import read_records, records_path, rejects_path
 from pipelines.arp import PAPER, paper_arp
-from pipelines.curate import REPORT, reports_dir
+from pipelines.common import atomic_write_text
+from pipelines.curate import DUPLICATES, REPORT, reports_dir
 from pipelines.energy import energy_line
 
-DUPLICATES = "duplicates.json"
 _SELFCHECK = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
@@ -227,9 +227,7 @@ def build_report(params: dict[str, Any], data: Path, out: Path,
            f"{_STYLE}</head><body>{body}<p id='selfcheck'>checking...</p>{_SELFCHECK}"
            "</body></html>")
     html_path, md_path = out.with_suffix(".html"), out.with_suffix(".md")
-    for path, text in ((html_path, doc), (md_path, "\n".join(page.md) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write_text(html_path, doc)
+    atomic_write_text(md_path, "\n".join(page.md) + "\n")
     return html_path, md_path
 
