@@ -9,7 +9,10 @@
 (c) the same from the offline world's S3 server (SeaweedFS on loopback);
 (d) the reference GFM loader: torchvision ImageFolder over the same images as loose files,
     RandomResizedCrop + flip + ToTensor + Normalize + SimMIM mask generator;
-(e) a plain webdataset pipeline over the same shards with (d)'s transforms.
+(e) a plain webdataset pipeline over the same shards with (d)'s transforms;
+(f) (b) with its per-sample xxh3 verification turned off, and (g) (c) likewise: their ratios
+    to (b) and (c) are what verification costs (target: at most 3%, i.e. a ratio >= 0.97);
+    the xxh3 of every sample's bytes alone, timed on its own, bounds it without the noise.
 Everything runs in the main process (num_workers=0): images per second per core. Memory: the
 process's RSS after each of ``--epochs`` epochs of (b).
 """
@@ -27,11 +30,13 @@ import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
+import xxhash
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from bench.common import ingest_jpegs, running_world
 from geopile.shards import ShardConfig, write_build
+from geopile.stream import read_index, sample_refs
 from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader
 
@@ -128,15 +133,31 @@ def main() -> None:
                     simplejpeg.decode_jpeg(blob)
                 return per_second(n, start)
 
+            index = read_index(str(root / "shards"))
+            tars = [(root / "shards" / s["name"]).read_bytes() for s in index["shards"]]
+            samples = [(tars[r.shard][r.start:r.end], r.xxh3) for r in sample_refs(index)]
+
+            def hash_only() -> float:
+                start = time.perf_counter()
+                for data, digest in samples:
+                    if xxhash.xxh3_64_hexdigest(data) != digest:
+                        raise RuntimeError("a freshly written sample fails its xxh3")
+                return per_second(len(samples), start)
+
             urls = [str(p) for p in sorted((root / "shards").glob("*.tar"))]
             plan = {"batch_size": args.batch, "workers": 0, "block": args.block,
                     "window": args.window}
             local = GeoPileLoader(str(root / "shards"), **plan)
             remote = GeoPileLoader(s3_url, **plan, read_ahead=8)
+            local_unverified = GeoPileLoader(str(root / "shards"), **plan, verify=False)
+            remote_unverified = GeoPileLoader(s3_url, **plan, read_ahead=8, verify=False)
             runners = {
                 "a": decode_only,
                 "b": lambda: run_loader(local)[0],
+                "f": lambda: run_loader(local_unverified)[0],
                 "c": lambda: run_loader(remote)[0],
+                "g": lambda: run_loader(remote_unverified)[0],
+                "h": hash_only,
                 "d": lambda: run_loader(DataLoader(
                     datasets.ImageFolder(str(folder), transform=reference_item),
                     batch_size=args.batch, num_workers=0, shuffle=True))[0],
@@ -157,6 +178,9 @@ def main() -> None:
         "c": "(c) GeoPile, loopback S3",
         "d": "(d) reference: ImageFolder + torchvision",
         "e": "(e) plain webdataset + torchvision",
+        "f": "(f) (b) without xxh3 verification",
+        "g": "(g) (c) without xxh3 verification",
+        "h": "(h) xxh3 of each sample alone",
     }
     print(f"\n{n} JPEGs (256 px), batch {args.batch}, one core each, best of {args.rounds}")
     print(f"{'pipeline':<44} {'img/s':>8}")
@@ -166,6 +190,12 @@ def main() -> None:
     print(f"\n(b)/(d) {b / results['d']:.2f} (target >= 4)   (b)/(a) {b / results['a']:.2f} "
           f"(target >= 0.8)   (c)/(b) {results['c'] / b:.2f} (target >= 0.9)   "
           f"(b)/(e) {b / results['e']:.2f}")
+    # verification's cost: end to end (noisy on a shared machine), and the hashing alone as a
+    # share of (b)'s time per sample (its upper bound: nothing else changes)
+    print(f"verification: (b)/(f) {b / results['f']:.3f}   (c)/(g) "
+          f"{results['c'] / results['g']:.3f} (target >= 0.97)   xxh3 alone "
+          f"{1e6 / results['h']:.1f} us a sample = {100 * b / results['h']:.2f}% of (b)'s "
+          f"{1e6 / b:.0f} us (target <= 3%)")
     print("RSS after each epoch of (b), MiB: " + ", ".join(f"{r:.0f}" for r in rss))
 
 

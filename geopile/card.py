@@ -3,29 +3,41 @@
 A Markdown file with the YAML header dataset hubs read (Hugging Face's card metadata): what the
 build holds, where each source came from (URLs, checksums, licences), what curation removed, the
 hashes that pin the shards, and how to cite. Everything comes from the build's index, the
-curation report and the params that made them, so the card cannot drift from the data.
+curation report and the params that made them, so the card cannot drift from the data. Each
+source's licence, origin and citation come from the source object itself (its class for a
+published corpus, its params for a user's folder), never from a table keyed by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from geopile.sources.naip import NAIP_LICENCE
-from geopile.sources.published import PUBLICATIONS
-from geopile.urls import strip_secrets
+from geopile.params import source_params
+from geopile.sources import create_source
+from geopile.sources.base import Source
 
 CARD = "README.md"
-NON_COMMERCIAL = ("resisc45",)  # CC-BY-NC sources
 _CITATION = """@inproceedings{mendieta2023gfm,
   title     = {Towards Geospatial Foundation Models via Continual Pretraining},
   author    = {Mendieta, Mat{\\'\\i}as and Han, Boran and Shi, Xingjian and Zhu, Yi and Chen, Chen},
   booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year      = {2023}
 }"""
+# "CC-BY-NC-4.0", "CC BY-NC-SA", "non-commercial use only": the NC clause, however it is written
+_NON_COMMERCIAL = re.compile(r"(?<![A-Za-z])NC(?![A-Za-z])|(?i:non[- ]?commercial)")
+_RESEARCH_ONLY = re.compile(r"(?i:research)")
+UNKNOWN = "unknown"
+
+
+def non_commercial(licence: str) -> bool:
+    """Whether a licence text carries a non-commercial clause (CC ``-NC-`` or spelled out)."""
+    return bool(_NON_COMMERCIAL.search(licence))
 
 
 def _size_category(n: int) -> str:
@@ -36,35 +48,57 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _licence(source: str, params: dict[str, Any]) -> str:
-    if source == "naip":
-        return str((params.get("sources") or {}).get("naip", {}).get("licence", NAIP_LICENCE))
-    return PUBLICATIONS[source].licence
+def build_sources(names: list[str], params: dict[str, Any]) -> dict[str, Source]:
+    """The source objects of a build, made from the params that ingested them (no disk access)."""
+    data = Path((params.get("paths") or {}).get("data", "data"))
+    return {name: create_source(name, source_params(params, name), data, progress=False)
+            for name in names}
 
 
-def _origin(source: str, params: dict[str, Any]) -> list[str]:
-    """Where a source was read from, as the params that built it say (secrets stripped)."""
-    block = (params.get("sources") or {}).get(source) or {}
-    if source == "naip":
-        return [f"STAC {strip_secrets(str(block.get('stac_url')))} collection "
-                f"`{block.get('collection', 'naip')}`, bbox {block.get('bbox')}, "
-                f"{block.get('datetime')}"]
-    if source == "rsd46":
-        return ["supplied by the user (no public URL)"]
-    urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
-    lines = []
-    for which, download in PUBLICATIONS[source].downloads.items():
-        url = strip_secrets(urls.get(which) or download.url)
-        md5 = md5s.get(which, download.md5) if which in md5s else download.md5
-        lines.append(f"{url} (md5 {md5})" if md5 else f"{url} (no published md5)")
-    return lines
+def _licence_notes(sources: dict[str, int], licences: dict[str, str],
+                   params: dict[str, Any]) -> list[str]:
+    """What the licences mean for the build, derived from the licence texts alone."""
+    present = [s for s in sorted(sources) if sources[s]]
+    nc = [s for s in present if non_commercial(licences[s])]
+    research = [s for s in present if s not in nc and _RESEARCH_ONLY.search(licences[s])]
+    unknown = [s for s in present if licences[s] == UNKNOWN]
+    notes = []
+    if nc:
+        clean = [b for b, spec in (params.get("builds") or {}).items()
+                 if spec and not any(s in spec for s in nc)]
+        alternative = (f" (for example `{clean[0]}`)" if clean else "")
+        notes.append(
+            f"This build contains images under a non-commercial licence ({', '.join(nc)}): the "
+            "build as a whole may be used for non-commercial purposes only, and so may models "
+            "trained on it if you read the licence strictly. For commercial work use a build "
+            f"without them{alternative}.")
+    if research:
+        notes.append(f"{', '.join(research)}: the publisher grants research use only; check "
+                     "its terms before any other use.")
+    if unknown:
+        fixes = ", ".join(f"`sources.{s}.licence`" for s in unknown)
+        notes.append(f"No licence is known for {', '.join(unknown)}: set {fixes} and rebuild "
+                     "before publishing this build or models trained on it.")
+    if not notes:
+        notes.append("No source in this build carries a non-commercial or research-only clause.")
+    notes.append("Attribute every source (see Citation).")
+    return [line for note in notes for line in (note, "")][:-1]  # one paragraph each
+
+
+def _citation_block(name: str, citation: str) -> list[str]:
+    if citation == UNKNOWN:
+        return [f"**{name}**: no citation given (set `sources.{name}.citation`)", ""]
+    if citation.lstrip().startswith("@"):
+        return [f"**{name}**:", "", "```bibtex", citation, "```", ""]
+    return [f"**{name}**: {citation}", ""]
 
 
 def render_card(index: dict[str, Any], params: dict[str, Any],
                 curate: dict[str, Any] | None) -> str:
     """The card for one build, from its index, the params and the curation report."""
     build, sources = index["build"], index["sources"]
-    licences = {s: _licence(s, params) for s in sources}
+    objects = build_sources(sorted(sources), params)
+    licences = {s: objects[s].licence for s in sources}
     index_sha = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
     header = {
         "pretty_name": f"GeoPile ({build})",
@@ -88,19 +122,10 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
              "## Sources", "",
              "| source | images | licence | read from |", "|---|---:|---|---|"]
     for source in sorted(sources):
-        origin = "<br>".join(_origin(source, params))
+        origin = "<br>".join(objects[source].origin_lines())
         lines.append(f"| {source} | {sources[source]:,} | {licences[source]} | {origin} |")
-    nc = [s for s in sources if s in NON_COMMERCIAL and sources[s]]
     lines += ["", "### What the licences mean for this build", ""]
-    if nc:
-        lines.append(f"This build contains {', '.join(nc)} images under CC-BY-NC-4.0: the "
-                     "build as a whole may be used for non-commercial purposes only, and so "
-                     "may models trained on it if you read the licence strictly. For commercial "
-                     "work use a build without them (`paper_no_resisc45`). Attribute every "
-                     "source.")
-    else:
-        lines.append("No source in this build carries a non-commercial clause; attribute every "
-                     "source, and check RSD46-WHU's terms (research use) if it is included.")
+    lines += _licence_notes(sources, licences, params)
     lines += ["", "## Curation", ""]
     cur = params.get("curate") or {}
     lines.append(
@@ -120,8 +145,7 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
               f"`index.json` (sorted-key JSON) sha256 `{index_sha}`; build seed {index['seed']}.",
               "", "| shard | samples | sha256 |", "|---|---:|---|"]
     lines += [f"| {s['name']} | {s['samples']} | `{s['sha256']}` |" for s in index["shards"]]
-    lines += ["", "## Citation", "", "```bibtex", _CITATION, "```", "",
-              "and the sources: NAIP (USDA FSA), RSD46-WHU (Long et al. 2017; Xiao et al. "
-              "2017), MLRSNet (Qi et al. 2020), NWPU-RESISC45 (Cheng et al. 2017), PatternNet "
-              "(Zhou et al. 2018).", ""]
+    lines += ["", "## Citation", "", "```bibtex", _CITATION, "```", "", "and the sources:", ""]
+    for source in sorted(sources):
+        lines += _citation_block(source, objects[source].citation)
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 GDAL retries 429/5xx itself only when told to and never retries a 403; an expired SAS token
 shows up as exactly that. Here a 403 re-signs the *unsigned* href and tries again, 429/5xx and
 dropped connections back off exponentially, and anything else fails with the href (unsigned)
-in the message.
+in the message. GDAL's messages quote the *signed* ``/vsicurl/`` href, so every message that
+leaves this module goes through :func:`geopile.urls.redact`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from geopile.stac import Signer
-from geopile.urls import strip_secrets
+from geopile.urls import redact, strip_secrets
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,24 @@ REMOTE_COG_ENV: dict[str, object] = {
     "VSI_CURL_CACHE_SIZE": 64 * 1024 * 1024,
     "GDAL_HTTP_MAX_RETRY": 0,  # retries happen here, where a 403 can be re-signed
     "GDAL_HTTP_TIMEOUT": 60,
+    # curl's request dump would carry the signed URL and headers; keep it off even if the
+    # environment turns it on (rasterio relays it to logging, where it is redacted, but it is
+    # also megabytes per run)
+    "CPL_CURL_VERBOSE": "NO",
 }
 _HTTP_CODE = re.compile(r"HTTP (?:response )?code:? (\d{3})", re.IGNORECASE)
 
 
-class CogReadError(RuntimeError):
-    """A window could not be read after all retries."""
+class CogReadError(OSError):
+    """A window could not be read after all retries (404, corrupt bytes, refused connection).
+
+    An ``OSError``: an unreadable input, which the ingest driver records as a reject with this
+    message as its reason. The message is redacted on construction, since GDAL's text quotes
+    the signed href.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,8 @@ def read_window(
             dropped = status is None and "curl" in str(err).lower()  # reset, timeout, EOF
             retryable = status in (403, 429, 500, 502, 503, 504) or dropped
             if not retryable or attempt == retries:
-                raise CogReadError(f"cannot read {strip_secrets(href)} {window}: {err}") from err
+                # from None: the RasterioIOError quotes the signed href, and its text is kept
+                raise CogReadError(f"cannot read {strip_secrets(href)} {window}: {err}") from None
             wait = 0.0 if status == 403 and attempt == 0 else backoff_s * 2**attempt
             log.warning(
                 "read of %s failed (HTTP %s); %s, retry %d in %.1fs",

@@ -4,34 +4,50 @@ UC Merced is an ingest source (curation decontaminates against it); the other do
 only fetched: downloaded with resume and checksum, extracted safely, and laid out under
 ``DATA/downstream/<name>`` exactly as the torchgeo dataset that reads them expects. URLs and md5s
 are overridable per set in ``params.yaml: downstream.<name>.urls/md5s`` (a mirror, the offline
-world), as for the ingest sources.
+world), as for the ingest sources. A file may have several mirrors; they are tried in order and
+the first that serves the published md5 is used (:func:`geopile.download.download_first`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geopile.download import download, extract_archive, verify_file
+from geopile.download import download_first, extract_archive, verify_file
 from geopile.params import ParamsError
+from geopile.sources.published import mirror_urls
 from geopile.urls import strip_secrets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PublishedFile:
-    """One published file: URL, MD5 (the publisher's, via torchgeo) and its local name.
+    """One published file: its mirrors in order, MD5 (the publisher's, via torchgeo), local name.
 
-    ``url`` is None where the publisher hands files out by request or through a web form: the
-    user downloads them and sets ``downstream.<set>.urls.<key>`` to the local path.
+    No mirror (``url`` None) where the publisher hands files out by request or through a web
+    form: the user downloads them and sets ``downstream.<set>.urls.<key>`` to the local path.
     """
 
-    url: str | None
+    mirrors: tuple[str, ...]
     md5: str | None
     filename: str  # the name the download gets (torchgeo's name for it)
     archive: bool = False  # extracted, its top-level entries linked into the root
+
+    def __init__(self, mirrors: str | Sequence[str] | None, md5: str | None, filename: str,
+                 archive: bool = False) -> None:
+        found = () if mirrors is None else (mirrors,) if isinstance(mirrors, str) else mirrors
+        object.__setattr__(self, "mirrors", tuple(found))
+        object.__setattr__(self, "md5", md5)
+        object.__setattr__(self, "filename", filename)
+        object.__setattr__(self, "archive", archive)
+
+    @property
+    def url(self) -> str | None:
+        """The first mirror (the publisher's), or None if the file has no public URL."""
+        return self.mirrors[0] if self.mirrors else None
 
 
 @dataclass(frozen=True)
@@ -156,13 +172,25 @@ def manifest_path(data: Path, name: str) -> Path:
     return Path(data) / "fetched" / f"{name}.json"
 
 
-def _wanted(name: str, params: dict[str, Any]) -> dict[str, tuple[PublishedFile, str | None,
+def _wanted(name: str, params: dict[str, Any]) -> dict[str, tuple[PublishedFile, list[str],
                                                                    str | None]]:
-    """Each file of ``name``: (its table entry, URL or local path, md5), params over the table."""
+    """Each file of ``name``: (its table entry, mirrors or a local path, md5), params first.
+
+    The mirrors are ``downstream.<name>.urls.<file>`` (a URL, a list of them, or a local path)
+    followed by the published ones (see :func:`geopile.sources.published.mirror_urls`).
+    """
     block = ((params.get("downstream") or {}).get(name)) or {}
-    urls, md5s = block.get("urls") or {}, block.get("md5s") or {}
-    return {which: (item, urls.get(which) or item.url, md5s[which] if which in md5s else item.md5)
+    md5s = block.get("md5s") or {}
+    return {which: (item, mirror_urls(item, block, which, f"downstream.{name}"),
+                    md5s[which] if which in md5s else item.md5)
             for which, item in DOWNSTREAM[name].files.items()}
+
+
+def mirrors_of(name: str, params: dict[str, Any]) -> dict[str, list[str]]:
+    """Each file of the set ``name`` and the URLs (or local path) it would be fetched from."""
+    if name not in DOWNSTREAM:
+        raise ParamsError(f"unknown downstream set {name!r}; known: {sorted(DOWNSTREAM)}")
+    return {which: urls for which, (_, urls, _) in _wanted(name, params).items()}
 
 
 def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
@@ -174,9 +202,9 @@ def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
     record_path, root = manifest_path(data, name), downstream_root(data, name)
     if name in DOWNSTREAM and record_path.is_file() and root.is_dir():
         record = json.loads(record_path.read_text())["files"]
-        if all(which in record and record[which]["url"] == strip_secrets(url or "")
+        if all(which in record and record[which]["url"] in {strip_secrets(u) for u in urls}
                and md5 in (None, record[which]["md5"])
-               for which, (_, url, md5) in _wanted(name, params).items()):
+               for which, (_, urls, md5) in _wanted(name, params).items()):
             return root
     return fetch(name, params, data, progress=False)
 
@@ -198,18 +226,18 @@ def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = Tru
     root.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"name": published.name, "licence": published.licence,
                               "root": str(root), "files": {}}
-    for which, (item, url, md5) in _wanted(name, params).items():
-        if url is None:
+    for which, (item, urls, md5) in _wanted(name, params).items():
+        if not urls:
             raise ParamsError(
                 f"{name}: {item.filename} has no public URL ({published.homepage} hands it "
                 f"out); download it and set downstream.{name}.urls.{which} to its path")
-        if "://" in url:
-            got = download(url, root.parent / "downloads" / item.filename, md5,
-                           progress=progress)
-        else:  # a file the user downloaded: checked in place
-            if not Path(url).is_file():
-                raise FileNotFoundError(f"downstream.{name}.urls.{which}: {url} not found")
-            got = verify_file(Path(url), url, md5)
+        if "://" not in urls[0]:  # a file the user downloaded: checked in place
+            if not Path(urls[0]).is_file():
+                raise FileNotFoundError(f"downstream.{name}.urls.{which}: {urls[0]} not found")
+            got = verify_file(Path(urls[0]), urls[0], md5)
+        else:
+            got = download_first(urls, root.parent / "downloads" / item.filename, md5,
+                                 progress=progress)
         record["files"][which] = {"url": got.url, "md5": got.md5, "sha256": got.sha256,
                                   "size": got.size}
         if item.archive:

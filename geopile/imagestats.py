@@ -18,8 +18,16 @@ import xxhash
 from PIL import Image, UnidentifiedImageError
 
 LOCAL_BLOCK = 16
-# Refuse absurd sizes before decoding (a decompression bomb in a user's folder).
-Image.MAX_IMAGE_PIXELS = 1 << 28
+# Size limits, checked from the image header before any pixel is decoded. GeoPile's largest
+# legitimate inputs are 600 x 600 (MLRSNet) and 256 x 256 patches, so 100 megapixels is generous;
+# a 17000 x 17000 PNG of 843 KB (289 MP) took 11.4 GB to decode and measure. Below 16 px a side
+# there is no texture to learn and the local entropy (16 px blocks) is undefined.
+MAX_PIXELS = 100_000_000
+MIN_SIDE = 16
+# PIL's own guard only warns past its limit and raises past twice it. It stays as a backstop for
+# code that opens images without :func:`decode`, set above MAX_PIXELS so that decode's own check
+# (naming the size and the limit) fires first; past 2 x MAX_PIXELS PIL also warns.
+Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
 
 
 class BadImage(ValueError):
@@ -115,12 +123,32 @@ def as_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
-def decode(data: bytes) -> tuple[np.ndarray, str]:
-    """Decode image bytes fully (truncation is caught here, not at training time)."""
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS,
+               min_side: int = MIN_SIDE) -> None:
+    """Raise :class:`BadImage` for a size outside the limits (from the header, before decoding)."""
+    if width * height > max_pixels:
+        raise BadImage(
+            f"image too large: {width}x{height} px ({width * height:,} pixels) is over the "
+            f"limit of {max_pixels:,} pixels; not decoded (a decompression bomb, or a tile "
+            "that should be cut into patches first)")
+    if min(width, height) < min_side:
+        raise BadImage(f"image too small: {width}x{height} px; the minimum side is {min_side} px")
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS,
+           min_side: int = MIN_SIDE) -> tuple[np.ndarray, str]:
+    """Decode image bytes fully (truncation is caught here, not at training time).
+
+    ``Image.open`` reads only the header, so the size is checked before anything is allocated
+    for pixels: PIL alone would only warn about a 289-megapixel PNG and then decode it. A
+    ``max_pixels`` above twice ``PIL.Image.MAX_IMAGE_PIXELS`` has no effect: PIL refuses those
+    sizes itself.
+    """
     if not data:
         raise BadImage("empty file")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            check_size(*img.size, max_pixels=max_pixels, min_side=min_side)
             img.load()
             fmt = (img.format or "unknown").lower()
             if img.mode == "P":
@@ -130,16 +158,19 @@ def decode(data: bytes) -> tuple[np.ndarray, str]:
             pixels = np.asarray(img.convert("RGB") if img.mode == "CMYK" else img)
     except UnidentifiedImageError as err:
         raise BadImage("not an image (no decoder recognises the bytes)") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # past PIL's backstop (2 x MAX_IMAGE_PIXELS)
+        raise BadImage(f"image too large: {err}") from err
+    except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, BadImage):
             raise
         raise BadImage(f"corrupt or truncated image: {err}") from err
     return pixels, fmt
 
 
-def image_stats(data: bytes, expected_bands: int | None = 3) -> ImageStats:
+def image_stats(data: bytes, expected_bands: int | None = 3, *, max_pixels: int = MAX_PIXELS,
+                min_side: int = MIN_SIDE) -> ImageStats:
     """Decode ``data`` and compute its statistics; raise :class:`BadImage` with the reason."""
-    pixels, fmt = decode(data)
+    pixels, fmt = decode(data, max_pixels, min_side)
     bands = 1 if pixels.ndim == 2 else pixels.shape[2]
     if expected_bands is not None and bands != expected_bands:
         raise BadImage(f"wrong band count: {bands}, expected {expected_bands}")

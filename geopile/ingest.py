@@ -3,6 +3,13 @@
 Outcomes are checkpointed to ``records/.parts/<source>/part-NNNNNN.parquet`` as they come; a
 killed run skips every key already decided and, since candidates come in a fixed order and
 sampling quotas are filled in that order, ends with the same records as an uninterrupted run.
+
+A candidate that cannot be read (an ``OSError``: a 404 tile, corrupt bytes after retries, a
+dropped connection) is a reject with its reason, like one the source turns down on content
+(:class:`BadImage`). Such failures are checkpointed only when the run completes, so a killed or
+stopped run retries them. When more than ``max_error_fraction`` of a run's candidates fail (a
+source parameter; none set, no limit), the fault is systemic (credentials, network, a moved
+store) and the run stops with :class:`IngestError`, naming the last errors.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geopile.imagestats import BadImage
+from geopile.params import ParamsError
 from geopile.records import (
     PART_SCHEMA,
     RECORD_SCHEMA,
@@ -36,8 +44,18 @@ from geopile.records import (
     write_table_atomic,
 )
 from geopile.sources.base import Candidate, Processed, Source
+from geopile.urls import redact
 
 log = logging.getLogger(__name__)
+
+# ``max_error_fraction`` is enforced only once this many candidates have failed in a run: the
+# first few failures (one missing tile early on) must not stop a run on a small sample.
+MIN_ERRORS_FOR_LIMIT = 20
+LAST_ERRORS_SHOWN = 3
+
+
+class IngestError(RuntimeError):
+    """Too many of a source's candidates could not be read: a systemic fault, not bad samples."""
 
 
 @dataclass
@@ -65,15 +83,21 @@ def _init_worker(source: Source) -> None:
     _WORKER = source
 
 
-def _decide(cand: Candidate) -> tuple[Candidate, Processed | None, str | None]:
-    """Run one candidate; a bad input becomes a reason, never an exception."""
+def _decide(cand: Candidate) -> tuple[Candidate, Processed | None, str | None, bool]:
+    """Run one candidate; a bad input becomes a (redacted) reason, never an exception.
+
+    The last element tells a *failure* (the input could not be read: an ``OSError`` such as
+    :class:`geopile.cog.CogReadError`, or an unexpected ``ValueError``) from a sample the source
+    turned down on its content (:class:`BadImage`); only failures count against
+    ``max_error_fraction``.
+    """
     assert _WORKER is not None
     try:
-        return cand, _WORKER.process(cand), None
+        return cand, _WORKER.process(cand), None, False
     except BadImage as err:
-        return cand, None, str(err)
-    except (OSError, ValueError) as err:  # unreadable file, odd TIFF tags, ...
-        return cand, None, f"{type(err).__name__}: {err}"
+        return cand, None, redact(str(err)), False
+    except (OSError, ValueError) as err:  # unreadable file or window, odd TIFF tags, ...
+        return cand, None, redact(f"{type(err).__name__}: {err}"), True
 
 
 def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
@@ -90,7 +114,45 @@ def _write_payload(path: Path, data: bytes) -> None:
 
 
 # source params that do not change what ingest decides
-_NOT_DECISIVE = {"workers", "enabled", "role", "retries"}
+_NOT_DECISIVE = {"workers", "enabled", "role", "retries", "max_error_fraction"}
+
+
+def _error_limit(source: Source) -> float | None:
+    """``max_error_fraction`` of the source's params, checked; ``None`` (no limit) when unset.
+
+    Checked here too, not only by the params schema: library callers build sources directly.
+    """
+    value = source.ctx.params.get("max_error_fraction")
+    if value is None:
+        return None
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = -1.0
+    if not 0.0 <= limit <= 1.0:
+        raise ParamsError(
+            f"sources.{source.ctx.name}.max_error_fraction must be a fraction between 0 and 1 "
+            f"(1 never stops the run), got {value!r}"
+        )
+    return limit
+
+
+def _over_limit(errors: int, decided: int, limit: float) -> bool:
+    return errors >= MIN_ERRORS_FOR_LIMIT and errors > limit * decided
+
+
+def _too_many_errors(name: str, errors: int, decided: int, limit: float,
+                     last: Iterable[str]) -> IngestError:
+    shown = "\n  ".join(last)
+    return IngestError(
+        f"{name}: {errors} of {decided} candidates tried in this run ({errors / decided:.1%}) "
+        f"could not be read, more than sources.{name}.max_error_fraction = {limit:g}. "
+        f"Last errors:\n  {shown}\n"
+        f"Check the network, the credentials or signer (sources.{name}.signer for NAIP) and that "
+        f"the source's URLs are current, then rerun: what was decided is kept and the failed "
+        f"candidates are retried. To accept more failures, raise "
+        f"sources.{name}.max_error_fraction."
+    )
 
 
 class _Checkpoint:
@@ -144,10 +206,16 @@ def ingest(
     source.fetch()
     decisive = {k: v for k, v in ctx.params.items() if k not in _NOT_DECISIVE}
     fingerprint = hashlib.sha256(
-        json.dumps([decisive, ctx.seed], sort_keys=True, default=str).encode()
+        # the input's identity too: a run killed before the archive changed must not resume
+        # into records of the new one
+        json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True, default=str).encode()
     ).hexdigest()
     parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, fingerprint)
     quotas = source.quotas()
+    if quotas is not None and sum(quotas.values()) < 1:
+        # checked by the params schema too; here because this driver deletes raw files
+        raise IngestError(f"{ctx.name}: the quotas ask for no image at all ({dict(quotas)}): "
+                          f"check sources.{ctx.name}.count; earlier records were left as they are")
     accepted: Counter[str] = Counter()
     if quotas is not None:  # strata already filled by a previous, killed run
         done = parts.table()
@@ -166,16 +234,21 @@ def ingest(
         {} if source.executor == "thread" else {"initializer": _init_worker, "initargs": (source,)}
     )
     _init_worker(source)  # threads share this module's global
+    limit = _error_limit(source)
     decided_now = 0
+    failed: list[dict] = []  # checkpointed only when the run completes: a rerun retries them
+    last_errors: deque[str] = deque(maxlen=LAST_ERRORS_SHOWN)
+    stop: IngestError | None = None
     bar = tqdm(
         total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img", disable=not progress
     )
     with pool_cls(max_workers=max(1, workers), **pool_kw) as pool:
         for chunk in _chunks(_todo(candidates, parts.done, quotas, accepted), chunk_size):
-            for cand, result, reason in pool.map(_decide, chunk):
+            for cand, result, reason, unreadable in pool.map(_decide, chunk):
                 if quotas is not None:
                     if accepted[cand.stratum] >= quotas[cand.stratum]:
                         continue  # a surplus draw of a stratum filled earlier in this chunk
+                decided_now += 1
                 if result is not None:
                     if result.payload is not None:
                         _write_payload(ctx.data_dir / result.row["path"], result.payload)
@@ -186,25 +259,47 @@ def ingest(
                         accepted[cand.stratum] += 1
                     bar.update(1)
                 else:
-                    parts.add(
-                        {
-                            **cand.fields,
-                            "key": cand.key,
-                            "source": ctx.name,
-                            "stratum": cand.stratum,
-                            "nbytes": None,
-                            "reject_reason": reason,
-                        }
-                    )
+                    row = {
+                        **cand.fields,
+                        "key": cand.key,
+                        "source": ctx.name,
+                        "stratum": cand.stratum,
+                        "nbytes": None,
+                        "reject_reason": reason,
+                    }
+                    if unreadable:
+                        failed.append(row)
+                        last_errors.append(f"{cand.key}: {reason}")
+                        if limit is not None and _over_limit(len(failed), decided_now, limit):
+                            stop = _too_many_errors(
+                                ctx.name, len(failed), decided_now, limit, last_errors
+                            )
+                            break
+                    else:
+                        parts.add(row)
                     if quotas is None:
                         bar.update(1)
-                decided_now += 1
                 if len(parts.buffer) >= flush_every:
                     parts.flush()
+            if stop is not None:
+                pool.shutdown(wait=True, cancel_futures=True)  # not the rest of the chunk
+                break
             if quotas is not None and all(accepted[s] >= q for s, q in quotas.items()):
                 break
+    if stop is None:
+        if failed:
+            log.warning(
+                "%s: %d of %d candidates could not be read (%.1f%%); they are rejects, with their "
+                "reasons, in %s",
+                ctx.name, len(failed), decided_now, 100 * len(failed) / decided_now,
+                rejects_path(ctx.data_dir, ctx.name),
+            )
+        for row in failed:
+            parts.add(row)
     parts.flush()
     bar.close()
+    if stop is not None:
+        raise stop
     if quotas is not None:
         for stratum, quota in quotas.items():
             if accepted[stratum] < quota:
@@ -216,6 +311,7 @@ def ingest(
                     accepted[stratum],
                     quota,
                 )
+    _refuse_emptying(parts, ctx.data_dir, ctx.name)
     summary = _finish(parts, ctx.data_dir, ctx.name)
     if source.writes_raw_dir:
         _prune(ctx.raw_dir, ctx.data_dir, records_path(ctx.data_dir, ctx.name))
@@ -246,6 +342,23 @@ def _prune(raw_dir: Path, data_dir: Path, records: Path) -> None:
             path.unlink()
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+
+
+def _refuse_emptying(parts: _Checkpoint, data_dir: Path, name: str) -> None:
+    """Stop before a run that kept nothing replaces earlier records (and prunes their files).
+
+    No valid setting keeps zero images; a run that does is a mistake (a filter that rejects
+    everything, an input that changed to nothing), and overwriting would destroy earlier output.
+    """
+    done = parts.table()
+    kept = done.filter(pc.is_null(done["reject_reason"])).num_rows if done.num_rows else 0
+    earlier = records_path(data_dir, name)
+    if kept == 0 and earlier.exists() and pq.read_metadata(earlier).num_rows > 0:
+        raise IngestError(
+            f"{name}: this run kept no image ({done.num_rows} rejected), but {earlier} holds "
+            f"{pq.read_metadata(earlier).num_rows} records from an earlier run: refusing to "
+            "replace them. Check the source's parameters and input; to start over on purpose, "
+            f"delete {earlier} first")
 
 
 def _finish(parts: _Checkpoint, data_dir: Path, name: str) -> IngestSummary:

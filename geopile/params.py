@@ -8,7 +8,7 @@ edited to point somewhere else.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,15 @@ import yaml
 
 
 class ParamsError(ValueError):
-    """A parameter file is missing, unreadable, or holds a wrong value."""
+    """A parameter file is missing, unreadable, or holds a wrong value.
+
+    ``problems`` lists each bad key on its own (``geopile.settings.check_params`` collects
+    them all at once, so one run shows every fix to make).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

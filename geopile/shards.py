@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from PIL import Image
 from geopile.imagestats import decode
 
 INDEX = "index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: per-sample "xxh3" (version 1 indexes still stream, unverified)
 TAR_BLOCK = 512
 # what a sample's .json carries (the record's columns minus what is only useful in the table)
 JSON_FIELDS = (
@@ -143,12 +144,23 @@ def _member_bytes(sample: Mapping[str, Any]) -> int:
     return size
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _digests(path: Path, offsets: list[int]) -> tuple[str, list[str]]:
+    """The shard's sha256 and each sample's xxh3-64, from one read of the written file.
+
+    Sample ``i`` covers bytes ``offsets[i]`` up to ``offsets[i + 1]``, the last one up to the
+    end of the file (its tar end blocks included): exactly the range the streaming reader reads
+    for it (:func:`geopile.stream.sample_refs`), so a sample is checked without reading more.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        view = memoryview(data)
+        try:
+            sha256 = hashlib.sha256(view).hexdigest()
+            ends = [*offsets[1:], len(data)]
+            xxh3 = [xxhash.xxh3_64_hexdigest(view[a:b]) for a, b in zip(offsets, ends,
+                                                                           strict=True)]
+        finally:
+            view.release()
+    return sha256, xxh3
 
 
 def write_build(
@@ -166,6 +178,11 @@ def write_build(
     would pass ``max_bytes``. Each shard is written under a temporary name and renamed, and the
     index comes last, so a killed build leaves only whole shards and no index; a rerun writes
     the build again from the start (same input, same bytes) and removes what it does not need.
+
+    Per shard the index holds ``name``, ``samples``, ``bytes``, ``sha256`` (the whole file, for
+    caches and pushes), ``keys``, ``offsets`` (where each sample's first header starts) and
+    ``xxh3`` (hex xxh3-64 of each sample's byte range, checked by the reader on every read; see
+    :func:`_digests` for the range).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stray in out_dir.glob("*.tmp"):
@@ -180,9 +197,10 @@ def write_build(
         state["file"].close()
         final = out_dir / state["name"]
         os.replace(out_dir / f"{state['name']}.tmp", final)
+        sha256, xxh3 = _digests(final, state["offsets"])
         shards.append({
             "name": state["name"], "samples": len(state["keys"]), "bytes": final.stat().st_size,
-            "sha256": _sha256(final), "keys": state["keys"], "offsets": state["offsets"],
+            "sha256": sha256, "keys": state["keys"], "offsets": state["offsets"], "xxh3": xxh3,
         })
         state.clear()
 

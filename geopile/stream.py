@@ -18,6 +18,10 @@ appears at least once and a few twice. A resume with another number of workers c
 the very next samples of the plan; the rest of that epoch is then split across the new workers
 in whole batches, as evenly as they go.
 
+Every sample is checked against its xxh3-64 in the index as it is read (local and S3 alike): a
+sample whose bytes changed since the build is set aside like an unreadable one, and a shard with
+more than ``max_bad_per_shard`` such samples stops the run (:class:`StreamError`).
+
 Written by hand because none of webdataset, MosaicML streaming or litdata does all of this over
 plain WebDataset tars (FACTS.md section 5).
 """
@@ -34,30 +38,50 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
 import urllib3
+import xxhash
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
 TAR_BLOCK = 512
 
 
+AUDIT_BYTES = 32 << 20  # a damaged shard is re-checked whole, this many bytes a read
+_warned_unverified: set[str] = set()  # builds already reported as unverified (once a process)
+
+
 class StreamError(RuntimeError):
-    """A shard could not be read (after retries), or failed its checksum."""
+    """A shard or the index is missing, unreadable (after retries) or fails its checksums."""
+
+
+class BuildIndexError(StreamError):
+    """A build's ``index.json`` is missing, not JSON, or lacks what the reader needs."""
+
+
+def _fix(url: str) -> str:
+    """How to repair the build at ``url`` (its last path component is the build's name)."""
+    if url.startswith("s3://"):
+        build = PurePosixPath(urlparse(url).path).name or "BUILD"
+        return (f"re-push the build with `geopile push {build}` (after `geopile shard {build}` "
+                "if the local copy is damaged too)")
+    build = Path(url).name or "BUILD"
+    return f"rebuild it with `geopile shard {build}` (or restore it with `dvc pull`)"
 
 
 @dataclass(frozen=True)
 class SampleRef:
-    """Where one sample lives: its shard, its byte range there, its key."""
+    """Where one sample lives: its shard, its byte range there, its key, its bytes' xxh3."""
 
     shard: int
     start: int
     end: int
     key: str
+    xxh3: str | None = None  # hex xxh3-64 of bytes start..end; None: the index predates them
 
 
 @dataclass(frozen=True)
@@ -70,12 +94,16 @@ class StreamConfig:
     batch_size: int = 1
     remainder: str = "drop"  # or "pad"
     read_ahead: int = 4  # block reads in flight per worker
+    verify: bool = True  # check every sample against its xxh3 in the index
+    max_bad_per_shard: int = 3  # more samples of one shard failing their xxh3 stop the run
 
     def __post_init__(self) -> None:
         if self.remainder not in ("drop", "pad"):
             raise ValueError(f"remainder must be 'drop' or 'pad', got {self.remainder!r}")
         if min(self.block, self.window, self.batch_size) < 1:
             raise ValueError("block, window and batch_size must be at least 1")
+        if self.max_bad_per_shard < 0:
+            raise ValueError(f"max_bad_per_shard must be 0 or more, got {self.max_bad_per_shard}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,21 +119,46 @@ class Storage(Protocol):
     def read_text(self, name: str) -> str:
         """A whole small object (the index)."""
 
+    def where(self, name: str) -> str:
+        """The path or URL of ``name``, for messages."""
+
 
 class LocalStorage:
-    """Shards in a local directory."""
+    """Shards in a local directory.
+
+    A file the index lists that is gone or shorter than the range asked for is a
+    :class:`StreamError` naming it and the fix (the build is incomplete), not a bare OSError.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    def where(self, name: str) -> str:
+        """The file's path."""
+        return str(self.root / name)
+
     def read_range(self, name: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` of a shard file."""
-        with open(self.root / name, "rb") as f:
-            return os.pread(f.fileno(), end - start, start)
+        try:
+            with open(self.root / name, "rb") as f:
+                data = os.pread(f.fileno(), end - start, start)
+        except FileNotFoundError:
+            raise StreamError(f"{self.where(name)}: no such file, though index.json lists it: "
+                              f"the build is incomplete; {_fix(str(self.root))}") from None
+        if len(data) != end - start:
+            raise StreamError(f"{self.where(name)}: short read ({len(data)} of {end - start} "
+                              f"bytes at {start}): the file was truncated; "
+                              f"{_fix(str(self.root))}")
+        return data
 
     def read_text(self, name: str) -> str:
         """A whole file."""
-        return (self.root / name).read_text()
+        try:
+            return (self.root / name).read_text()
+        except FileNotFoundError:
+            raise BuildIndexError(f"{self.where(name)}: no such file: {self.root} is not a "
+                                  f"GeoPile build; check the path, or "
+                                  f"{_fix(str(self.root))}") from None
 
 
 class S3Storage:
@@ -117,7 +170,11 @@ class S3Storage:
     ``get_object`` costs about 2 ms of Python per request, as much as decoding ten images.
     Throttling (429/503), other 5xx, expired signatures (403) and dropped or short
     connections are retried with exponential back-off; a shard that still fails is a
-    :class:`StreamError` naming it.
+    :class:`StreamError` naming it. A missing object (404) is final at once.
+
+    Signatures age by ``time.monotonic()`` (seconds since boot, unaffected by clock changes):
+    a name never signed counts as unsigned whatever the clock says, so a machine booted
+    minutes ago signs its first request like any other.
     """
 
     PRESIGN_S = 3600
@@ -164,13 +221,14 @@ class S3Storage:
 
                 self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
                 self._http = urllib3.PoolManager(maxsize=self.connections, retries=False)
-            url, when = self._signed.get(name, ("", 0.0))
-            if fresh or time.monotonic() - when > self.REFRESH_S:
+            signed = self._signed.get(name)  # None: never signed (not "signed at boot")
+            now = time.monotonic()
+            if fresh or signed is None or now - signed[1] > self.REFRESH_S:
                 url = self._client.generate_presigned_url(
                     "get_object", Params={"Bucket": self.bucket, "Key": self._key(name)},
                     ExpiresIn=self.PRESIGN_S)
-                self._signed[name] = (url, time.monotonic())
-            return url
+                signed = self._signed[name] = (url, now)
+            return signed[0]
 
     def _get(self, name: str, byte_range: tuple[int, int] | None) -> bytes:
         last = ""
@@ -192,7 +250,12 @@ class S3Storage:
                     return data
                 last = f"short read: {len(data)} of {want} bytes"
             elif status == 403:
-                fresh, last = True, "403 (signature expired?)"
+                # presigned URLs carry this machine's wall-clock time: a skewed clock fails too
+                fresh, last = True, "HTTP 403 (signature expired, or this machine's clock is off?)"
+            elif status == 404:
+                raise StreamError(f"{self._where(name)}: no such object (HTTP 404): the URL is "
+                                  f"wrong or the build there is incomplete; "
+                                  f"{_fix(f's3://{self.bucket}/{self.prefix}')}")
             elif status == 429 or status >= 500:
                 last = f"HTTP {status}"
             else:
@@ -214,7 +277,11 @@ class S3Storage:
 
     def read_text(self, name: str) -> str:
         """A whole small object."""
-        return self.read_object(name).decode()
+        return self.read_object(name).decode(errors="replace")
+
+    def where(self, name: str) -> str:
+        """The object's URL."""
+        return self._where(name)
 
 
 class CachedStorage:
@@ -272,19 +339,79 @@ class CachedStorage:
         """Small objects are not cached."""
         return self.remote.read_text(name)
 
+    def where(self, name: str) -> str:
+        """The object's URL (the local copy is a verified copy of it)."""
+        return self.remote.where(name)
+
+
+_SHARD_KEYS = {"name": str, "bytes": int, "sha256": str, "keys": list, "offsets": list}
+
+
+def parse_index(text: str, where: str, fix: str) -> dict[str, Any]:
+    """A build's index from its text, checked for what the reader relies on.
+
+    ``where`` (the index's path or URL) and ``fix`` (how to repair the build) go into the
+    :class:`BuildIndexError` raised when the text is not JSON (an interrupted copy or upload
+    leaves it cut short) or lacks a key the reader needs.
+    """
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BuildIndexError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} "
+                              f"column {err.colno}, {len(text)} characters in all): it is "
+                              f"truncated or damaged; {fix}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise BuildIndexError(f"{where} has no 'shards' list: it is not a GeoPile index; {fix}")
+    for i, shard in enumerate(index["shards"]):
+        name = shard.get("name", "?") if isinstance(shard, dict) else "?"
+        for key, kind in _SHARD_KEYS.items():
+            if not isinstance(shard, dict) or not isinstance(shard.get(key), kind):
+                raise BuildIndexError(f"{where}: shard {i} ({name}) has no {key!r} "
+                                      f"({kind.__name__}): the index is incomplete; {fix}")
+        lengths = {k: len(shard[k]) for k in ("keys", "offsets", "xxh3") if k in shard}
+        if len(set(lengths.values())) > 1:
+            raise BuildIndexError(f"{where}: shard {i} ({name}) has lists of different lengths "
+                                  f"{lengths}: the index is damaged; {fix}")
+    return index
+
+
+def _check_local_shards(root: Path, index: dict[str, Any]) -> None:
+    """Fail at open, not hours in, when a listed shard is gone or has another size."""
+    for shard in index["shards"]:
+        path = root / shard["name"]
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise StreamError(f"{path}: no such file, though index.json lists it: the build is "
+                              f"incomplete; {_fix(str(root))}") from None
+        if size != shard["bytes"]:
+            raise StreamError(f"{path} is {size} bytes, index.json says {shard['bytes']}: the "
+                              f"shard was truncated or replaced; {_fix(str(root))}")
+
 
 def open_storage(url: str, cache_dir: str | Path | None = None,
                  cache_bytes: int = 0) -> tuple[Storage, dict[str, Any]]:
-    """Storage for a build at a local path or ``s3://bucket/prefix``, and its parsed index."""
+    """Storage for a build at a local path or ``s3://bucket/prefix``, and its checked index.
+
+    A local build's shards are checked for presence and size here (one ``stat`` each); S3
+    shards are not (a request each), so a missing one fails at its first read.
+    """
     if url.startswith("s3://"):
         remote = S3Storage(url, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
-        index = json.loads(remote.read_text(INDEX))
+        index = parse_index(remote.read_text(INDEX), remote.where(INDEX), _fix(url))
         if cache_dir and cache_bytes > 0:
             digests = {s["name"]: s["sha256"] for s in index["shards"]}
             return CachedStorage(remote, Path(cache_dir), cache_bytes, digests), index
         return remote, index
     local = LocalStorage(Path(url))
-    return local, json.loads(local.read_text(INDEX))
+    index = parse_index(local.read_text(INDEX), local.where(INDEX), _fix(url))
+    _check_local_shards(local.root, index)
+    return local, index
+
+
+def read_index(url: str) -> dict[str, Any]:
+    """The checked index of the build at a local path or ``s3://bucket/prefix`` (see above)."""
+    return open_storage(url)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,16 +419,20 @@ def open_storage(url: str, cache_dir: str | Path | None = None,
 
 
 def sample_refs(index: dict[str, Any]) -> list[SampleRef]:
-    """Every sample of the build with its byte range, in shard order.
+    """Every sample of the build with its byte range and checksum, in shard order.
 
     A sample ends where the next begins; the last one of a shard runs to the end of the file
-    (the tar's end blocks are harmless: parsing stops at them).
+    (the tar's end blocks are harmless: parsing stops at them). This range is also what the
+    writer hashed into the index's ``xxh3`` (:func:`geopile.shards.write_build`), so the reader
+    checks exactly the bytes it reads.
     """
     refs = []
     for s, shard in enumerate(index["shards"]):
         ends = [*shard["offsets"][1:], shard["bytes"]]
-        for key, start, end in zip(shard["keys"], shard["offsets"], ends, strict=True):
-            refs.append(SampleRef(s, start, end, key))
+        hashes = shard.get("xxh3") or [None] * len(shard["keys"])
+        for key, start, end, digest in zip(shard["keys"], shard["offsets"], ends, hashes,
+                                           strict=True):
+            refs.append(SampleRef(s, start, end, key, digest))
     return refs
 
 
@@ -416,7 +547,8 @@ class RawSample:
     index: int  # into the build's samples: with the epoch, it seeds the augmentation
     epoch: int
     key: str
-    members: dict[str, bytes]  # empty when the sample could not be read
+    members: dict[str, bytes]  # empty when the sample could not be read or failed its xxh3
+    error: str = ""  # why ``members`` is empty
 
 
 class ShardStream:
@@ -431,6 +563,15 @@ class ShardStream:
         self.storage, self.index = open_storage(url, cache_dir, cache_bytes)
         self.refs = sample_refs(self.index)
         self.block_ids = blocks_of(self.refs, config.block)
+        shard_of = np.fromiter((r.shard for r in self.refs), np.int64, len(self.refs))
+        self.shard_bounds = np.searchsorted(shard_of, np.arange(len(self.index["shards"]) + 1))
+        self.bad: dict[int, int] = {}  # shard -> samples failing their xxh3 (once audited)
+        if config.verify and any(r.xxh3 is None for r in self.refs) \
+                and url not in _warned_unverified:
+            _warned_unverified.add(url)
+            log.warning("%s has no per-sample checksums (written before they existed): its "
+                        "samples stream unverified; %s to verify them",
+                        self.storage.where(INDEX), _fix(url))
 
     def __getstate__(self) -> dict[str, Any]:
         # storage objects hold clients and locks: rebuild them in each worker process
@@ -459,13 +600,54 @@ class ShardStream:
         data = self.storage.read_range(name, lo, hi)
         return [data[r.start - lo:r.end - lo] for r in refs]
 
+    def _audit(self, shard: int) -> None:
+        """Count the shard's samples that fail their xxh3; too many is a :class:`StreamError`.
+
+        Runs once per shard and process, at the first bad sample met, over the whole shard: the
+        verdict is then the same whichever rank, worker or epoch meets the damage first.
+        """
+        if shard not in self.bad:
+            first, stop = int(self.shard_bounds[shard]), int(self.shard_bounds[shard + 1])
+            bad, i = 0, first
+            while i < stop:
+                j = i + 1
+                while j < stop and self.refs[j].end - self.refs[i].start <= AUDIT_BYTES:
+                    j += 1
+                for ref, blob in zip(self.refs[i:j], self._read_group(list(range(i, j))),
+                                     strict=True):
+                    bad += int(xxhash.xxh3_64_hexdigest(blob) != ref.xxh3)
+                i = j
+            self.bad[shard] = bad
+        meta = self.index["shards"][shard]
+        if self.bad[shard] > self.config.max_bad_per_shard:
+            raise StreamError(
+                f"{self.storage.where(meta['name'])}: {self.bad[shard]} of {len(meta['keys'])} "
+                f"samples fail their xxh3 checksum, more than max_bad_per_shard="
+                f"{self.config.max_bad_per_shard}: the shard is damaged; {_fix(self.url)}")
+
+    def _unpack(self, i: int, blob: bytes) -> tuple[dict[str, bytes], str]:
+        """A sample's members, or none and why: its bytes changed, or do not parse."""
+        ref = self.refs[i]
+        if self.config.verify and ref.xxh3 is not None:
+            digest = xxhash.xxh3_64_hexdigest(blob)
+            if digest != ref.xxh3:
+                self._audit(ref.shard)  # raises when the shard has too many
+                return {}, (f"its bytes have xxh3 {digest}, index.json says {ref.xxh3} "
+                            f"(changed since the build)")
+        try:
+            return parse_members(blob), ""
+        except (tarfile.TarError, IndexError, EOFError, KeyError) as err:
+            return {}, f"unparsable tar member ({err})"
+
     def samples(self, epoch: int, worker: int = 0, workers: int = 1, consumed: int = 0,
                 layout: int | None = None) -> Iterator[RawSample]:
         """The worker's samples of the epoch, after ``consumed`` (see :func:`worker_positions`).
 
         The positions are read a chunk (``window x block`` samples) at a time: the samples of a
         chunk that share a block come in one ranged read, and the next chunk's reads are in
-        flight while this one is consumed.
+        flight while this one is consumed. A sample that fails its xxh3 or does not parse comes
+        with no members and an ``error`` (the caller substitutes it); a shard with more than
+        ``max_bad_per_shard`` failing samples raises :class:`StreamError`.
         """
         plan = self.plan(epoch, layout or workers)
         positions = worker_positions(len(plan), self.config, worker, workers, consumed, layout)
@@ -498,10 +680,8 @@ class ShardStream:
                     if i not in blobs:
                         future, members = current[i]
                         blobs.update(zip(members, future.result(), strict=True))  # StreamError
-                    try:
-                        parsed = parse_members(blobs.pop(i))
-                    except (tarfile.TarError, IndexError, EOFError, KeyError) as err:
-                        log.warning("unreadable sample %s in %s: %s", self.refs[i].key,
-                                    self.index["shards"][self.refs[i].shard]["name"], err)
-                        parsed = {}
-                    yield RawSample(i, epoch, self.refs[i].key, parsed)
+                    parsed, error = self._unpack(i, blobs.pop(i))
+                    if error:
+                        shard = self.index["shards"][self.refs[i].shard]["name"]
+                        error = f"{self.storage.where(shard)}: {error}"
+                    yield RawSample(i, epoch, self.refs[i].key, parsed, error)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from geopile.params import ParamsError
 from geopile.sources import list_sources
+from geopile.urls import redact
 from pipelines.common import add_params_arg, data_dir, setup
 
 EPILOG = """examples:
@@ -133,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--all", action="store_true", help="every set in downstream_sets")
     add_params_arg(fetch)
 
+    sources = sub.add_parser(
+        "sources",
+        help="list every mirror of every file to download; --check asks each one",
+        description="Every enabled source and every downstream_sets entry: each published "
+        "file's mirrors in the order a download tries them (your urls.<file> first, then the "
+        "publisher, then re-hosts). --check asks each mirror in parallel (HEAD, else a 1-byte "
+        "Range GET) and prints a table: status, size, and which mirror a download would use; "
+        "exit status 1 if some file has no mirror that answers. Query strings are never shown.",
+    )
+    sources.add_argument("--check", action="store_true", help="ask every mirror (network)")
+    sources.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for each mirror (default 10)")
+    add_params_arg(sources)
+
     finetune = sub.add_parser(
         "finetune",
         help="finetune a pretrained encoder (or a baseline) on a downstream task",
@@ -224,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"geopile: error: {err}", file=sys.stderr)
+        # redacted: an error may quote a signed URL (a SAS token, a presigned S3 signature)
+        print(f"geopile: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 
@@ -258,6 +274,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"workspace ready: cd {made} && dvc repro")
         return 0
     params = setup(args)
+    from geopile.settings import check_params  # every bad value, by key, before any work
+
+    check_params(params, args.params or ["params.yaml"])
     data = data_dir(params)
     if args.command in ("ingest", "summary"):
         from pipelines import ingest as ingest_stage
@@ -326,6 +345,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name in names:
             print(f"{name}: {fetch(name, params, data, progress=not args.no_progress)}")
         return 0
+    if args.command == "sources":
+        from pipelines.sources_check import run as sources_run
+
+        return sources_run(params, do_check=args.check, timeout_s=args.timeout)
     if args.command == "finetune":
         from pipelines.finetune import run_finetune
 

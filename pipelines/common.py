@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from geopile.params import ParamsError, load_params
+from geopile.urls import install_redaction
 
 
 def add_params_arg(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +27,17 @@ def add_params_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:
-    """Configure logging and load the params named on the command line."""
+    """Configure logging and load the params named on the command line.
+
+    Every handler is redacted here, once (:func:`geopile.urls.install_redaction`): SAS tokens
+    and presigned-URL signatures reach log records through GDAL, botocore and urllib3, and
+    ``-v`` would print them all.
+    """
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_redaction()
     return load_params(args.params or ["params.yaml"])
 
 

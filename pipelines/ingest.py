@@ -41,7 +41,10 @@ def run_ingest(
                         name, name)
             write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
             write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
-            (data / "raw" / name).mkdir(parents=True, exist_ok=True)
+            raw = data / "raw" / name
+            if raw.is_symlink() and not raw.exists():  # its extraction was removed: relink empty
+                raw.unlink()
+            raw.mkdir(parents=True, exist_ok=True)
             continue
         default_workers = (params.get("ingest") or {}).get("workers", 2)
         n_workers = workers or int(sp.get("workers") or default_workers)

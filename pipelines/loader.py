@@ -70,7 +70,7 @@ class _Samples(IterableDataset):
             except (DecodeError, KeyError) as err:
                 # counts must stay equal across ranks (or DDP hangs): the slot is filled with
                 # this worker's previous good sample
-                log.warning("skipping corrupt sample %s: %s", raw.key, err)
+                log.warning("skipping corrupt sample %s: %s", raw.key, raw.error or err)
                 if last is None:
                     owed += 1
                     continue
@@ -153,15 +153,22 @@ class GeoPileLoader:
     ``index``, ``substitute`` (True where a corrupt sample's slot repeats a good one); with
     ``device_decode`` ``jpeg``/``box``/``flip`` instead of ``image`` (see
     :func:`decode_on_device`).
+
+    A corrupt sample is one that does not decode, does not parse, or whose bytes fail their
+    xxh3 in the index (``verify``; a flipped bit in a JPEG that still decodes is caught only
+    so); more than ``max_bad_per_shard`` failing checksums in one shard stop the run with a
+    :class:`geopile.stream.StreamError` naming it.
     """
 
     def __init__(self, url: str, *, batch_size: int, workers: int = 0, rank: int = 0,
                  world: int = 1, seed: int = 0, remainder: str = "drop", block: int = 16,
                  window: int = 64, read_ahead: int = 4, transform: GfmTransform | None = None,
                  cache_dir: str | None = None, cache_bytes: int = 0,
-                 device_decode: bool = False, pin_memory: bool = False) -> None:
+                 device_decode: bool = False, pin_memory: bool = False, verify: bool = True,
+                 max_bad_per_shard: int = 3) -> None:
         config = StreamConfig(seed=seed, block=block, window=window, batch_size=batch_size,
-                              remainder=remainder, read_ahead=read_ahead)
+                              remainder=remainder, read_ahead=read_ahead, verify=verify,
+                              max_bad_per_shard=max_bad_per_shard)
         self.stream = ShardStream(url, config, rank=rank, world=world, cache_dir=cache_dir,
                                   cache_bytes=cache_bytes)
         self.transform = transform or GfmTransform(seed=seed)

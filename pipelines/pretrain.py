@@ -28,6 +28,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from geopile.augment import GfmTransform
 from geopile.params import ParamsError
+from geopile.shards import INDEX
 from model.configs import GfmConfig, get_config
 from model.export import gfm_state_dict, timm_state_dict
 from model.gfm import GFM
@@ -60,6 +62,7 @@ class StreamSettings:
     url: str | None = None  # None: paths.shards/BUILD; s3://bucket/prefix: prefix/BUILD there
     cache_dir: str | None = None  # keep whole S3 shards here (LRU) ...
     cache_bytes: int = 0  # ... up to this many bytes
+    max_bad_per_shard: int = 3  # samples failing their checksum tolerated (skipped) per shard
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,60 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
 
 
+def _s3_object_exists(url: str) -> bool:
+    """HEAD ``s3://bucket/key``: False when it is not there; other failures raise, explained."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    parsed = urlparse(url)
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
+                          config=botocore.config.Config(connect_timeout=10, read_timeout=30,
+                                                        retries={"max_attempts": 3}))
+    try:
+        client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+    except botocore.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket",
+                                                          "NotFound"):
+            return False
+        raise RuntimeError(f"cannot read {url}: {err}") from err
+    except botocore.exceptions.BotoCoreError as err:
+        raise RuntimeError(f"cannot read {url}: {err} (check AWS_ENDPOINT_URL and the "
+                           "credentials)") from err
+    return True
+
+
+def check_inputs(build: str, url: str, settings: PretrainSettings, given: str) -> None:
+    """Fail in seconds when the build's shards or the teacher file are missing.
+
+    Runs before any model is built: loading the teacher by name is a download (minutes, or a
+    47 s retry loop offline), and a missing build would only surface after it.
+
+    Raises:
+        FileNotFoundError: naming the build, where it looked (``given``: the setting or flag
+            that chose the place) and the command that fixes it.
+    """
+    if url.startswith("s3://"):
+        index = f"{url.rstrip('/')}/{INDEX}"
+        found = _s3_object_exists(index)
+        fix = f"write it with `geopile shard {build}` and upload it with `geopile push {build}`"
+    else:
+        index = str(Path(url) / INDEX)
+        found = Path(index).is_file()
+        fix = f"write it with `geopile shard {build}`"
+    if given == "--shards":
+        fix = "point --shards at a directory or s3://bucket/prefix/BUILD holding index.json"
+    if not found:
+        raise FileNotFoundError(f"build {build!r} has no shards: {index} does not exist "
+                                f"({given}); {fix}")
+    file = settings.teacher.file
+    if file and not Path(file).expanduser().is_file():
+        raise FileNotFoundError(
+            f"pretrain.teacher.file: {file} does not exist; set it to a local copy of the "
+            "teacher's weights (e.g. swin_base_patch4_window7_224_22k.pth), or to null to let "
+            "timm download them by name (needs the network)")
+
+
 def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
                  out: Path | None = None, shards: str | None = None) -> dict[str, Any]:
@@ -373,6 +430,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     config = settings.config()
     root = out or run_dir(params, build)
     url = shards or shards_url(params, build, settings)
+    check_inputs(build, url, settings, given="--shards" if shards else
+                 "pretrain.stream.url" if settings.stream.url else "paths.shards")
 
     torch.manual_seed(seed)
     random.seed(seed)
@@ -392,7 +451,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     loader = GeoPileLoader(url, batch_size=settings.batch_size, workers=settings.workers,
                            rank=where.rank, world=where.world, seed=seed, transform=transform,
                            cache_dir=settings.stream.cache_dir,
-                           cache_bytes=settings.stream.cache_bytes, pin_memory=cuda)
+                           cache_bytes=settings.stream.cache_bytes, pin_memory=cuda,
+                           max_bad_per_shard=settings.stream.max_bad_per_shard)
     # the loader has read and parsed the build's index: its digest identifies the shards
     stamp = fingerprint(settings, seed, loader.stream.index, where.world)
     sched = make_schedule(settings, len(loader), where.world)

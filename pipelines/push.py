@@ -10,7 +10,6 @@ never finds an index whose shards are not all uploaded.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from geopile.card import CARD
-from geopile.stream import INDEX
+from geopile.stream import INDEX, read_index
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def push_build(build_dir: Path, url: str, *, progress: bool = True) -> dict[str,
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"push needs an s3://bucket/prefix URL, got {url!r}")
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    index = json.loads(index_path.read_text())
+    index = read_index(str(build_dir))  # names the file if it is damaged; every shard present
     client = boto3.client("s3")
     try:
         client.head_bucket(Bucket=bucket)

@@ -9,7 +9,7 @@ from contextlib import chdir
 from pathlib import Path
 
 from geopile.params import load_params
-from geopile.shards import INDEX
+from geopile.stream import read_index
 from geopile.world.world import (
     PARAMS_OVERLAY,
     TEACHER_FILE,
@@ -80,7 +80,7 @@ def demo(args: argparse.Namespace) -> int:
         dvc(workspace, "push", *[f"shard@{b}" for b in builds], env=env)
         with chdir(workspace):
             print("\n" + curate_table(read_report(params)))
-            indexes = [json.loads((shards_dir(params) / b / INDEX).read_text())
+            indexes = [read_index(str(shards_dir(params) / b))
                        for b in build_names(params)]
             print("\n" + shard_table(indexes))
             for build_name in params.get("pretrain_builds") or []:

@@ -1,7 +1,8 @@
 """A tiny loopback HTTP file server with Range support and scripted misbehaviour, for tests.
 
-It plays the outside world's failure modes: expired tokens (403), throttling, and connections
-dropped mid-body.
+It plays the outside world's failure modes: expired tokens (403), throttling (429/503 with
+``Retry-After``), dead mirrors (a fixed status per path), servers that refuse HEAD, and
+connections dropped mid-body.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ class FlakyServer:
         self.drops_left = 0  # how many responses to truncate
         self.error_status = 503  # what the next ``errors_left`` requests get instead of data
         self.errors_left = 0
+        self.retry_after: str | None = None  # Retry-After header sent with scripted errors
+        self.status_for: dict[str, int] = {}  # path -> status it always answers (a dead mirror)
+        self.head_status: int | None = None  # if set, every HEAD gets this (405: HEAD refused)
         self.requests: list[tuple[str, str | None, int]] = []  # (path, Range header, status)
+        self.methods: list[str] = []  # the method of each entry of ``requests``
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,22 +40,41 @@ class FlakyServer:
             def do_GET(self) -> None:  # noqa: N802
                 self._serve(body=True)
 
+            def _log(self, path: str, rng: str | None, status: int) -> None:
+                server.requests.append((path, rng, status))
+                server.methods.append(self.command)
+
+            def _fail(self, path: str, rng: str | None, status: int, retry_after: bool) -> None:
+                self._log(path, rng, status)
+                body = b"" if self.command == "HEAD" else f"error {status}\n".encode()
+                self.send_response(status)
+                if retry_after and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _serve(self, body: bool) -> None:
                 parts = urlsplit(self.path)
                 rng = self.headers.get("Range")
                 token = parse_qs(parts.query).get("token", [None])[0]
                 if server.valid_token is not None and token != server.valid_token:
-                    server.requests.append((parts.path, rng, 403))
+                    self._log(parts.path, rng, 403)
                     self.send_error(403, "token expired")
+                    return
+                if parts.path in server.status_for:
+                    self._fail(parts.path, rng, server.status_for[parts.path], retry_after=True)
+                    return
+                if not body and server.head_status is not None:
+                    self._fail(parts.path, rng, server.head_status, retry_after=False)
                     return
                 if server.errors_left:
                     server.errors_left -= 1
-                    server.requests.append((parts.path, rng, server.error_status))
-                    self.send_error(server.error_status, "scripted failure")
+                    self._fail(parts.path, rng, server.error_status, retry_after=True)
                     return
                 file = server.root / parts.path.lstrip("/")
                 if not file.is_file():
-                    server.requests.append((parts.path, rng, 404))
+                    self._log(parts.path, rng, 404)
                     self.send_error(404)
                     return
                 data = file.read_bytes()
@@ -60,11 +84,11 @@ class FlakyServer:
                     start = int(first) if first else max(0, len(data) - int(last))
                     end = min(int(last), len(data) - 1) if first and last else len(data) - 1
                     if start >= len(data):
-                        server.requests.append((parts.path, rng, 416))
+                        self._log(parts.path, rng, 416)
                         self.send_error(416)
                         return
                     status = 206
-                server.requests.append((parts.path, rng, status))
+                self._log(parts.path, rng, status)
                 chunk = data[start : end + 1]
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(chunk)))

@@ -14,6 +14,7 @@ import requests
 from pipelines.cli import main
 
 GEOPILE = [sys.executable, "-m", "pipelines.cli"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -31,10 +32,23 @@ def test_every_command_explains_itself(argv, capsys):
 
 def test_unknown_source_is_a_clear_error(tmp_path, capsys):
     params = tmp_path / "p.yaml"
-    params.write_text("paths: {data: %s}\nsources: {}\n" % (tmp_path / "data"))
-    assert main(["ingest", "nosuch", "--params", str(params)]) == 2
+    params.write_text("paths: {data: %s}\n" % (tmp_path / "data"))
+    assert main(["ingest", "nosuch", "--params", str(REPO / "params.yaml"),
+                 "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("geopile: error:") and "nosuch" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_params_are_checked_before_any_command_runs(tmp_path, capsys):
+    """A partial params file is refused by key (it once ran with silent defaults)."""
+    params = tmp_path / "p.yaml"
+    params.write_text("paths: {data: %s}\nsources: {}\n" % (tmp_path / "data"))
+    assert main(["ingest", "--all", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"geopile: error: {params}: ") and "(nothing was run)" in err
+    assert "  seed: missing" in err and "  shard: missing" in err
+    assert not (tmp_path / "data").exists()
 
 
 def _alive(pid: int) -> bool:

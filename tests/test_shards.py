@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import webdataset as wds
+import xxhash
 import yaml
 from PIL import Image
 
@@ -80,6 +81,11 @@ def test_index_matches_the_tars(built):
             assert ext in ("jpg", "json", "cls") and "." not in key.rsplit("/", 1)[-1]
         assert list(firsts) == shard["keys"]
         assert list(firsts.values()) == shard["offsets"]
+        # each sample's xxh3 covers what the reader reads for it: up to the next one, or EOF
+        data = path.read_bytes()
+        ends = [*shard["offsets"][1:], len(data)]
+        assert shard["xxh3"] == [xxhash.xxh3_64_hexdigest(data[a:b])
+                                 for a, b in zip(shard["offsets"], ends, strict=True)]
         seen += shard["keys"]
     sources = [k.split("/")[0] for k in seen]
     # shuffled across sources: no long run of one source

@@ -8,16 +8,31 @@ rejects and atomic output.
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
+import tarfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from geopile.download import Fetched, download, extract_archive
+from geopile.download import (
+    SOURCE_SUFFIX,
+    Fetched,
+    UnsafeArchiveError,
+    download_first,
+    extract_archive,
+)
 from geopile.imagestats import image_stats
 from geopile.params import ParamsError
 from geopile.records import make_key
-from geopile.sources.published import Publication
+from geopile.sources.published import Publication, local_name, mirror_urls
+from geopile.urls import strip_secrets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,12 +83,16 @@ class Source:
 
     kind: ClassVar[str]
     publication: ClassVar[Publication | None] = None
+    bibtex: ClassVar[str | None] = None  # how the publisher asks to be cited
     classes: ClassVar[tuple[str, ...]] = ()
     expected_bands: ClassVar[int | None] = 3
     # "process" for CPU-bound decoding of local files, "thread" for network-bound reads.
     executor: ClassVar[str] = "process"
     # True when ingest writes every file under raw_dir (so it may delete what no record uses)
     writes_raw_dir: ClassVar[bool] = False
+    # What identifies the input ``fetch`` read (an archive's sha256, a folder's path), set by
+    # ``fetch``: a checkpoint made from another input must not be resumed.
+    input_id: str | None = None
 
     def __init__(self, ctx: IngestContext) -> None:
         self.ctx = ctx
@@ -83,9 +102,41 @@ class Source:
     @property
     def licence(self) -> str:
         """Licence of the images (params may override, e.g. for a folder source)."""
-        if "licence" in self.params:
+        if self.params.get("licence"):
             return str(self.params["licence"])
         return self.publication.licence if self.publication else "unknown"
+
+    @property
+    def citation(self) -> str:
+        """How to cite the images: params ``citation`` (a folder's), else the publisher's BibTeX."""
+        if self.params.get("citation"):
+            return str(self.params["citation"]).strip()
+        return self.bibtex.strip() if self.bibtex else "unknown"
+
+    def origin_lines(self) -> list[str]:
+        """Where the images were read from, one line per file, for the dataset card.
+
+        Params ``origin`` (or ``homepage``) wins; else, per published file, the mirror it was
+        downloaded from (recorded beside the download) or, before any download, the first one
+        to try, with its md5. Secrets are stripped: the card is published.
+        """
+        given = self.params.get("origin") or self.params.get("homepage")
+        if given:
+            return [strip_secrets(str(given))]
+        if self.publication is None:
+            return [f"unknown (set sources.{self.ctx.name}.origin)"]
+        md5s = self.params.get("md5s") or {}
+        lines = []
+        for which, published in self.publication.downloads.items():
+            record = self.ctx.download_dir / (
+                local_name(published, self.params, which) + SOURCE_SUFFIX)
+            used = record.read_text().strip() if record.is_file() else ""
+            url = used or mirror_urls(published, self.params, which,
+                                      f"sources.{self.ctx.name}")[0]
+            md5 = md5s[which] if which in md5s else published.md5
+            lines.append(f"{strip_secrets(url)} (md5 {md5})" if md5
+                         else f"{strip_secrets(url)} (no published md5)")
+        return lines or [f"{self.publication.homepage} (no public download: supplied by the user)"]
 
     @property
     def gsd_range(self) -> tuple[float | None, float | None]:
@@ -121,21 +172,24 @@ class Source:
 
     # -- helpers for published files --------------------------------------------------------
     def download_file(self, which: str) -> Fetched:
-        """Download one published file, with URL and md5 overridable in params.
+        """Download one published file from the first of its mirrors that serves its md5.
 
-        Params ``urls.<which>`` / ``md5s.<which>`` replace the published ones (a mirror, or the
-        offline world); ``md5s.<which>: null`` skips the check.
+        Params ``urls.<which>`` (a URL or a list: your own mirrors) are tried before the
+        published mirrors; ``mirror_root`` swaps the published ones for their copies under it
+        (the offline world). ``md5s.<which>`` replaces the published md5 (``null`` skips the
+        check). The local name is the published file name, never a URL's query; the returned
+        ``Fetched.url`` is the mirror actually used.
         """
-        assert self.publication is not None, "download_file needs a publication"
+        if self.publication is None:
+            raise TypeError(f"{type(self).__name__}.download_file needs a publication")
         published = self.publication.downloads.get(which)
-        urls = self.params.get("urls") or {}
-        md5s = self.params.get("md5s") or {}
-        url = urls.get(which) or (published.url if published else None)
-        if url is None:
+        urls = mirror_urls(published, self.params, which, f"sources.{self.ctx.name}")
+        if not urls:
             raise ParamsError(f"source {self.ctx.name}: no URL for {which!r} (set urls.{which})")
+        md5s = self.params.get("md5s") or {}
         md5 = md5s[which] if which in md5s else (published.md5 if published else None)
-        filename = url.rsplit("/", 1)[-1]
-        return download(url, self.ctx.download_dir / filename, md5, progress=self.ctx.progress)
+        dest = self.ctx.download_dir / local_name(published, self.params, which)
+        return download_first(urls, dest, md5, progress=self.ctx.progress)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -153,19 +207,22 @@ class ImageFolderArchive(Source):
     split_files: ClassVar[dict[str, str]] = {}  # split name -> download key of its list
 
     def fetch(self) -> None:
-        """Download and verify the archive (and split lists), then extract it safely."""
+        """Download and verify the archive (and split lists), then extract it safely.
+
+        The extraction is keyed by the archive's sha256 (see :func:`install_archive`), so a
+        changed archive is never read through an older extraction.
+        """
         archive = self.download_file("archive")
-        self._origin_sha256 = archive.sha256
-        extract_archive(archive.path, self.ctx.raw_dir)
+        self._origin_sha256 = self.input_id = archive.sha256
+        install_archive(self.ctx, archive.path, archive.sha256)
         for which in self.split_files.values():
             self.download_file(which)
 
     def _split_of(self) -> dict[str, str]:
         split_of: dict[str, str] = {}
         for split, which in self.split_files.items():
-            urls = self.params.get("urls") or {}
-            url = urls.get(which) or self.publication.downloads[which].url
-            listing = self.ctx.download_dir / url.rsplit("/", 1)[-1]
+            published = self.publication.downloads.get(which)  # type: ignore[union-attr]
+            listing = self.ctx.download_dir / local_name(published, self.params, which)
             for line in listing.read_text().splitlines():
                 if line.strip():
                     split_of[line.strip()] = split
@@ -201,3 +258,146 @@ class ImageFolderArchive(Source):
                         "origin_sha256": sha,
                     },
                 )
+
+
+# -- helpers: hash-keyed extraction ---------------------------------------------------------------
+EXTRACTED = "extracted"  # data/extracted/<name>-<sha256[:16]>: an archive staged before its swap
+INPUT_STAMP = ".geopile-input"  # in raw/<name>: the sha256 (or id) of the input it holds
+MAX_MEMBER_BYTES = 1 << 30  # per archive member, declared uncompressed (images are far smaller)
+
+
+def check_archive(archive: Path, dest_parent: Path) -> None:
+    """Refuse an archive whose declared sizes make it a bomb, before anything is extracted.
+
+    ``extract_archive`` refuses escaping paths, links and device files; this adds the sizes: a
+    member declaring more than :data:`MAX_MEMBER_BYTES` uncompressed (zipfile stops at the
+    declared size, so a lie in the header cannot write more than it declares), and a total
+    larger than the free space where it would be extracted.
+
+    Raises:
+        UnsafeArchiveError: Naming the archive and the member, or the total and the free space.
+    """
+    sizes: list[tuple[str, int]] = []
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            sizes = [(i.filename, i.file_size) for i in zf.infolist()]
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            sizes = [(m.name, m.size) for m in tf]
+    for name, size in sizes:
+        if size > MAX_MEMBER_BYTES:
+            raise UnsafeArchiveError(
+                f"{archive}: member {name!r} declares {size:,} bytes uncompressed, over the "
+                f"limit of {MAX_MEMBER_BYTES:,} per member (a zip bomb, or not an image "
+                "archive); refusing to extract")
+    total = sum(size for _, size in sizes)
+    dest_parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest_parent).free
+    if total > free:
+        raise UnsafeArchiveError(
+            f"{archive} unpacks to {total:,} bytes but {dest_parent} has {free:,} bytes free; "
+            "free some space or point paths.data at a larger disk")
+
+
+def install_archive(ctx: IngestContext, archive: Path, sha256: str) -> Path:
+    """Make ``raw_dir`` the extraction of ``archive``, unless it already is (by its sha256).
+
+    A changed archive (new hash) is extracted afresh, into ``extracted/<name>-<hash>``, and then
+    swapped in (:func:`install_dir`); an unchanged one costs one stamp read. Returns ``raw_dir``.
+    """
+    if raw_is_current(ctx, sha256):
+        return ctx.raw_dir
+    staging = ctx.data_dir / EXTRACTED / f"{ctx.name}-{sha256[:16]}"
+    if not staging.is_dir():
+        check_archive(archive, staging.parent)
+        extract_archive(archive, staging)
+    install_dir(ctx, staging, sha256)
+    return ctx.raw_dir
+
+
+def raw_is_current(ctx: IngestContext, input_id: str) -> bool:
+    """Whether ``raw_dir`` holds the files of the input ``input_id`` (its stamp says so)."""
+    stamp = ctx.raw_dir / INPUT_STAMP
+    return (not ctx.raw_dir.is_symlink() and stamp.is_file()
+            and stamp.read_text().strip() == input_id)
+
+
+def install_dir(ctx: IngestContext, staging: Path, input_id: str) -> None:
+    """Move a complete ``staging`` directory to ``raw_dir``, stamped with ``input_id``.
+
+    ``raw/<name>`` stays a real directory, because it is what DVC tracks and restores (a link
+    into an untracked folder would not survive ``dvc pull``). The swap is two renames: a kill
+    between them leaves no ``raw/<name>`` at all, never a mix of two inputs, and the next run
+    moves the same staging directory in. Leftovers are removed afterwards.
+    """
+    tmp = staging / f".{INPUT_STAMP}.tmp"
+    tmp.write_text(input_id + "\n")
+    os.replace(tmp, staging / INPUT_STAMP)
+    raw = ctx.raw_dir
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    old = raw.with_name(f".{raw.name}.old-{os.getpid()}")
+    if raw.is_symlink():
+        raw.unlink()
+    elif raw.exists():
+        os.replace(raw, old)
+    os.replace(staging, raw)
+    shutil.rmtree(old, ignore_errors=True)
+    _remove_leftovers(ctx)
+
+
+def point_raw_dir(ctx: IngestContext, target: Path) -> None:
+    """Make ``raw_dir`` a symlink to a user's own directory, replacing what was there atomically.
+
+    Only for a folder source given as a directory: its files stay where the user keeps them.
+    A directory that GeoPile extracted there before is moved aside and removed.
+    """
+    raw = ctx.raw_dir
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    link = str(Path(target).resolve())
+    if not (raw.is_symlink() and os.readlink(raw) == link):
+        tmp = raw.with_name(f".{raw.name}.link-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(link, target_is_directory=True)
+        if raw.is_dir() and not raw.is_symlink():
+            old = raw.with_name(f".{raw.name}.old-{os.getpid()}")
+            os.replace(raw, old)
+            os.replace(tmp, raw)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, raw)
+    _remove_leftovers(ctx)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_leftovers(ctx: IngestContext) -> None:
+    """Delete what earlier or killed runs of this source left beside ``raw_dir``.
+
+    In ``extracted/``: ``<name>-<hash>`` staging directories (another version of the input, or
+    one a kill stopped before its swap) and ``.<name>-<hash>.tmp-<pid>`` extractions whose
+    process died; beside ``raw/<name>``: ``.<name>.old-<pid>`` directories of a killed swap.
+    A running process's temporaries are left alone.
+    """
+    name = re.escape(ctx.name)
+    staged = re.compile(name + r"-[0-9a-f]{16}")
+    partial = re.compile(r"\." + name + r"-[0-9a-f]{16}\.tmp-(\d+)")
+    moved = re.compile(r"\." + name + r"\.(?:old|link)-(\d+)")
+    places = [(ctx.data_dir / EXTRACTED, (staged, partial)), (ctx.raw_dir.parent, (moved,))]
+    for folder, patterns in places:
+        for old in sorted(folder.iterdir()) if folder.is_dir() else ():
+            match = next((m for p in patterns if (m := p.fullmatch(old.name))), None)
+            if match is None or (match.groups() and _pid_alive(int(match.group(1)))):
+                continue
+            log.info("%s: removing %s (left by an earlier or killed run)", ctx.name, old)
+            if old.is_symlink() or old.is_file():
+                old.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(old, ignore_errors=True)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from geopile.download import extract_archive, verify_file
+from geopile.download import verify_file
 from geopile.params import ParamsError
-from geopile.sources.base import ImageFolderArchive
+from geopile.sources.base import ImageFolderArchive, install_archive, point_raw_dir
+
+log = logging.getLogger(__name__)
 
 
 class FolderSource(ImageFolderArchive):
     """A user's folder: ``sources.<name>: {type: folder, path: DIR_OR_ARCHIVE, licence: ...}``.
 
-    Optional params: ``image_root`` (sub-folder holding the class folders), ``gsd_m`` (a number
+    Its facts come from params, since nobody published them: ``licence`` (without it the
+    images are ingested with licence ``unknown`` and a warning, and the dataset card says so),
+    ``citation`` (free text or BibTeX) and ``origin`` (or ``homepage``: where the images come
+    from). Optional: ``image_root`` (sub-folder holding the class folders), ``gsd_m`` (a number
     or ``[min, max]``), ``classes`` (the class order; default: sorted folder names), ``md5``.
     """
 
@@ -31,6 +37,10 @@ class FolderSource(ImageFolderArchive):
         root = self.ctx.raw_dir / self.image_root
         return tuple(sorted(p.name for p in root.iterdir() if p.is_dir())) if root.is_dir() else ()
 
+    def key_for(self, rel: Path) -> str:
+        """Sample key from the whole path under the image root: ``<class>/001.jpg`` recurs."""
+        return self._make_key(*rel.with_suffix("").parts)
+
     def _input(self) -> Path:
         if not self.params.get("path"):
             raise ParamsError(
@@ -42,15 +52,22 @@ class FolderSource(ImageFolderArchive):
         return path
 
     def fetch(self) -> None:
-        """Link a directory in place, or verify and extract an archive."""
+        """Link a directory in place, or verify an archive and extract it keyed by its hash.
+
+        Either way ``raw/<name>`` is re-pointed (atomically) at what params name now, so a
+        changed path or a changed archive is never read through an earlier run's files.
+        """
         path = self._input()
-        raw = self.ctx.raw_dir
+        if not self.params.get("licence"):
+            log.warning(
+                "source %s has no licence: its images are recorded with licence 'unknown' and "
+                "the dataset card will say so; set sources.%s.licence (e.g. CC-BY-4.0, or "
+                "'proprietary') before publishing a build that holds them",
+                self.ctx.name, self.ctx.name)
         if path.is_dir():
-            if not raw.exists():
-                raw.parent.mkdir(parents=True, exist_ok=True)
-                raw.symlink_to(path.resolve(), target_is_directory=True)
-            self._origin_sha256 = None
+            point_raw_dir(self.ctx, path.resolve())
+            self._origin_sha256, self.input_id = None, str(path.resolve())
             return
         fetched = verify_file(path, str(path), self.params.get("md5"))
-        self._origin_sha256 = fetched.sha256
-        extract_archive(path, raw)
+        self._origin_sha256 = self.input_id = fetched.sha256
+        install_archive(self.ctx, path, fetched.sha256)

@@ -9,7 +9,9 @@ copy instead if that is what you have.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,11 +20,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geopile.download import Fetched
 from geopile.records import make_key, to_table
-from geopile.sources.base import Candidate, Source
+from geopile.sources.base import EXTRACTED, Candidate, Source, install_dir, raw_is_current
 from geopile.sources.classes import MLRSNET_CATEGORIES, MLRSNET_LABELS
 from geopile.sources.published import PUBLICATIONS
 
+log = logging.getLogger(__name__)
 _INDEX = "index.parquet"
 _INDEX_SCHEMA = pa.schema(
     [
@@ -69,21 +73,75 @@ class MLRSNet(Source):
 
     kind = "mlrsnet"
     publication = PUBLICATIONS["mlrsnet"]
+    bibtex = """@article{qi2020mlrsnet,
+  title   = {MLRSNet: A Multi-label High Spatial Resolution Remote Sensing Dataset for Semantic
+             Scene Understanding},
+  author  = {Qi, Xiaoman and Zhu, Panpan and Wang, Yuebin and Zhang, Liqiang and Peng, Junhuan
+             and Wu, Mengfan and Chen, Jialong and Zhao, Xudong and Zang, Ning and
+             Mathiopoulos, P. Takis},
+  journal = {ISPRS Journal of Photogrammetry and Remote Sensing},
+  volume  = {169}, pages = {337--350}, year = {2020},
+  doi     = {10.1016/j.isprsjprs.2020.09.020}
+}"""
     classes = MLRSNET_CATEGORIES
 
+    @property
+    def require_category(self) -> bool:
+        """Whether a row without a scene category stops the ingest (params, default true)."""
+        return bool(self.params.get("require_category", True))
+
     def fetch(self) -> None:
-        """Download the parquet files and unpack their images to ``raw/`` (atomically)."""
+        """Download the parquet files and unpack their images, once per version of the files.
+
+        The unpacking is keyed by the files' sha256s (staged in ``extracted/<name>-<hash>``,
+        then swapped into ``raw/<name>`` with that stamp), so changed parquet files are never
+        read through an earlier unpacking.
+        """
         files = [self.download_file(w) for w in sorted(self.publication.downloads)]
-        if (self.ctx.raw_dir / _INDEX).exists():
+        key = "".join(f.sha256 for f in files) + f"require_category={self.require_category}"
+        digest = self.input_id = hashlib.sha256(key.encode()).hexdigest()
+        if raw_is_current(self.ctx, digest):
             return
-        tmp = self.ctx.raw_dir.with_name(f".{self.ctx.raw_dir.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        dest = self.ctx.data_dir / EXTRACTED / f"{self.ctx.name}-{digest[:16]}"
+        if not (dest / _INDEX).is_file():
+            tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                self._unpack(files, tmp)
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(tmp, dest)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        install_dir(self.ctx, dest, digest)
+
+    def _category(self, fetched: Fetched, row_no: int, path: str | None) -> str | None:
+        """The scene category of one row, from ``image.path``; refuses to guess silently."""
+        fix = (f"Use the jonathan-roberts1/MLRSNet parquet files (their image.path holds the file "
+               f"name), or set sources.{self.ctx.name}.require_category: false to ingest without "
+               "scene categories (label empty; the multi-labels are kept)")
+        if not path:
+            if self.require_category:
+                raise ValueError(
+                    f"{fetched.path} row {row_no}: column image.path is empty, and MLRSNet's "
+                    "scene category comes only from the image file name (such as "
+                    f"airplane_00001.jpg): every label would be None. {fix}")
+            return None
+        category = category_of(path)
+        if category is None and self.require_category:
+            raise ValueError(
+                f"{fetched.path} row {row_no}: image.path {path!r} starts with no MLRSNet "
+                "category (expected <category>_<number>.jpg, categories as in "
+                f"geopile/sources/classes.py). {fix}")
+        return category
+
+    def _unpack(self, files: list[Fetched], tmp: Path) -> None:
+        """Write every row's image under ``tmp/images/<category>/`` and the index beside it."""
         rows: list[dict] = []
         used: set[str] = set()
         for fetched in files:
             pf = pq.ParquetFile(fetched.path)
             names = label_names(pf.schema_arrow)
-            row_no = 0
+            row_no = missing = 0
             for batch in pf.iter_batches(batch_size=256, columns=["image", "label"]):
                 for image, labels in zip(
                     batch.column("image").to_pylist(),
@@ -91,8 +149,9 @@ class MLRSNet(Source):
                     strict=True,
                 ):
                     image = image or {}
+                    category = self._category(fetched, row_no, image.get("path"))
+                    missing += not image.get("path")
                     name = Path(image.get("path") or f"{fetched.path.stem}_{row_no}.jpg").name
-                    category = category_of(name)
                     key = make_key(self.ctx.name, Path(name).stem)
                     if key in used:  # the hub's file names are unique; a mirror's may not be
                         key = make_key(self.ctx.name, Path(name).stem, str(row_no))
@@ -115,10 +174,11 @@ class MLRSNet(Source):
                         }
                     )
                     row_no += 1
+            if missing:
+                log.warning("%s: %d of %d rows have no image.path: their scene category is left "
+                            "empty (require_category: false)", fetched.path.name, missing, row_no)
+        tmp.mkdir(parents=True, exist_ok=True)
         pq.write_table(to_table(rows, _INDEX_SCHEMA), tmp / _INDEX)
-        shutil.rmtree(self.ctx.raw_dir, ignore_errors=True)
-        self.ctx.raw_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, self.ctx.raw_dir)
 
     def candidates(self) -> Iterator[Candidate]:
         """One candidate per parquet row, in file and row order."""

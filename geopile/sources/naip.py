@@ -22,7 +22,8 @@ from geopile.cog import encode_geotiff, read_window
 from geopile.imagestats import BadImage, pixel_stats
 from geopile.records import make_key
 from geopile.sources.base import Candidate, Processed, Source
-from geopile.stac import TileRef, resolve_signer, search_tiles
+from geopile.stac import StacError, TileRef, resolve_signer, search_tiles
+from geopile.urls import strip_secrets
 
 PC_STAC = "https://planetarycomputer.microsoft.com/api/stac/v1"
 NAIP_LICENCE = "public domain (USDA Farm Service Agency NAIP imagery)"
@@ -51,6 +52,18 @@ class Naip(Source):
     expected_bands = 4
     executor = "thread"
     writes_raw_dir = True
+    bibtex = """@misc{usda2024naip,
+  title        = {National Agriculture Imagery Program (NAIP)},
+  author       = {{USDA Farm Service Agency}},
+  howpublished = {Microsoft Planetary Computer},
+  url          = {https://planetarycomputer.microsoft.com/dataset/naip}
+}"""
+
+    def origin_lines(self) -> list[str]:
+        """The STAC search the patches were sampled from (for the dataset card)."""
+        p = self.params
+        return [f"STAC {strip_secrets(str(p.get('stac_url', PC_STAC)))} collection "
+                f"`{p.get('collection', 'naip')}`, bbox {p.get('bbox')}, {p.get('datetime')}"]
 
     @property
     def licence(self) -> str:
@@ -66,6 +79,7 @@ class Naip(Source):
     def tiles(self) -> dict[str, list[TileRef]]:
         """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
         p = self.params
+        where = f"sources.{self.ctx.name}"
         by_stratum: dict[str, list[TileRef]] = {}
         for tile in search_tiles(
             p.get("stac_url", PC_STAC),
@@ -76,13 +90,16 @@ class Naip(Source):
             years=p.get("years") or (),
             gsds=p.get("gsds") or (),
             page_size=int(p.get("page_size", 1000)),
+            setting=f"{where}.stac_url",
         ):
             by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
         if not by_stratum:
-            raise RuntimeError(
-                f"the STAC search at {p.get('stac_url', PC_STAC)} found no NAIP items for "
-                f"bbox={p.get('bbox')}, datetime={p.get('datetime')}, states={p.get('states')}, "
-                f"years={p.get('years')}, gsds={p.get('gsds')}"
+            raise StacError(
+                f"the STAC search at {p.get('stac_url', PC_STAC)} found no items of collection "
+                f"{p.get('collection', 'naip')!r} for bbox={p.get('bbox')}, "
+                f"datetime={p.get('datetime')}, states={p.get('states')}, "
+                f"years={p.get('years')}, gsds={p.get('gsds')}. Check {where}.collection and "
+                "those filters"
             )
         return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
 

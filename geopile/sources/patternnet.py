@@ -10,5 +10,13 @@ class PatternNet(ImageFolderArchive):
 
     kind = "patternnet"
     publication = PUBLICATIONS["patternnet"]
+    bibtex = """@article{zhou2018patternnet,
+  title   = {PatternNet: A Benchmark Dataset for Performance Evaluation of Remote Sensing Image
+             Retrieval},
+  author  = {Zhou, Weixun and Newsam, Shawn and Li, Congmin and Shao, Zhenfeng},
+  journal = {ISPRS Journal of Photogrammetry and Remote Sensing},
+  volume  = {145}, pages = {197--209}, year = {2018},
+  doi     = {10.1016/j.isprsjprs.2018.01.004}
+}"""
     classes = PATTERNNET_CLASSES
     image_root = "PatternNet/images"

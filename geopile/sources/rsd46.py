@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from geopile.download import extract_archive, verify_file
-from geopile.sources.base import Candidate, ImageFolderArchive
+from geopile.download import verify_file
+from geopile.sources.base import Candidate, ImageFolderArchive, install_archive
 from geopile.sources.classes import RSD46_CLASSES
 from geopile.sources.published import PUBLICATIONS
 
@@ -27,6 +27,24 @@ class RSD46(ImageFolderArchive):
 
     kind = "rsd46"
     publication = PUBLICATIONS["rsd46"]
+    # the publisher asks for both papers
+    bibtex = """@article{long2017rsd46,
+  title   = {Accurate Object Localization in Remote Sensing Images Based on Convolutional Neural
+             Networks},
+  author  = {Long, Yang and Gong, Yiping and Xiao, Zhifeng and Liu, Qing},
+  journal = {IEEE Transactions on Geoscience and Remote Sensing},
+  volume  = {55}, number = {5}, pages = {2486--2498}, year = {2017},
+  doi     = {10.1109/TGRS.2016.2645610}
+}
+@article{xiao2017rsd46,
+  title   = {High-Resolution Remote Sensing Image Retrieval Based on CNNs from a Dimensional
+             Perspective},
+  author  = {Xiao, Zhifeng and Long, Yang and Li, Deren and Wei, Chunshan and Tang, Gefu and
+             Liu, Junyi},
+  journal = {Remote Sensing},
+  volume  = {9}, number = {7}, pages = {725}, year = {2017},
+  doi     = {10.3390/rs9070725}
+}"""
     classes = RSD46_CLASSES
 
     @property
@@ -35,7 +53,7 @@ class RSD46(ImageFolderArchive):
         return str(self.params.get("image_root", "RSD46-WHU"))
 
     def fetch(self) -> None:
-        """Verify (if an md5 is given) and extract the user's archive."""
+        """Verify (if an md5 is given) and extract the user's archive, keyed by its hash."""
         archive = self.params.get("archive")
         if not archive:
             raise FileNotFoundError(HOW_TO_GET)
@@ -43,8 +61,8 @@ class RSD46(ImageFolderArchive):
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist. {HOW_TO_GET}")
         fetched = verify_file(path, str(path), self.params.get("md5"))
-        self._origin_sha256 = fetched.sha256
-        extract_archive(path, self.ctx.raw_dir)
+        self._origin_sha256 = self.input_id = fetched.sha256
+        install_archive(self.ctx, path, fetched.sha256)
 
     def candidates(self) -> Iterator[Candidate]:
         """Files of ``<split>/<class>/``, sorted."""

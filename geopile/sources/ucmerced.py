@@ -14,6 +14,14 @@ class UCMerced(ImageFolderArchive):
 
     kind = "ucmerced"
     publication = PUBLICATIONS["ucmerced"]
+    bibtex = """@inproceedings{yang2010ucmerced,
+  title     = {Bag-of-Visual-Words and Spatial Extensions for Land-Use Classification},
+  author    = {Yang, Yi and Newsam, Shawn},
+  booktitle = {Proceedings of the 18th SIGSPATIAL International Conference on Advances in
+               Geographic Information Systems},
+  pages     = {270--279}, year = {2010},
+  doi       = {10.1145/1869790.1869829}
+}"""
     classes = UCMERCED_CLASSES
     image_root = "UCMerced_LandUse/Images"
     split_files = {"train": "split_train", "val": "split_val", "test": "split_test"}

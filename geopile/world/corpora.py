@@ -1,20 +1,21 @@
 """Offline-world copies of the published labeled corpora, with planted test cases.
 
 Ingest, deduplication and decontamination are tested against archives that must look like the
-real downloads: the same URLs (mirrored to files by ``mirror_path``), archive layouts, member
-naming patterns, class folders, split files and HF-hub parquet schema. Into these miniatures we
-plant the cases the pipeline has to catch (exact and near duplicates within and across sources,
-copies of UC Merced *test* images inside pretraining sources, corrupt members) and return the
-ground truth, so tests can score the pipeline exactly. Everything is a pure function of ``seed``:
-zip members are sorted with fixed timestamps and JPEG/TIFF/PNG/parquet encoders are run with
-fixed settings, so two builds are byte-identical.
+real downloads: the same URLs (each live mirror of a published file mirrored to a file by
+``mirror_path``; mirrors dead in the real world, ``DEAD_MIRRORS``, stay dead), archive
+layouts, member naming patterns, class folders, split files and HF-hub parquet schema. Into
+these miniatures we plant the cases the pipeline has to catch (exact and near duplicates within
+and across sources, copies of UC Merced *test* images inside pretraining sources, corrupt
+members) and return the ground truth, so tests can score the pipeline exactly. Everything is a
+pure function of ``seed``: zip members are sorted with fixed timestamps and JPEG/TIFF/PNG/parquet
+encoders are run with fixed settings, so two builds are byte-identical.
 """
 
 import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -96,6 +97,24 @@ _KIND_LABELS = {
     "tank": ("tanks", "pavement", "road", "buildings", "bare soil"),
     "object": ("pavement", "water", "grass", "road"),
 }
+
+
+# Published mirrors that no longer serve in the real world. The world writes nothing there, so
+# they answer 404 on loopback too and every run falls through to the next mirror, as it must on
+# the internet (issue 15: the split lists' publisher, gone since Nov 2024).
+DEAD_MIRRORS = ("https://storage.googleapis.com/remote_sensing_representations/",)
+
+
+def live_mirrors(mirrors: Sequence[str]) -> list[str]:
+    """The mirrors of a published file that the world serves (all but ``DEAD_MIRRORS``).
+
+    Raises:
+        ValueError: If none is left (the world could not serve the file at all).
+    """
+    live = [u for u in mirrors if not u.startswith(DEAD_MIRRORS)]
+    if not live:
+        raise ValueError(f"every mirror of {list(mirrors)} is dead: the world cannot serve it")
+    return live
 
 
 def mirror_path(url: str) -> str:
@@ -376,9 +395,10 @@ class WorldWriter:
             "md5": hashlib.md5(data).hexdigest(), "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data)}
 
-    def write_url(self, source: str, url: str, data: bytes) -> None:
-        """Write a file at the mirror path of a published URL."""
-        self.write(source, f"http/{mirror_path(url)}", data)
+    def write_url(self, source: str, mirrors: str | Sequence[str], data: bytes) -> None:
+        """Write a published file at the mirror path of each of its live mirrors."""
+        for url in live_mirrors([mirrors] if isinstance(mirrors, str) else mirrors):
+            self.write(source, f"http/{mirror_path(url)}", data)
 
 
 def _zip_bytes(members: dict[str, _Member]) -> bytes:
@@ -438,7 +458,7 @@ def _write_mlrsnet(writer: WorldWriter, corpus: _Corpus) -> dict[str, str]:
                           "label": [list(m.labels) for m in chunk]}, schema=_hf_schema())
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        writer.write_url("mlrsnet", dl.url, buf.getvalue().to_pybytes())
+        writer.write_url("mlrsnet", dl.mirrors, buf.getvalue().to_pybytes())
         refs.update({m.name: f"{dl.filename}#{i}" for i, m in enumerate(chunk)})
     return refs
 
@@ -452,12 +472,12 @@ def _write_all(b: _Builder, writer: WorldWriter) -> dict[str, dict]:
         if key == "patternnet":  # the real zip carries extra files outside the class folders
             readme = "PatternNet/readme.txt"
             members[readme] = _Member(readme, b"PatternNet: 38 classes, 800 images each.\n", "")
-        writer.write_url(key, pubs[key]["archive"].url, _zip_bytes(members))
+        writer.write_url(key, pubs[key]["archive"].mirrors, _zip_bytes(members))
     # RESISC45's split is drawn over the whole corpus (3 images per class cannot be 60/20/20).
     resisc_splits = _split_names([m.name for m in c["resisc45"].valid()], b._rng(0, 2000))
     for key, splits in (("resisc45", resisc_splits), ("ucmerced", b.ucm_splits)):
         for s, names in splits.items():
-            writer.write_url(key, pubs[key][f"split_{s}"].url, _split_file(names))
+            writer.write_url(key, pubs[key][f"split_{s}"].mirrors, _split_file(names))
     writer.write("rsd46", "user/RSD46-WHU.zip", _zip_bytes(c["rsd46"].members))
     summaries = {k: corpus.summary() for k, corpus in c.items()}
     summaries["resisc45"]["splits"] = {s: len(v) for s, v in resisc_splits.items()}
@@ -470,7 +490,8 @@ def _write_all(b: _Builder, writer: WorldWriter) -> dict[str, dict]:
 def build_corpora(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict:
     """Write the offline copies of the five labeled corpora and return their ground truth.
 
-    Published files go to ``world_dir/http/<mirror_path(url)>`` (RESISC45 and PatternNet zips
+    Published files go to ``world_dir/http/<mirror_path(url)>`` for each live mirror ``url``
+    (dead ones, ``DEAD_MIRRORS``, get nothing) (RESISC45 and PatternNet zips
     and RESISC45 split files, the UC Merced zip and split files, the three MLRSNet parquet
     shards); RSD46-WHU, which has no public URL, goes to ``world_dir/user/RSD46-WHU.zip``.
     Nothing else is written.

@@ -158,10 +158,10 @@ def build_bigearthnet(write_url, seed: int = 0) -> dict:  # noqa: ANN001 - (set,
                     json.dumps(meta).encode()
                 rows.append(f"{s2},{s1}")
                 truth["labels"].setdefault(split, []).append(labels)
-            write_url("bigearthnet", published[f"split_{split}"].url,
+            write_url("bigearthnet", published[f"split_{split}"].mirrors,
                       ("\n".join(rows) + "\n").encode())
             truth["splits"][split] = count
-    write_url("bigearthnet", published["s2"].url, _tar_gz(files))
+    write_url("bigearthnet", published["s2"].mirrors, _tar_gz(files))
     return truth
 
 
@@ -329,8 +329,8 @@ def build_downstream(writer, seed: int = 0) -> dict:  # noqa: ANN001 - a corpora
         by_name = {item.filename: item for item in DOWNSTREAM[name].files.values()}
         for filename, data in files.items():
             item = by_name[filename]
-            if item.url:
-                writer.write_url(name, item.url, data)
+            if item.mirrors:
+                writer.write_url(name, item.mirrors, data)
             else:
                 writer.write(name, user_path(filename), data)
         truth[name] = summary

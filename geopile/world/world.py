@@ -3,9 +3,11 @@
 ``build`` writes everything to ``DIR`` (archives at paths mirroring their real URLs under
 ``DIR/http``, the user-supplied RSD46 archive under ``DIR/user``, NAIP COGs and STAC JSON, and
 ``ground_truth.json``). ``up`` starts SeaweedFS, uploads ``DIR/http`` into the bucket ``world``
-so every published URL has a loopback twin with HTTP Range support, starts a STAC API whose NAIP
-asset hrefs point there, and writes ``DIR/world.params.yaml``: the overlay that sends
-``params.yaml``'s sources to the world. ``down`` stops both servers.
+so every live published mirror has a loopback twin with HTTP Range support (a mirror dead in the
+real world answers 404 there too), starts a STAC API whose NAIP asset hrefs point there, and
+writes ``DIR/world.params.yaml``: the overlay that sends ``params.yaml``'s sources to the world
+(``mirror_root``: every published mirror is asked at its twin, in the published order).
+``down`` stops both servers.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from botocore.config import Config
 from geopile.downstream import DOWNSTREAM
 from geopile.sources.published import PUBLICATIONS
 from geopile.world import servers
-from geopile.world.corpora import WorldWriter, build_corpora, mirror_path
+from geopile.world.corpora import WorldWriter, build_corpora, live_mirrors, mirror_path
 from geopile.world.downstream import build_downstream, user_path
 from geopile.world.naip import AZURE_PREFIX, build_naip
 
-WORLD_VERSION = 3  # bumped whenever build_world writes something new; older worlds are rebuilt
+WORLD_VERSION = 4  # bumped whenever build_world writes something new; older worlds are rebuilt
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
@@ -93,31 +95,33 @@ def upload_tree(endpoint: str, root: Path, prefix: str = "") -> str:
 
 
 def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict[str, Any]:
-    """``params.yaml`` overlay pointing every source at the world (URLs, md5s, STAC, archive)."""
+    """``params.yaml`` overlay pointing every source at the world (mirrors, md5s, STAC, archive).
+
+    Published files keep their mirror lists: ``mirror_root`` makes each mirror's loopback twin
+    (``<s3>/world/<host>/<path>``) stand in for it, so the dead publisher of a file is asked
+    first and answers 404, exactly as on the internet. The md5s are the world's bytes'.
+    """
     files = {}
     for source in truth["sources"].values():
         files.update(source["files"])
+    root = f"{s3}/{BUCKET}"
     sources: dict[str, Any] = {}
     for name, pub in PUBLICATIONS.items():
-        urls, md5s = {}, {}
-        for which, download in pub.downloads.items():
-            rel = "http/" + mirror_path(download.url)
-            urls[which] = f"{s3}/{BUCKET}/{mirror_path(download.url)}"
-            md5s[which] = files[rel]["md5"] if download.md5 else None
-        sources[name] = {"urls": urls, "md5s": md5s} if urls else {}
+        md5s = {which: files["http/" + mirror_path(live_mirrors(d.mirrors)[0])]["md5"]
+                if d.md5 else None for which, d in pub.downloads.items()}
+        sources[name] = {"mirror_root": root, "md5s": md5s} if md5s else {}
     downstream = {}
     for name, published in DOWNSTREAM.items():
         got = truth["downstream"][name]["files"]
         urls, md5s = {}, {}
         for which, item in published.files.items():
-            if item.url:  # served by the world's S3 at the mirror of the published URL
-                rel = "http/" + mirror_path(item.url)
-                urls[which] = f"{s3}/{BUCKET}/{mirror_path(item.url)}"
+            if item.mirrors:  # served by the world's S3 at the twin of each live mirror
+                rel = "http/" + mirror_path(live_mirrors(item.mirrors)[0])
             else:  # no public URL: a local file, as a user's own download would be
                 rel = user_path(item.filename)
                 urls[which] = str(world_dir / rel)
             md5s[which] = got[rel]["md5"] if item.md5 else None
-        downstream[name] = {"urls": urls, "md5s": md5s}
+        downstream[name] = {"mirror_root": root, "urls": urls, "md5s": md5s}
     sources["rsd46"]["archive"] = str((world_dir / "user" / "RSD46-WHU.zip").resolve())
     naip = truth["naip"]
     sources["naip"] = {
