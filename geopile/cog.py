@@ -98,7 +98,9 @@ def read_window(
                 return Patch(pixels, src.crs.to_string(), tuple(affine)[:6], tuple(bounds))
         except RasterioIOError as err:
             status = _status(err)
-            dropped = status is None and "curl" in str(err).lower()  # reset, timeout, EOF
+            # a curl error (reset, timeout, EOF) is worth retrying; the "/vsicurl/" that every
+            # message quotes is not one (corrupt bytes: "... not recognized as ..." is final)
+            dropped = status is None and "curl" in str(err).lower().replace("/vsicurl/", "")
             retryable = status in (403, 429, 500, 502, 503, 504) or dropped
             if not retryable or attempt == retries:
                 # from None: the RasterioIOError quotes the signed href, and its text is kept
