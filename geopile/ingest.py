@@ -210,12 +210,12 @@ def ingest(
         # into records of the new one
         json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True, default=str).encode()
     ).hexdigest()
-    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, fingerprint)
     quotas = source.quotas()
     if quotas is not None and sum(quotas.values()) < 1:
         # checked by the params schema too; here because this driver deletes raw files
         raise IngestError(f"{ctx.name}: the quotas ask for no image at all ({dict(quotas)}): "
                           f"check sources.{ctx.name}.count; earlier records were left as they are")
+    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, fingerprint)
     accepted: Counter[str] = Counter()
     if quotas is not None:  # strata already filled by a previous, killed run
         done = parts.table()

@@ -271,3 +271,31 @@ def test_pretrain_with_a_missing_teacher_file_fails_fast(no_teacher, tmp_path, c
     assert code == 2, err
     assert f"pretrain.teacher.file: {missing} does not exist" in err
     assert not (root / "runs").exists()
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad", [{"count": -5}, {"min_entropy": 99.0}])
+def test_ingest_driver_never_empties_earlier_output(params, tmp_path, bad):
+    """Below the schema (a library caller): quotas asking for nothing, or a run whose filter
+    keeps nothing, stop with an IngestError and leave earlier records and patches as they were."""
+    from geopile.ingest import IngestError, ingest
+    from geopile.sources import create_source
+
+    data = Path(params["paths"]["data"])
+    block = {**params["sources"]["naip"], "count": 4}
+    ingest(create_source("naip", block, data, progress=False), workers=2, progress=False)
+    def outputs() -> tuple[dict, dict]:  # the run's own checkpoint (.parts) may stay
+        records = {k: v for k, v in _tree(data / "records").items() if ".parts" not in k}
+        return _tree(data / "raw" / "naip"), records
+
+    before = outputs()
+    assert before[0] and before[1]
+    source = create_source("naip", {**block, **bad}, data, progress=False)
+    with pytest.raises(IngestError, match="no image|kept no image") as err:
+        ingest(source, workers=2, progress=False)
+    assert "naip" in str(err.value)
+    assert outputs() == before
