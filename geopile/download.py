@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -100,20 +101,6 @@ def verify_file(path: Path, url: str, md5: str | None) -> Fetched:
 def url_filename(url: str) -> str:
     """The last segment of a URL's path: a safe local name (never the query, which may be a key)."""
     return PurePosixPath(urlsplit(url).path).name
-
-
-def scrub(text: object, url: str) -> str:
-    """``text`` (an exception message) with ``url``'s query removed, wherever it appears.
-
-    :func:`geopile.urls.redact` only sees queries of full URLs; requests' connection errors
-    quote the bare path and query (``... with url: /a.zip?key=...``), so the query is also cut
-    where it stands alone.
-    """
-    out = str(text)
-    query = urlsplit(url).query
-    if query:
-        out = out.replace(f"?{query}", "?<redacted>").replace(query, "<redacted>")
-    return redact(out)
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
@@ -215,7 +202,7 @@ def download(
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as err:
-            why = scrub(err, url)
+            why = redact(str(err))
             if attempt == retries:
                 raise DownloadError(
                     f"could not download {shown}: {why} (after {retries} retries)",
@@ -236,8 +223,8 @@ def download(
     return Fetched(dest, fetched.url, fetched.md5, fetched.sha256, fetched.size)
 
 
-def _recorded_source(dest: Path) -> str | None:
-    """The mirror an earlier run fetched ``dest`` from, if it recorded one."""
+def recorded_source(dest: Path) -> str | None:
+    """The mirror an earlier run fetched ``dest`` from, if it recorded one (secrets stripped)."""
     record = dest.with_name(dest.name + SOURCE_SUFFIX)
     try:
         return record.read_text().strip() or None
@@ -257,13 +244,7 @@ def download_first(
     urls: Sequence[str],
     dest: Path,
     md5: str | None = None,
-    *,
-    retries: int = 5,
-    backoff_s: float = 0.5,
-    timeout_s: float = 60.0,
-    retry_after_cap_s: float = 60.0,
-    session: requests.Session | None = None,
-    progress: bool = True,
+    **options: Any,
 ) -> Fetched:
     """Fetch one published file from the first of its mirrors that serves it with ``md5``.
 
@@ -274,6 +255,8 @@ def download_first(
     md5); a resumed download whose md5 fails is restarted from byte 0 once before the mirror
     is blamed. ``Fetched.url`` is the mirror actually used, also recorded in
     ``dest`` + ``.url`` so that a later run, finding ``dest`` verified on disk, reports it too.
+
+    ``options`` are :func:`download`'s (retries, back-off, timeouts, session, progress).
 
     Raises:
         DownloadError: Every mirror failed; the message lists each with its failure.
@@ -291,13 +274,11 @@ def download_first(
                         dest, err.got, err.expected)
             dest.unlink()
         else:
-            return replace(fetched, url=_recorded_source(dest) or fetched.url)
+            return replace(fetched, url=recorded_source(dest) or fetched.url)
     part = dest.with_name(dest.name + ".part")
 
     def fetch(url: str) -> Fetched:
-        return download(url, dest, md5, retries=retries, backoff_s=backoff_s,
-                        timeout_s=timeout_s, retry_after_cap_s=retry_after_cap_s,
-                        session=session, progress=progress)
+        return download(url, dest, md5, **options)
 
     failures: list[tuple[str, str]] = []
     for i, url in enumerate(mirrors):
@@ -318,7 +299,7 @@ def download_first(
         except ChecksumError as err:
             why = f"wrong md5 {err.got} (expected {err.expected}); its bytes were removed"
         except DownloadError as err:
-            why = scrub(err.reason, url)
+            why = redact(err.reason)
         else:
             _record_source(dest, url)
             return replace(got, url=shown)

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geopile.imagestats import BadImage
-from geopile.params import ParamsError
 from geopile.records import (
     PART_SCHEMA,
     RECORD_SCHEMA,
@@ -118,23 +117,9 @@ _NOT_DECISIVE = {"workers", "enabled", "role", "retries", "max_error_fraction"}
 
 
 def _error_limit(source: Source) -> float | None:
-    """``max_error_fraction`` of the source's params, checked; ``None`` (no limit) when unset.
-
-    Checked here too, not only by the params schema: library callers build sources directly.
-    """
+    """``max_error_fraction`` of the source's params (validated by the schema); None: no limit."""
     value = source.ctx.params.get("max_error_fraction")
-    if value is None:
-        return None
-    try:
-        limit = float(value)
-    except (TypeError, ValueError):
-        limit = -1.0
-    if not 0.0 <= limit <= 1.0:
-        raise ParamsError(
-            f"sources.{source.ctx.name}.max_error_fraction must be a fraction between 0 and 1 "
-            f"(1 never stops the run), got {value!r}"
-        )
-    return limit
+    return None if value is None else float(value)
 
 
 def _over_limit(errors: int, decided: int, limit: float) -> bool:

@@ -34,10 +34,10 @@ _URL_IN_TEXT = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@'\"]*
 _SECRET_PARAM = re.compile(
     r"(?i)\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
     r"awsaccesskeyid|token|se|st|sp|sv|sr|skoid|sktid|skt|ske|sks|skv)=[^\s&'\"]+")
-# A request line without a host, as curl (CPL_CURL_VERBOSE) and urllib3's debug log print it:
-# any query parameter may be a key (``code=``, ``key=``), so the whole query goes.
-_REQUEST_LINE = re.compile(r"\b(?P<verb>GET|HEAD|PUT|POST|DELETE|PATCH|OPTIONS) "
-                           r"(?P<path>/[^\s?'\"]*)\?[^\s'\"]+")
+# A path with a query but no host: curl's and urllib3's request lines (``GET /p?q HTTP/1.1``),
+# requests' connection errors (``... with url: /p?q (Caused by ...)``). Any query parameter may
+# be a key (``code=``, ``key=``), so the whole query goes.
+_BARE_PATH = re.compile(r"(?<![\w.:/@-])(?P<path>/[^\s?'\"<>]*)\?[^\s'\"<>]+")
 # Credentials in headers, as ``Name: value`` (curl, HTTP dumps) or a dict's repr (botocore's
 # ``'Authorization': b'AWS4-HMAC-SHA256 ..., Signature=...'``).
 _SECRET_HEADER = re.compile(
@@ -53,11 +53,11 @@ def redact(text: str) -> str:
 
     The one place that makes a message safe to show: error constructors call it, and the
     logging filter (:class:`RedactingFilter`) applies it to every record. Covers URLs (with or
-    without GDAL's ``/vsicurl/``), host-less request lines, ``sig=``-style parameters,
+    without GDAL's ``/vsicurl/``), host-less paths with a query, ``sig=``-style parameters,
     credential headers and botocore's signature dump.
     """
     text = _URL_IN_TEXT.sub(lambda m: f"{m['scheme']}{m['rest']}?<redacted>", str(text))
-    text = _REQUEST_LINE.sub(lambda m: f"{m['verb']} {m['path']}?<redacted>", text)
+    text = _BARE_PATH.sub(lambda m: f"{m['path']}?<redacted>", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=<redacted>", text)
     text = _SIGNATURE_LINE.sub(lambda m: f"{m.group(1)}<redacted>", text)
     return _SECRET_HEADER.sub(lambda m: f"{m['name']}{m['quote']}<redacted>", text)

@@ -8,16 +8,14 @@ directories was written or deleted.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from geopile.params import ParamsError, load_params
+from geopile.params import ParamsError, deep_merge, load_params
 from geopile.settings import SOURCE_SETTINGS, check_params, field_at
 from geopile.sources import SOURCES
 from geopile.world.world import PARAMS_OVERLAY, s3_client, world_env
@@ -51,17 +49,6 @@ def _geopile(capsys, argv: list[str], overlay: str | dict, tmp_path: Path,
     return code, capsys.readouterr().err
 
 
-def _merge(*blocks: dict) -> dict:
-    out: dict = {}
-    for block in blocks:
-        for key, value in block.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = _merge(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # each bad value of issue 15, item 9, through the CLI
 
@@ -71,14 +58,14 @@ def test_negative_naip_count_keeps_earlier_records_and_patches(world, world_dir,
     """``count: -5`` once emptied the records and deleted every raw NAIP patch."""
     root = tmp_path / "out"
     code, err = _geopile(capsys, ["ingest", "naip"],
-                         _merge(_paths(root), {"sources": {"naip": {"count": 4}}}),
+                         deep_merge(_paths(root), {"sources": {"naip": {"count": 4}}}),
                          tmp_path, world_dir / PARAMS_OVERLAY)
     assert code == 0, err
     before = _snapshot(root)
     assert any(name.startswith("raw/naip/") for name in
                (k.removeprefix("data/") for k in before)), before
     code, err = _geopile(capsys, ["ingest", "naip"],
-                         _merge(_paths(root), {"sources": {"naip": {"count": -5}}}),
+                         deep_merge(_paths(root), {"sources": {"naip": {"count": -5}}}),
                          tmp_path, world_dir / PARAMS_OVERLAY)
     assert code == 2
     assert "sources.naip.count: -5 is invalid: must be >= 1 (a patch count)" in err
@@ -112,7 +99,7 @@ def test_negative_naip_count_keeps_earlier_records_and_patches(world, world_dir,
 def test_bad_value_is_refused_by_key_before_any_work(overlay, argv, message, tmp_path, capsys):
     root = tmp_path / "out"
     if isinstance(overlay, dict):
-        overlay = _merge(_paths(root), overlay)
+        overlay = deep_merge(_paths(root), overlay)
     else:
         overlay = yaml.safe_dump(_paths(root)) + overlay
     code, err = _geopile(capsys, argv, overlay, tmp_path)
@@ -143,7 +130,7 @@ def test_all_digit_md5_must_be_quoted(digits, tmp_path, capsys):
 
 def test_every_problem_is_listed_at_once(tmp_path, capsys):
     root = tmp_path / "out"
-    overlay = _merge(_paths(root), {"seed": "abc", "shard": {"cap_scale": 0},
+    overlay = deep_merge(_paths(root), {"seed": "abc", "shard": {"cap_scale": 0},
                                     "sources": {"naip": {"count": -5, "cuont": 1}}})
     code, err = _geopile(capsys, ["ingest", "naip"], overlay, tmp_path)
     assert code == 2
@@ -229,15 +216,14 @@ def no_teacher(monkeypatch):
 
 def test_pretrain_without_shards_fails_fast(no_teacher, tmp_path, capsys):
     root = tmp_path / "out"
-    started = time.perf_counter()
     code, err = _geopile(capsys, ["pretrain", "paper"],
-                         _merge(_paths(root), {"pretrain": {"stream": {"url": None}}}), tmp_path)
+                         deep_merge(_paths(root), {"pretrain": {"stream": {"url": None}}}),
+                         tmp_path)
     assert code == 2, err
     assert f"build 'paper' has no shards: {root / 'shards' / 'paper' / 'index.json'} does " \
         "not exist (paths.shards)" in err
     assert "geopile shard paper" in err
-    assert not (root / "runs").exists()
-    assert time.perf_counter() - started < 60  # generous: the point is the teacher, above
+    assert not (root / "runs").exists()  # and the teacher was never built (no_teacher)
 
 
 def test_pretrain_without_shards_on_s3_fails_fast(no_teacher, world, tmp_path, capsys,
@@ -246,7 +232,8 @@ def test_pretrain_without_shards_on_s3_fails_fast(no_teacher, world, tmp_path, c
         monkeypatch.setenv(key, value)
     url = f"s3://{world['bucket']}/nothing-pushed-here"
     code, err = _geopile(capsys, ["pretrain", "paper"],
-                         _merge(_paths(tmp_path / "out"), {"pretrain": {"stream": {"url": url}}}),
+                         deep_merge(_paths(tmp_path / "out"),
+                                    {"pretrain": {"stream": {"url": url}}}),
                          tmp_path)
     assert code == 2, err
     assert f"build 'paper' has no shards: {url}/paper/index.json does not exist " \
@@ -266,7 +253,7 @@ def test_pretrain_with_a_missing_teacher_file_fails_fast(no_teacher, tmp_path, c
     (root / "shards" / "paper").mkdir(parents=True)
     (root / "shards" / "paper" / "index.json").write_text("{}")
     missing = tmp_path / "swin_base_patch4_window7_224_22k.pth"
-    code, err = _geopile(capsys, ["pretrain", "paper"], _merge(_paths(root), {"pretrain": {
+    code, err = _geopile(capsys, ["pretrain", "paper"], deep_merge(_paths(root), {"pretrain": {
         "stream": {"url": None}, "teacher": {"file": str(missing)}}}), tmp_path)
     assert code == 2, err
     assert f"pretrain.teacher.file: {missing} does not exist" in err

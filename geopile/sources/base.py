@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from geopile.download import (
-    SOURCE_SUFFIX,
     Fetched,
     UnsafeArchiveError,
     download_first,
     extract_archive,
+    recorded_source,
 )
 from geopile.imagestats import image_stats
 from geopile.params import ParamsError
@@ -128,9 +128,8 @@ class Source:
         md5s = self.params.get("md5s") or {}
         lines = []
         for which, published in self.publication.downloads.items():
-            record = self.ctx.download_dir / (
-                local_name(published, self.params, which) + SOURCE_SUFFIX)
-            used = record.read_text().strip() if record.is_file() else ""
+            used = recorded_source(
+                self.ctx.download_dir / local_name(published, self.params, which))
             url = used or mirror_urls(published, self.params, which,
                                       f"sources.{self.ctx.name}")[0]
             md5 = md5s[which] if which in md5s else published.md5

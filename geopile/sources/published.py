@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from geopile.download import url_filename
 from geopile.params import ParamsError
 
 
@@ -44,7 +44,7 @@ class Download:
     @property
     def filename(self) -> str:
         """The name the download gets locally: never taken from a query string."""
-        return self.name or PurePosixPath(urlsplit(self.url).path).name
+        return self.name or url_filename(self.url)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def local_name(published: Download | None, block: Mapping[str, Any], which: str)
     if published is not None:
         return published.filename
     urls = mirror_urls(None, block, which)
-    name = PurePosixPath(urlsplit(urls[0]).path).name if urls else ""
+    name = url_filename(urls[0]) if urls else ""
     return name or which
 
 
