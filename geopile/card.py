@@ -23,6 +23,7 @@ from geopile.sources import create_source
 from geopile.sources.base import Source
 
 CARD = "README.md"
+BOUNDARY_PLOT = "near_duplicate_boundary.png"  # curate's plot, copied beside every build
 _CITATION = """@inproceedings{mendieta2023gfm,
   title     = {Towards Geospatial Foundation Models via Continual Pretraining},
   author    = {Mendieta, Mat{\\'\\i}as and Han, Boran and Shi, Xingjian and Zhu, Yi and Chen, Chen},
@@ -33,6 +34,9 @@ _CITATION = """@inproceedings{mendieta2023gfm,
 _NON_COMMERCIAL = re.compile(r"(?<![A-Za-z])NC(?![A-Za-z])|(?i:non[- ]?commercial)")
 _RESEARCH_ONLY = re.compile(r"(?i:research)")
 UNKNOWN = "unknown"
+# the per-build curation table of the card and the report (one row per source)
+BUILD_COLUMNS = ("source", "in", "filtered", "contaminated", "exact duplicates",
+                 "near duplicates (by kind)", "available", "asked", "selected", "shortfall")
 
 
 def non_commercial(licence: str) -> bool:
@@ -93,9 +97,89 @@ def _citation_block(name: str, citation: str) -> list[str]:
     return [f"**{name}**: {citation}", ""]
 
 
+def shortfalls(index: dict[str, Any]) -> dict[str, int]:
+    """``source -> images missing from its cap`` from the index's curation block."""
+    return {s: c["shortfall"] for s, c in (index.get("curation") or {}).items()
+            if c.get("shortfall")}
+
+
+def near_cell(counts: dict[str, Any]) -> str:
+    """Near duplicates with their breakdown by edit kind: ``3 (crop: 2, flip_h+colour: 1)``."""
+    kinds = counts.get("near_kinds") or {}
+    detail = ", ".join(f"{k}: {n:,}" for k, n in kinds.items())
+    return f"{counts['near_duplicate']:,}" + (f" ({detail})" if detail else "")
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else ("-" if value is None else str(value))
+
+
+def build_rows(curation: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The per-build curation table's rows (one per source, in the order sources claim copies).
+
+    Columns: source, in, filtered, contaminated, exact duplicates, near duplicates (by kind),
+    available, asked, selected, shortfall; ``-`` where curate's report was not at hand.
+    """
+    return [[source, _number(c.get("in")), _number(c.get("filtered")),
+             _number(c.get("contaminated")), _number(c["exact_duplicate"]), near_cell(c),
+             _number(c["available"]), _number(c["asked"]), _number(c["selected"]),
+             _number(c["shortfall"])] for source, c in curation.items()]
+
+
+def shortfall_lines(build: str, curation: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per source that falls short of its cap."""
+    return [f"{source}: the build asks {c['asked']:,} images, {c['available']:,} are left after "
+            f"curation, so it holds {c['shortfall']:,} fewer (`allow_short: true` in "
+            f"`builds.{build}`)." for source, c in curation.items() if c.get("shortfall")]
+
+
+def _curation_section(index: dict[str, Any], params: dict[str, Any],
+                      curate: dict[str, Any] | None, boundary_plot: str | None) -> list[str]:
+    """How duplicates and contaminants were handled, and what this build lost to each."""
+    cur = params.get("curate") or {}
+    lines = [
+        "Exact duplicates by a hash of the decoded pixels; near copies (crops of up to 10% a "
+        "side, rescales, re-encodes, brightness and contrast, mirrors and quarter turns) by "
+        f"crop-pyramid DCT hashes within {cur.get('radius')} / {cur.get('total_radius')} bits, "
+        "confirmed when the aligned grey thumbnails correlate at least "
+        f"{cur.get('min_correlation')}. Images resembling the evaluation sets "
+        f"{sorted(cur.get('eval_sets') or {})} were removed (decontamination). Copies of one "
+        "image form a cluster; this build keeps exactly one image of every cluster that has a "
+        "member among its sources, the copy of the earliest of them in the priority "
+        f"{cur.get('priority')}, so it never loses an image to a copy in a source it leaves "
+        "out. Within a source, images are taken in a seeded hash order up to the cap."]
+    curation = index.get("curation")
+    if curation:
+        lines += ["", "What curation removed from this build, per source (*available*: images "
+                  "left after filters, decontamination and duplicates; *asked*: the cap):", "",
+                  "| " + " | ".join(BUILD_COLUMNS) + " |",
+                  "|---|" + "---:|" * (len(BUILD_COLUMNS) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in build_rows(curation)]
+        short = shortfall_lines(index["build"], curation)
+        if short:
+            lines += ["", "**Short of the caps.** " + " ".join(short)]
+    elif curate and "counts" in curate:  # an index written before the curation block
+        lines += ["", "| source | in | filtered | contaminated | in a duplicate cluster | out |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for source, c in curate["counts"].items():
+            lines.append(f"| {source} | {c['in']:,} | {c['low_entropy'] + c['nodata']:,} | "
+                         f"{c['contaminated']:,} | {c.get('clustered', 0):,} | {c['out']:,} |")
+    if boundary_plot:
+        lines += ["", f"The sheet below shows candidate near-duplicate pairs whose aligned "
+                  f"thumbnails correlate just above and just below `curate.min_correlation` "
+                  f"({cur.get('min_correlation')}): pairs above it were treated as copies, "
+                  "pairs below as distinct images, so you can judge the threshold by eye.", "",
+                  f"![near-duplicate pairs either side of the threshold]({boundary_plot})"]
+    return lines
+
+
 def render_card(index: dict[str, Any], params: dict[str, Any],
-                curate: dict[str, Any] | None) -> str:
-    """The card for one build, from its index, the params and the curation report."""
+                curate: dict[str, Any] | None, *, boundary_plot: str | None = None) -> str:
+    """The card for one build, from its index, the params and the curation report.
+
+    ``boundary_plot``: the file name, beside the card, of curate's contact sheet of pairs
+    either side of the correlation threshold (embedded when given).
+    """
     build, sources = index["build"], index["sources"]
     objects = build_sources(sorted(sources), params)
     licences = {s: objects[s].licence for s in sources}
@@ -113,6 +197,9 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
         "geopile": {"build": build, "samples": index["samples"], "seed": index["seed"],
                     "index_sha256": index_sha, "licences": licences},
     }
+    short = shortfalls(index)
+    if short:
+        header["geopile"]["shortfall"] = short
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
              f"# GeoPile: `{build}`", "",
              f"{index['samples']:,} images in {len(index['shards'])} WebDataset shards "
@@ -127,20 +214,7 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
     lines += ["", "### What the licences mean for this build", ""]
     lines += _licence_notes(sources, licences, params)
     lines += ["", "## Curation", ""]
-    cur = params.get("curate") or {}
-    lines.append(
-        f"Exact duplicates by a hash of the decoded pixels; near duplicates by pHash within "
-        f"Hamming radius {cur.get('radius')} confirmed by a thumbnail correlation of at least "
-        f"{cur.get('min_correlation')}; the copy kept follows the priority "
-        f"{cur.get('priority')}. Images resembling the evaluation sets "
-        f"{sorted(cur.get('eval_sets') or {})} were removed (decontamination).")
-    if curate and "counts" in curate:
-        lines += ["", "| source | in | exact dup. | near dup. | contaminated | low entropy | "
-                  "nodata | out |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for source, c in curate["counts"].items():
-            lines.append(f"| {source} | {c['in']} | {c['exact_duplicate']} | "
-                         f"{c['near_duplicate']} | {c['contaminated']} | {c['low_entropy']} | "
-                         f"{c['nodata']} | {c['out']} |")
+    lines += _curation_section(index, params, curate, boundary_plot)
     lines += ["", "## Integrity", "",
               f"`index.json` (sorted-key JSON) sha256 `{index_sha}`; build seed {index['seed']}.",
               "", "| shard | samples | sha256 |", "|---|---:|---|"]

@@ -1,16 +1,17 @@
-"""Curation: what goes into GeoPile. Filters, exact and near duplicates, eval-set decontamination.
+"""Curation: what may go into GeoPile. Filters, exact and near duplicates, eval-set decontamination.
 
 Every decision is made on the ingest records (hashes, entropy); pixels are read only to confirm
 near-duplicate candidates. All images, pretraining and evaluation alike, form one graph whose
-edges are exact duplicates (equal xxh3 of the decoded pixels) and confirmed near duplicates
-(perceptual hashes within ``radius`` and grayscale thumbnails correlated above
-``min_correlation``). In each connected component:
+edges are exact duplicates (equal xxh3 of the decoded pixels) and confirmed near copies: a crop
+of one image, under one of the eight symmetries of the square, hashes within ``radius`` /
+``total_radius`` bits of the other (:func:`geopile.dedup.crop_pairs`) and, aligned on pixels,
+correlates at least ``min_correlation`` with it (:mod:`geopile.align`). In each component:
 
 - if it holds an image of a configured evaluation split, every pretraining image in it is
   removed as ``contaminated``: it is, or nearly is, an image the model will be tested on;
-- otherwise one image is kept: the one from the source earliest in ``priority`` (then the
-  smallest key), and the others are removed as ``exact_duplicate`` (same pixels as the kept one)
-  or ``near_duplicate``.
+- otherwise all its members stay, sharing a ``cluster`` id, and each build keeps exactly one of
+  them among its own sources, by ``priority`` (:func:`geopile.shards.select`): which copy
+  survives depends on the build, so that no build loses an image to a copy it does not hold.
 
 Two geo-referenced patches (NAIP windows) are never near duplicates of each other: each covers
 its own ground, and overlap or a similar-looking field is not a copy. Equal pixels still are.
@@ -29,11 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from geopile.dedup import clusters, exact_pairs, near_pairs
-from geopile.imagestats import as_rgb, decode
+from geopile.align import Match, align, edit_kind, working_image
+from geopile.dedup import clusters, crop_pairs, exact_pairs
+from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, decode, luma
 
-THUMB = 32
-REASONS = ("low_entropy", "nodata", "exact_duplicate", "near_duplicate", "contaminated")
+REASONS = ("low_entropy", "nodata", "contaminated")
 ENTROPIES = ("entropy_global", "entropy_local")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -42,7 +43,8 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 class CurateConfig:
     """The ``curate:`` block of params (defaults are the paper build's)."""
 
-    radius: int = 10
+    radius: int = 7
+    total_radius: int = 24
     min_correlation: float = 0.9
     priority: tuple[str, ...] = ()
     eval_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -75,20 +77,8 @@ class CurateResult:
     entropy: dict[str, dict[str, dict[str, float]]]
     candidate_pairs: int
     confirmed_pairs: int
-
-
-def gray_thumbnail(path: Path, size: int = THUMB) -> np.ndarray:
-    """A zero-mean, unit-norm ``size`` x ``size`` grayscale thumbnail, for correlation."""
-    img = Image.fromarray(as_rgb(decode(path.read_bytes())[0])).convert("L")
-    thumb = np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.float64).ravel()
-    thumb -= thumb.mean()
-    norm = np.linalg.norm(thumb)
-    return thumb / norm if norm > 0 else thumb
-
-
-def _priority_rank(priority: tuple[str, ...], sources: list[str]) -> dict[str, int]:
-    rest = sorted(s for s in set(sources) if s not in priority)
-    return {s: i for i, s in enumerate([*priority, *rest])}
+    pairs: list[dict[str, Any]]  # duplicate edges: a, b, kind ("exact" or the edit), score
+    near_scores: list[dict[str, Any]]  # every aligned candidate, duplicate or not (boundary)
 
 
 def _entropy_stats(values: np.ndarray) -> dict[str, float]:
@@ -100,6 +90,17 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
     return stats
 
 
+def _crop_hashes(rows: dict[str, list], data_dir: Path) -> np.ndarray:
+    """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now."""
+    out = np.zeros((len(rows["key"]), len(CROP_BOXES), 2), np.uint64)
+    for idx, words in enumerate(rows["crop_hashes"]):
+        if words is None:
+            pixels = decode((data_dir / rows["path"][idx]).read_bytes())[0]
+            words = crop_hashes(luma(pixels))
+        out[idx] = np.asarray(words, np.uint64).reshape(-1, 2)
+    return out
+
+
 def curate(
     pretrain: Mapping[str, pa.Table],
     evaluation: Mapping[str, pa.Table],
@@ -107,8 +108,13 @@ def curate(
     config: CurateConfig,
     progress: Callable[[int], Any] | None = None,
 ) -> CurateResult:
-    """Decide, for every pretraining record, whether it goes into GeoPile and why not."""
-    cols = ["key", "source", "split", "xxh3_pixels", "phash", "path", "stac_item",
+    """Filter, cluster duplicates and decontaminate every pretraining record.
+
+    Duplicates are not resolved here: every member of a clean cluster stays in the curated
+    table with its ``cluster`` id, and each build keeps one of each cluster among its own
+    sources (:func:`geopile.shards.select`).
+    """
+    cols = ["key", "source", "split", "xxh3_pixels", "crop_hashes", "path", "stac_item",
             "entropy_global", "nodata_fraction"]
     frames = [t.select(cols) for t in pretrain.values()]
     for name, table in evaluation.items():
@@ -132,28 +138,42 @@ def curate(
     alive = np.asarray([i not in reason for i in range(n)])
 
     ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
-    hashes = np.asarray(rows["phash"], dtype=np.uint64)
-    nr_i, nr_j, _ = near_pairs(hashes, config.radius)
     exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
+    found = crop_pairs(_crop_hashes(rows, data_dir), config.radius, config.total_radius)
     geo = np.asarray([s is not None for s in rows["stac_item"]])
     candidates = [
-        (a, b) for a, b in zip(nr_i.tolist(), nr_j.tolist(), strict=True)
-        if (a, b) not in exact_set and not (geo[a] and geo[b]) and not (is_eval[a] and is_eval[b])
-        and alive[a] and alive[b]
+        (a, b, c, s) for a, b, c, s, _ in found.tolist()
+        if (min(a, b), max(a, b)) not in exact_set and not (geo[a] and geo[b])
+        and not (is_eval[a] and is_eval[b]) and alive[a] and alive[b]
     ]
-    thumbs: dict[int, np.ndarray] = {}
+    work: dict[int, Any] = {}
 
-    def thumb(idx: int) -> np.ndarray:
-        if idx not in thumbs:
-            thumbs[idx] = gray_thumbnail(data_dir / rows["path"][idx])
-        return thumbs[idx]
+    def image(idx: int) -> Any:
+        if idx not in work:
+            pixels = decode((data_dir / rows["path"][idx]).read_bytes())[0]
+            work[idx] = working_image(luma(pixels))
+        return work[idx]
 
-    confirmed = []
-    for a, b in candidates:
-        if float(thumb(a) @ thumb(b)) >= config.min_correlation:
-            confirmed.append((a, b))
+    best: dict[tuple[int, int], tuple[int, int, Match]] = {}
+    for a, b, c, s in sorted(candidates):
+        match = align(image(a), image(b), s, CROP_BOXES[c])
+        pair = (min(a, b), max(a, b))
+        if pair not in best or match.correlation > best[pair][2].correlation:
+            best[pair] = (a, b, match)
         if progress:
             progress(1)
+    pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
+             for a, b in sorted(exact_set)]
+    near_scores = []
+    confirmed = []
+    for (lo, hi), (a, b, match) in sorted(best.items()):
+        near_scores.append({"a": rows["key"][a], "b": rows["key"][b],
+                            "kind": edit_kind(match), "score": round(match.correlation, 4),
+                            "margins": list(match.margins),
+                            "duplicate": match.correlation >= config.min_correlation})
+        if match.correlation >= config.min_correlation:
+            confirmed.append((lo, hi))
+    pairs += [p for p in near_scores if p.pop("duplicate")]
     edges = [(a, b) for a, b in exact_set if alive[a] and alive[b]] + confirmed
     label = clusters(n, np.asarray([e[0] for e in edges], np.int64),
                      np.asarray([e[1] for e in edges], np.int64))
@@ -161,7 +181,6 @@ def curate(
     for idx in np.flatnonzero(alive):
         members[int(label[idx])].append(int(idx))
 
-    rank = _priority_rank(config.priority, rows["source"])
     cluster_report, contaminated = [], []
     for group in members.values():
         if len(group) < 2:
@@ -173,21 +192,15 @@ def curate(
                 reason[i] = "contaminated"
                 contaminated.append({"key": rows["key"][i], "source": rows["source"][i],
                                      "matches": sorted(rows["key"][e] for e in evals)})
-            continue
-        keep = min(train, key=lambda i: (rank[rows["source"][i]], rows["key"][i]))
-        dropped = []
-        for i in sorted(train, key=lambda i: rows["key"][i]):
-            if i == keep:
-                continue
-            same = rows["xxh3_pixels"][i] == rows["xxh3_pixels"][keep]
-            reason[i] = "exact_duplicate" if same else "near_duplicate"
-            dropped.append({"key": rows["key"][i], "reason": reason[i]})
-        cluster_report.append({"kept": rows["key"][keep], "removed": dropped})
+        elif len(train) > 1:
+            cluster_report.append({"members": sorted(rows["key"][i] for i in train)})
 
     counts: dict[str, dict[str, int]] = {}
     for name, table in pretrain.items():
-        counts[name] = {"in": table.num_rows, **{r: 0 for r in REASONS}, "out": 0}
+        counts[name] = {"in": table.num_rows, **{r: 0 for r in REASONS}, "clustered": 0,
+                        "out": 0}
     removed = []
+    sizes = np.bincount(label[alive & ~is_eval], minlength=n) if n else np.zeros(0, np.int64)
     for idx in range(n_pretrain):
         src = rows["source"][idx]
         if idx in reason:
@@ -195,12 +208,18 @@ def curate(
             removed.append({"key": rows["key"][idx], "source": src, "reason": reason[idx]})
         else:
             counts[src]["out"] += 1
+            counts[src]["clustered"] += int(sizes[label[idx]] > 1)
 
-    keep_keys = {rows["key"][i] for i in range(n_pretrain) if i not in reason}
+    keep = [i for i in range(n_pretrain) if i not in reason]
+    cluster_of = dict(zip((rows["key"][i] for i in keep), (int(label[i]) for i in keep),
+                          strict=True))
     curated = pa.concat_tables(list(pretrain.values())) if pretrain else None
     if curated is not None:
-        curated = curated.filter(pc.is_in(curated["key"], pa.array(sorted(keep_keys))))
+        curated = curated.filter(pc.is_in(curated["key"], pa.array(sorted(cluster_of),
+                                                                    pa.string())))
         curated = curated.sort_by("key")
+        curated = curated.append_column(
+            "cluster", pa.array([cluster_of[k] for k in curated["key"].to_pylist()], pa.int64()))
     stats = {}
     for name in pretrain:
         part = curated.filter(pc.equal(curated["source"], name)) if curated else None
@@ -208,11 +227,11 @@ def curate(
             e: _entropy_stats(np.asarray(part[e].to_numpy(zero_copy_only=False), np.float64))
             for e in ENTROPIES
         } if part is not None else {}
-    cluster_report.sort(key=lambda c: c["kept"])
+    cluster_report.sort(key=lambda c: c["members"][0])
     contaminated.sort(key=lambda c: c["key"])
     removed.sort(key=lambda r: r["key"])
     return CurateResult(curated, removed, cluster_report, contaminated, counts, stats,
-                        len(candidates), len(confirmed))
+                        len(candidates), len(confirmed), pairs, near_scores)
 
 
 def rgb_thumbnail(path: Path, size: int) -> Image.Image:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from itertools import product
 
 import imagehash
 import numpy as np
 import xxhash
 from PIL import Image, UnidentifiedImageError
+from scipy.fft import dctn
 
 LOCAL_BLOCK = 16
 # Size limits, checked from the image header before any pixel is decoded. GeoPile's largest
@@ -28,6 +30,22 @@ MIN_SIDE = 16
 # code that opens images without :func:`decode`, set above MAX_PIXELS so that decode's own check
 # (naming the size and the limit) fires first; past 2 x MAX_PIXELS PIL also warns.
 Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
+
+
+# Crop-pyramid hashes (see crop_hashes): the full image, 16 crops whose four margins are each
+# 2.5% or 7.5% of the side (any crop of up to 10% a side is within 2.5% per edge of one of
+# them), and two even zooms, 5% and 10% a side, where that grid is worst (all four edges off).
+CROP_MARGINS = (0.025, 0.075)
+CROP_BOXES: tuple[tuple[float, float, float, float], ...] = (  # (left, top, right, bottom)
+    (0.0, 0.0, 0.0, 0.0), *product(CROP_MARGINS, repeat=4), (0.05,) * 4, (0.1,) * 4)
+HASH_SIDE = 32  # the crop is box-filtered to 32 x 32 before its DCT
+# Word 1: the signs of the 8 x 8 lowest DCT frequencies but DC (63 bits, bit 63 unused); word 2:
+# those with max(u, v) in 8..10 (57 bits). Each set is closed under (u, v) -> (v, u), so a
+# transposed image's hash is a bit permutation of the same words (geopile.dedup.dihedral).
+HASH_FREQS: tuple[tuple[tuple[int, int], ...], ...] = (
+    tuple((u, v) for u in range(8) for v in range(8) if u or v),
+    tuple((u, v) for u in range(11) for v in range(11) if max(u, v) >= 8),
+)
 
 
 class BadImage(ValueError):
@@ -49,13 +67,14 @@ class ImageStats:
     entropy_global: float
     entropy_local: float
     nodata_fraction: float
+    crop_hashes: list[int]
 
     def as_row(self) -> dict[str, object]:
         """The record columns this object fills."""
         return dict(self.__dict__)
 
 
-def _gray(pixels: np.ndarray) -> np.ndarray:
+def luma(pixels: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of the first three bands (or the only band), uint8."""
     if pixels.ndim == 2:
         return pixels
@@ -63,6 +82,33 @@ def _gray(pixels: np.ndarray) -> np.ndarray:
         return pixels[..., 0]
     rgb = pixels[..., :3].astype(np.float32)
     return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _sign_bits(coefficients: np.ndarray, freqs: tuple[tuple[int, int], ...]) -> int:
+    u, v = np.asarray(freqs).T
+    bits = coefficients[u, v] > 0
+    return int((bits.astype(np.uint64) << np.arange(len(freqs), dtype=np.uint64)).sum())
+
+
+def crop_hashes(gray: np.ndarray) -> list[int]:
+    """Two 64-bit DCT-sign hashes of the image and of each crop in :data:`CROP_BOXES`.
+
+    Returns ``[word1, word2]`` per box, flattened. A copy cropped by up to 10% a side and rescaled
+    back hashes like one of the 16 crops (within 2.5% per edge, which these low frequencies
+    tolerate); flips and 90-degree rotations permute and negate coefficients, so they are
+    matched by bit operations at search time (:func:`geopile.dedup.dihedral`) without storing
+    more hashes. Signs rather than pHash's median threshold keep that exact: a flip negates a
+    coefficient, it does not move the median.
+    """
+    img = Image.fromarray(gray).convert("F")
+    w, h = img.size
+    words: list[int] = []
+    for left, top, right, bottom in CROP_BOXES:
+        box = (left * w, top * h, w - right * w, h - bottom * h)
+        small = np.asarray(img.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, box=box))
+        coefficients = dctn(small.astype(np.float64), norm="ortho")
+        words += [_sign_bits(coefficients, freqs) for freqs in HASH_FREQS]
+    return words
 
 
 def global_entropy(gray: np.ndarray) -> float:
@@ -99,7 +145,7 @@ def pixel_stats(pixels: np.ndarray, data: bytes, fmt: str, nodata: int | None = 
     h, w, c = pix.shape
     digest = xxhash.xxh3_128(np.ascontiguousarray(pix).tobytes())
     digest.update(f"{h}x{w}x{c}".encode())
-    gray = _gray(pix)
+    gray = luma(pix)
     rgb = Image.fromarray(pix[..., :3] if c >= 3 else pix[..., 0])
     nodata_fraction = float((pix == nodata).all(axis=2).mean()) if nodata is not None else 0.0
     return ImageStats(
@@ -114,6 +160,7 @@ def pixel_stats(pixels: np.ndarray, data: bytes, fmt: str, nodata: int | None = 
         entropy_global=global_entropy(gray),
         entropy_local=local_entropy(gray),
         nodata_fraction=nodata_fraction,
+        crop_hashes=crop_hashes(gray),
     )
 
 

@@ -41,6 +41,8 @@ RECORD_FIELDS: list[pa.Field] = [
     pa.field("xxh3_bytes", pa.string()),  # xxh3-128 of the stored bytes, hex
     pa.field("xxh3_pixels", pa.string()),  # xxh3-128 of the decoded pixels and their shape
     pa.field("phash", pa.uint64()),  # 64-bit DCT perceptual hash (imagehash.phash)
+    # [word1, word2] DCT-sign hashes of the image and 18 crops (imagestats.crop_hashes)
+    pa.field("crop_hashes", _list(pa.uint64())),
     pa.field("entropy_global", pa.float32()),  # bits: 256-bin grayscale Shannon entropy
     pa.field("entropy_local", pa.float32()),  # bits: mean of a disk-windowed entropy
     pa.field("nodata_fraction", pa.float32()),
@@ -123,4 +125,7 @@ def read_records(path: Path) -> pa.Table:
             f"{path} has record schema version {version}, this GeoPile reads {SCHEMA_VERSION}; "
             "re-run `geopile ingest` for that source"
         )
+    if "crop_hashes" not in table.column_names:  # ingested before the column: curate fills it
+        field = RECORD_SCHEMA.field("crop_hashes")
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table

@@ -22,7 +22,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
@@ -112,6 +112,31 @@ def _cap(value: Any) -> Any:
 
 
 Cap = Annotated[int | str, BeforeValidator(_cap)]
+
+
+class Build(Block):
+    """One entry of ``builds:``: ``source: cap`` for each of its sources, and its options.
+
+    Any key but an option is a source, so the sources are the model's extra keys, each a
+    :data:`Cap` (:func:`_cross_checks` checks that they name sources). ``allow_short`` is a
+    reserved key: never a source, and only ``true`` or ``false``.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    __pydantic_extra__: dict[str, Cap] = Field(init=False)
+    # what a source's key is, for error messages and field_at (pydantic keeps no field for it)
+    SOURCE_FIELD: ClassVar[FieldInfo] = FieldInfo.from_annotated_attribute(
+        Cap, Field(description="a source of the build: its image count, or 'all'"))
+
+    allow_short: Omit[bool] = Field(
+        None, description="true: write the build even where a source has fewer images left "
+        "than its cap asks; the shortfall goes into index.json and the card")
+
+    @model_validator(mode="after")
+    def _names_a_source(self) -> Build:
+        if not self.__pydantic_extra__:
+            raise ValueError("must name at least one source: {source: count or 'all'}")
+        return self
 
 
 def _gsd(value: Any) -> Any:
@@ -308,8 +333,9 @@ class ContactSheet(Block):
 class Curate(Block):
     """``curate:`` deduplication, decontamination and filters."""
 
-    radius: int = Field(ge=0, le=64, description="pHash Hamming radius, of 64 bits")
-    min_correlation: Number = Field(gt=0, le=1, description="thumbnail correlation")
+    radius: int = Field(ge=0, le=63, description="crop-hash word-1 radius, of 63 bits")
+    total_radius: int = Field(ge=0, le=120, description="both crop-hash words, of 120 bits")
+    min_correlation: Number = Field(gt=0, le=1, description="aligned thumbnail correlation")
     priority: list[Text] = Field(description="source names, the copy kept first")
     eval_sets: dict[str, list[Text]] = Field(description="source: [splits]")
     min_entropy: Number | None = Field(ge=0, le=8, description="bits; null keeps everything")
@@ -466,8 +492,8 @@ class Settings(Block):
     downstream: Downstream = Field(description="downstream sets' URLs and md5s")
     curate: Curate = Field(description="curation")
     shard: Shard = Field(description="shard writing")
-    builds: dict[str, Annotated[dict[str, Cap], Field(min_length=1)]] = Field(
-        description="build: {source: count or 'all'}")
+    builds: dict[str, Build] = Field(
+        description="build: {source: count or 'all', allow_short: true or false}")
     pretrain_builds: list[Text] = Field(description="builds dvc repro pretrains on")
     pretrain: Pretrain = Field(description="pretraining")
     finetune_tasks: list[Text] = Field(description="tasks dvc repro finetunes on")
@@ -580,7 +606,9 @@ def _walk(loc: Sequence[str | int]) -> tuple[list[str | int], type[BaseModel] | 
             continue
         path.append(step)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            owner, info = tp, tp.model_fields.get(str(step))
+            # a model with typed extra keys (a build's sources) declares them as SOURCE_FIELD
+            owner = tp
+            info = tp.model_fields.get(str(step)) or getattr(tp, "SOURCE_FIELD", None)
             if info is None:
                 return path, owner, None, []
             tp, meta = info.annotation, list(info.metadata)
@@ -709,9 +737,12 @@ def _cross_checks(params: Mapping[str, Any]) -> list[str]:
 
     sources, builds = block("sources"), block("builds")
     curate, finetune = block("curate") or {}, block("finetune") or {}
+    options = list(Build.model_fields)  # allow_short: never a source (offered for a typo)
     for build, caps in (builds or {}).items():
         for source in caps if isinstance(caps, Mapping) else {}:
-            need(f"builds.{build}.{source}", source, sources, "source", "sources")
+            if source not in options:
+                need(f"builds.{build}.{source}", source,
+                     None if sources is None else [*sources, *options], "source", "sources")
     for i, build in names(params.get("pretrain_builds")):
         need(f"pretrain_builds[{i}]", build, builds, "build", "builds")
     if isinstance(finetune.get("pretrained"), str):

@@ -1,11 +1,16 @@
 """GeoPile builds as WebDataset shards: selection, global shuffle, deterministic tar writing, index.
 
-A build is a map ``source -> cap`` (an int, or ``all``). Each source's cap is filled by the
-images that come first in a seeded hash order of their keys, so a source contributes the same
-images to every build that caps it the same way (the ablations differ only by what they drop).
-The selection is then shuffled globally with the seed and cut into shards. Writing is
-reproducible: members are sorted per sample, with a fixed mtime and owner, so the same curated
-table and seed give byte-identical shards.
+A build is a map ``source -> cap`` (an int, or ``all``), plus the option ``allow_short``. The
+curated table holds every clean image with its duplicate ``cluster``; a build keeps exactly one
+member of each cluster it touches, the copy of the source earliest in ``curate.priority``, so
+no build loses an image because its copy was kept by a source it does not hold
+(:func:`select`). Within a source, images are taken in a seeded hash order of their keys, so a
+source contributes the same images to every build that caps it alike and holds the same
+higher-priority sources. A cap is met exactly or the build stops (:class:`BuildError`), unless
+the build says ``allow_short: true``; then the shortfall is recorded in the index and the card.
+The selection is shuffled globally with the seed and cut into shards. Writing is reproducible:
+members are sorted per sample, with a fixed mtime and owner, so the same curated table and seed
+give byte-identical shards.
 """
 
 from __future__ import annotations
@@ -16,14 +21,13 @@ import json
 import math
 import mmap
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import webdataset as wds
 import xxhash
 from PIL import Image
@@ -43,6 +47,10 @@ JSON_FIELDS = (
 
 class BuildError(ValueError):
     """A build asks for what the curated table cannot give."""
+
+
+ALLOW_SHORT = "allow_short"  # a build's option, not a source: its caps may exceed what is left
+INDIRECT = "near (indirect)"  # a skipped copy with no direct edge to the member taken
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,14 @@ class ShardConfig:
 
 
 def _caps(build: str, spec: Mapping[str, Any], scale: float) -> dict[str, int | None]:
+    """``source -> cap`` (``None``: all) after ``cap_scale``; the build's options are skipped."""
     caps: dict[str, int | None] = {}
     for source, cap in (spec or {}).items():
+        if source == ALLOW_SHORT:
+            continue
         if cap == "all":
             caps[source] = None
-        elif isinstance(cap, int) and cap >= 0:
+        elif isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
             caps[source] = math.ceil(cap * scale)
         else:
             raise BuildError(f"builds.{build}.{source}: a cap is a count or 'all', got {cap!r}")
@@ -83,23 +94,141 @@ def _caps(build: str, spec: Mapping[str, Any], scale: float) -> dict[str, int | 
     return caps
 
 
+def allows_short(build: str, spec: Mapping[str, Any]) -> bool:
+    """Whether the build may hold fewer images than its caps ask (``allow_short: true``)."""
+    flag = (spec or {}).get(ALLOW_SHORT, False)
+    if not isinstance(flag, bool):
+        raise BuildError(f"builds.{build}.{ALLOW_SHORT}: must be true or false, got {flag!r}")
+    return flag
+
+
+def source_order(sources: Iterable[str], priority: Sequence[str]) -> list[str]:
+    """The build's sources as they claim clusters: ``priority`` order, then the rest by name."""
+    sources = set(sources)
+    first = [s for s in dict.fromkeys(priority) if s in sources]
+    return first + sorted(sources - set(first))
+
+
+def _edge_kinds(pairs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """Duplicate edges from ``duplicates.json`` as ``(key, key) -> kind``, both directions."""
+    kinds: dict[tuple[str, str], str] = {}
+    for pair in pairs:
+        a, b, kind = pair["a"], pair["b"], str(pair.get("kind", INDIRECT))
+        kinds.setdefault((a, b), kind)
+        kinds.setdefault((b, a), kind)
+    return kinds
+
+
+def _hash_rank(keys: list[str], seed: int) -> np.ndarray:
+    """Positions of ``keys`` in the seeded hash order (the same for a key in every build)."""
+    order_keys = np.array([xxhash.xxh3_64_intdigest(k.encode(), seed=seed) for k in keys],
+                          dtype=np.uint64)
+    return np.argsort(order_keys, kind="stable")
+
+
+def _upstream(counts: Mapping[str, Any] | None) -> dict[str, int]:
+    """The build-independent counts of one source from ``curate.json`` (empty if unknown)."""
+    if not counts:
+        return {}
+    return {"in": int(counts.get("in", 0)),
+            "filtered": int(counts.get("low_entropy", 0)) + int(counts.get("nodata", 0)),
+            "contaminated": int(counts.get("contaminated", 0))}
+
+
+@dataclass
+class Selection:
+    """What a build holds (``table``, in shard order) and what it left out, per source."""
+
+    table: pa.Table
+    curation: dict[str, dict[str, Any]]  # source -> counts (see :func:`select`)
+    allow_short: bool = False
+
+    @property
+    def shortfall(self) -> dict[str, int]:
+        """``source -> images missing from its cap``, for the sources that fall short."""
+        return {s: c["shortfall"] for s, c in self.curation.items() if c["shortfall"]}
+
+
+def shortfall_message(build: str, curation: Mapping[str, Mapping[str, Any]]) -> str:
+    """``paper: resisc45 asks 31,500, 31,463 left after curation; ...`` (empty if none)."""
+    clauses = [f"{s} asks {c['asked']:,}, {c['available']:,} left after curation"
+               for s, c in curation.items() if c["shortfall"]]
+    return f"{build}: " + "; ".join(clauses) if clauses else ""
+
+
 def select(
-    curated: pa.Table, build: str, spec: Mapping[str, Any], seed: int, scale: float = 1.0
-) -> pa.Table:
-    """The build's records in shard order: per-source deterministic samples, globally shuffled."""
-    parts = []
-    for source, cap in _caps(build, spec, scale).items():
-        rows = curated.filter(pc.equal(curated["source"], source))
-        if rows.num_rows == 0:
+    curated: pa.Table,
+    build: str,
+    spec: Mapping[str, Any],
+    seed: int,
+    scale: float = 1.0,
+    *,
+    priority: Sequence[str] = (),
+    pairs: Iterable[Mapping[str, Any]] = (),
+    curate_counts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Selection:
+    """The build's records in shard order, one per duplicate cluster, and per-source counts.
+
+    Sources claim clusters in :func:`source_order`; each walks its rows in the seeded hash
+    order. A row whose cluster is already taken (by an earlier source or an earlier row) is a
+    duplicate: ``exact`` when its pixels hash equal the taken member's, else ``near``, counted
+    by the kind of their direct edge in ``pairs`` (``near (indirect)`` without one). Any other
+    row is *available*; the first ``cap`` of them are selected and take their clusters. An
+    available row beyond the cap takes nothing, so a lower-priority copy still stands for it.
+
+    Counts per source: ``curated``, ``exact_duplicate``, ``near_duplicate``, ``near_kinds``,
+    ``available``, ``asked`` (the cap or ``all``), ``selected``, ``shortfall``, and from
+    ``curate_counts`` (``curate.json``) ``in``, ``filtered`` and ``contaminated``. A source
+    that falls short stops the build with :class:`BuildError` unless it allows short.
+    """
+    caps = _caps(build, spec, scale)
+    allow = allows_short(build, spec)
+    if "cluster" not in curated.column_names:
+        raise BuildError("the curated table has no 'cluster' column (written by an older "
+                         "geopile curate): run `geopile curate` again")
+    keys = curated["key"].to_pylist()
+    sources = curated["source"].to_numpy(zero_copy_only=False)
+    clusters = curated["cluster"].to_numpy(zero_copy_only=False)
+    pixels = curated["xxh3_pixels"].to_pylist()
+    edge_kinds = _edge_kinds(pairs)
+    taken: dict[int, int] = {}  # cluster -> row of the member this build holds
+    chosen: list[int] = []
+    curation: dict[str, dict[str, Any]] = {}
+    for source in source_order(caps, priority):
+        rows = np.flatnonzero(sources == source)
+        if len(rows) == 0:
             raise BuildError(f"build {build!r} wants {source!r}, which has no curated images")
-        keys = rows["key"].to_pylist()
-        order_keys = np.array([xxhash.xxh3_64_intdigest(k.encode(), seed=seed) for k in keys],
-                              dtype=np.uint64)
-        rank = np.argsort(order_keys, kind="stable")
-        parts.append(rows.take(rank[: cap if cap is not None else len(keys)]))
-    chosen = pa.concat_tables(parts).sort_by("key")
-    order = np.random.default_rng(seed).permutation(chosen.num_rows)
-    return chosen.take(order)
+        cap = caps[source]
+        rows = rows[_hash_rank([keys[i] for i in rows], seed)]
+        counts: dict[str, Any] = {**_upstream((curate_counts or {}).get(source)),
+                                  "curated": len(rows), "exact_duplicate": 0,
+                                  "near_duplicate": 0, "near_kinds": {}, "available": 0}
+        picked: list[int] = []
+        for row in rows.tolist():
+            cluster = int(clusters[row])
+            if cluster in taken:
+                other = taken[cluster]
+                if pixels[row] == pixels[other]:
+                    counts["exact_duplicate"] += 1
+                else:
+                    counts["near_duplicate"] += 1
+                    kind = edge_kinds.get((keys[row], keys[other]), INDIRECT)
+                    counts["near_kinds"][kind] = counts["near_kinds"].get(kind, 0) + 1
+                continue
+            counts["available"] += 1
+            if cap is None or len(picked) < cap:
+                picked.append(row)
+                taken[cluster] = row
+        counts["near_kinds"] = dict(sorted(counts["near_kinds"].items()))
+        counts.update(asked="all" if cap is None else cap, selected=len(picked),
+                      shortfall=0 if cap is None else max(0, cap - counts["available"]))
+        curation[source] = counts
+        chosen += picked
+    if not allow and (message := shortfall_message(build, curation)):
+        raise BuildError(message)
+    table = curated.take(np.asarray(chosen, dtype=np.int64)).sort_by("key")
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    return Selection(table.take(order), curation, allow)
 
 
 def _sample_json(record: Mapping[str, Any]) -> bytes:
@@ -171,6 +300,7 @@ def write_build(
     seed: int,
     config: ShardConfig,
     progress: Callable[[int], Any] | None = None,
+    curation: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/shard-NNNNNN.tar`` and ``out_dir/index.json``; returns the index.
 
@@ -182,7 +312,9 @@ def write_build(
     Per shard the index holds ``name``, ``samples``, ``bytes``, ``sha256`` (the whole file, for
     caches and pushes), ``keys``, ``offsets`` (where each sample's first header starts) and
     ``xxh3`` (hex xxh3-64 of each sample's byte range, checked by the reader on every read; see
-    :func:`_digests` for the range).
+    :func:`_digests` for the range). ``curation`` (:attr:`Selection.curation`), when given, is
+    stored as the index's ``curation`` block: what curation and deduplication left out of this
+    build, per source, and any shortfall.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stray in out_dir.glob("*.tmp"):
@@ -239,6 +371,8 @@ def write_build(
         "naip_bands": config.naip_bands,
         "shards": shards,
     }
+    if curation is not None:
+        index["curation"] = {s: dict(c) for s, c in curation.items()}
     tmp_index = out_dir / f"{INDEX}.tmp"
     tmp_index.write_text(json.dumps(index, indent=1))
     os.replace(tmp_index, out_dir / INDEX)

@@ -66,21 +66,28 @@ def _parser() -> argparse.ArgumentParser:
     curate = sub.add_parser(
         "curate",
         help="deduplicate, decontaminate and profile the records -> data/curated.parquet",
-        description="Drop exact duplicates (pixel hash) and near duplicates (perceptual hash "
-        "within curate.radius, confirmed on pixels), remove every pretraining image that "
-        "duplicates an image of curate.eval_sets, apply the optional entropy/nodata filters, "
-        "and write reports/curate.json (counts, entropy statistics; dvc metrics), "
-        "reports/duplicates.json (clusters, contaminated images) and reports/plots/*.png "
-        "(entropy histograms and contact sheets per source).",
+        description="Cluster exact duplicates (pixel hash) and near copies (crops of up to "
+        "10% a side, rescales, re-encodes, colour changes, mirrors, quarter turns: crop-pyramid "
+        "hashes within curate.radius / total_radius, confirmed on aligned pixels at "
+        "curate.min_correlation), remove every pretraining image that duplicates an image of "
+        "curate.eval_sets, apply the optional entropy/nodata filters, and write "
+        "data/curated.parquet (with each image's cluster: every build keeps one per cluster), "
+        "reports/curate.json (counts, entropy statistics; dvc metrics), "
+        "reports/duplicates.json (duplicate edges by edit kind, clusters, contaminated images) "
+        "and reports/plots/*.png (entropy histograms and contact sheets per source, and the "
+        "pairs either side of the threshold).",
     )
     add_params_arg(curate)
 
     shard = sub.add_parser(
         "shard",
         help="write a build as WebDataset shards -> shards/BUILD/*.tar + index.json",
-        description="Sample each source to the build's cap (builds: in params; deterministic "
-        "for the seed), shuffle across sources, and write reproducible tar shards with an "
-        "index.json (counts, per-shard sha256, sample keys and byte offsets).",
+        description="Keep one image per duplicate cluster among the build's sources (by "
+        "curate.priority), sample each source to its cap exactly (builds: in params; "
+        "deterministic for the seed; a source with too few images stops the build unless it "
+        "says allow_short: true), shuffle across sources, and write reproducible tar shards "
+        "with an index.json (counts, what curation removed per source, per-shard sha256, "
+        "sample keys and byte offsets) and a dataset card.",
     )
     shard.add_argument("builds", nargs="*", metavar="BUILD", help="build names under `builds:`")
     shard.add_argument("--all", action="store_true", help="every build")

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CURATED = "curated.parquet"
 REPORT = "curate.json"
 DUPLICATES = "duplicates.json"
+BOUNDARY = "near_duplicate_boundary.png"
 
 
 def curated_path(data: Path) -> Path:
@@ -95,6 +96,44 @@ def contact_sheet(
     os.replace(tmp, path)
 
 
+def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
+                   paths: dict[str, str], path: Path, pairs: int = 6, thumb: int = 96) -> bool:
+    """Near-duplicate candidates closest to the threshold, kept (left) and removed (right).
+
+    Each row shows one pair side by side with its aligned correlation, so a person can judge
+    by eye whether ``curate.min_correlation`` sits between copies and look-alikes. Returns
+    False (and writes nothing) when there was no candidate.
+    """
+    below = sorted((s for s in scores if s["score"] < threshold), key=lambda s: -s["score"])
+    above = sorted((s for s in scores if s["score"] >= threshold), key=lambda s: s["score"])
+    columns = [below[:pairs], above[:pairs]]
+    rows = max(len(c) for c in columns)
+    if not rows:
+        return False
+    fig = Figure(figsize=(8, 1.15 * rows + 0.6))
+    axes = fig.subplots(rows, 2, squeeze=False)
+    titles = (f"just kept (distinct): score < {threshold}",
+              f"just removed (copies): >= {threshold}")
+    for col, (column, title) in enumerate(zip(columns, titles, strict=True)):
+        axes[0][col].set_title(title, fontsize=9)
+        for row in range(rows):
+            ax = axes[row][col]
+            ax.set_axis_off()
+            if row >= len(column):
+                continue
+            pair = column[row]
+            left, right = (rgb_thumbnail(data / paths[pair[k]], thumb) for k in ("a", "b"))
+            both = Image.new("RGB", (2 * thumb + 4, thumb), "white")
+            both.paste(left, (0, 0))
+            both.paste(right, (thumb + 4, 0))
+            ax.imshow(np.asarray(both))
+            ax.text(2 * thumb + 10, thumb / 2, f"{pair['score']:.3f}\n{pair['kind']}",
+                    fontsize=7, va="center")
+    fig.tight_layout()
+    _save_png(fig, path)
+    return True
+
+
 def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[str, Any]:
     """Curate every enabled pretraining source against the configured evaluation sets."""
     block = params.get("curate") or {}
@@ -105,8 +144,10 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
     unknown = [s for s in config.eval_sets if s not in (params.get("sources") or {})]
     if unknown:
         raise ParamsError(f"curate.eval_sets names unknown sources: {', '.join(unknown)}")
-    with tqdm(desc="confirm near duplicates", unit="pair", disable=not progress) as bar:
-        result = curate(_load(data, pretrain), _load(data, list(config.eval_sets)), data,
+    with tqdm(desc="align near-duplicate candidates", unit="pair", disable=not progress) as bar:
+        evals = [s for s, splits in config.eval_sets.items() if splits]  # []: none of it
+        tables = {**_load(data, pretrain), **_load(data, evals)}
+        result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals}, data,
                         config, progress=bar.update)
     write_table_atomic(result.curated, curated_path(data))
 
@@ -120,6 +161,11 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
         contact_sheet(part, data, plots / f"contact_{name}.png",
                       int(sheet.get("samples", 48)), int(sheet.get("thumb", 96)),
                       int(params.get("seed", 0)))
+    paths = dict(zip(*(pa.concat_tables([t.select(["key", "path"]) for t in tables.values()])
+                       .to_pydict().values()), strict=True))
+    boundary = plots / BOUNDARY
+    if not boundary_sheet(result.near_scores, config.min_correlation, data, paths, boundary):
+        boundary.unlink(missing_ok=True)
     totals = {k: sum(c[k] for c in result.counts.values())
               for k in next(iter(result.counts.values()))}
     report = {
@@ -130,6 +176,8 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
     }
     _write_json(reports / REPORT, report)
     _write_json(reports / DUPLICATES, {
+        "pairs": result.pairs,
+        "near_scores": result.near_scores,
         "clusters": result.clusters,
         "contaminated": result.contaminated,
         "removed": result.removed,
@@ -139,16 +187,20 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
 
 
 def curate_table(report: dict[str, Any]) -> str:
-    """Per-source table from ``reports/curate.json``: in, duplicates, contaminants, out, entropy."""
-    head = (f"{'source':<12} {'in':>8} {'dup':>6} {'near':>6} {'contam':>7} {'filter':>7} "
-            f"{'out':>8} {'entropy':>8}")
+    """Per-source table from ``reports/curate.json``: in, contaminants, filtered, out, entropy.
+
+    ``in dup``: kept images that have a copy; each build keeps one per cluster (its card says
+    how many it dropped).
+    """
+    head = (f"{'source':<12} {'in':>8} {'contam':>7} {'filter':>7} {'out':>8} {'in dup':>7} "
+            f"{'entropy':>8}")
     lines = [head, "-" * len(head)]
     for name, c in report["counts"].items():
         stats = report["entropy"].get(name, {}).get("entropy_global") or {}
         mean = f"{stats['mean']:>8.2f}" if "mean" in stats else f"{'':>8}"
         lines.append(
-            f"{name:<12} {c['in']:>8} {c['exact_duplicate']:>6} {c['near_duplicate']:>6} "
-            f"{c['contaminated']:>7} {c['low_entropy'] + c['nodata']:>7} {c['out']:>8} {mean}"
+            f"{name:<12} {c['in']:>8} {c['contaminated']:>7} {c['low_entropy'] + c['nodata']:>7} "
+            f"{c['out']:>8} {c['clustered']:>7} {mean}"
         )
     return "\n".join(lines)
 

@@ -1,10 +1,12 @@
 """``geopile report``: one self-contained HTML page (and a Markdown twin) of a pipeline run.
 
-It reads what the stages wrote: curation's counts, entropy histograms, contact sheets and
-duplicate clusters, each pretraining run's curve, metrics and energy, and the finetuning ARP
-table. Images are embedded as data URIs, so the HTML is one file to mail or attach; the Markdown
-twin links the same PNGs from ``report_files/``. A small script at the end of the page checks
-that every image decoded and writes the result into ``#selfcheck`` (the browser test reads it).
+It reads what the stages wrote: curation's counts, entropy histograms, contact sheets,
+duplicate clusters and the near-duplicate threshold sheet, what each written build lost to
+deduplication (and any shortfall, from its ``index.json``), each pretraining run's curve,
+metrics and energy, and the finetuning ARP table. Images are embedded as data URIs, so the
+HTML is one file to mail or attach; the Markdown twin links the same PNGs from
+``report_files/``. A small script at the end of the page checks that every image decoded and
+writes the result into ``#selfcheck`` (the browser test reads it).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any
 
 from PIL import Image
 
+from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, near_cell, shortfall_lines
 from geopile.curate import rgb_thumbnail
 from geopile.records import read_records, records_path, rejects_path
+from geopile.shards import INDEX
 from pipelines.arp import PAPER, paper_arp
 from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, reports_dir
 from pipelines.energy import energy_line
+from pipelines.shard import build_names, shards_dir
 
 _SELFCHECK = """<script>
 window.addEventListener('load', () => {
@@ -138,12 +143,14 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     for source, c in report["counts"].items():
         ent = (report.get("entropy", {}).get(source, {}).get("entropy_global", {})
                .get("mean")) if source != "total" else None
-        rows.append([source, c["in"], c["exact_duplicate"] + c["near_duplicate"],
-                     c["contaminated"], at_ingest.get(source, 0) + c["low_entropy"] + c["nodata"],
-                     c["out"], round(ent, 2) if ent is not None else "-"])
-    page.table(["source", "in", "duplicates", "contaminants", "rejected", "out",
+        rows.append([source, c["in"], c["contaminated"],
+                     at_ingest.get(source, 0) + c["low_entropy"] + c["nodata"], c["out"],
+                     c.get("clustered", 0), round(ent, 2) if ent is not None else "-"])
+    page.table(["source", "in", "contaminants", "rejected", "out", "in a duplicate cluster",
                 "entropy (bits)"], rows)
-    page.text("Rejected: unreadable at ingest, plus curation's entropy and nodata filters.")
+    page.text("Rejected: unreadable at ingest, plus curation's entropy and nodata filters. "
+              "Out: every clean image, copies included; each build keeps one image of each "
+              "duplicate cluster among its sources (see Duplicates removed per build).")
     plots = reports / "plots"
     page.heading("Entropy histograms")
     page.images([(p.read_bytes(), p.stem) for p in sorted(plots.glob("entropy_*.png"))])
@@ -153,14 +160,23 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     dups = json.loads((reports / DUPLICATES).read_text())
     sources = sorted({*(params.get("sources") or {}), "ucmerced"})
     paths = _key_paths(data, sources)
-    page.heading("Duplicates removed (kept | removed)")
-    pairs = []
-    for cluster in dups["clusters"][:examples]:
-        gone = cluster["removed"][0]
-        if cluster["kept"] in paths and gone["key"] in paths:
-            pairs.append((_side_by_side([paths[cluster["kept"]], paths[gone["key"]]]),
-                          f"{cluster['kept']} | {gone['key']} ({gone['reason']})"))
-    page.images(pairs)
+    page.heading("Duplicate clusters (every copy, side by side; a build keeps one)")
+    sheets = []
+    for cluster in dups["clusters"]:
+        members = [k for k in cluster["members"] if k in paths]
+        if len(members) >= 2:
+            sheets.append((_side_by_side([paths[k] for k in members]), " | ".join(members)))
+        if len(sheets) == examples:
+            break
+    page.images(sheets)
+    boundary = plots / BOUNDARY_PLOT
+    if boundary.exists():
+        page.heading("Near-duplicate threshold")
+        page.text("Candidate pairs whose aligned thumbnails correlate just above and just below "
+                  f"curate.min_correlation ({(params.get('curate') or {}).get('min_correlation')}"
+                  "): above it they count as copies, below it as distinct images. Judge the "
+                  "threshold by eye.")
+        page.image(boundary.read_bytes(), "pairs either side of the correlation threshold")
     page.heading("Contaminants removed (pretraining image | evaluation image)")
     pairs = []
     for item in dups["contaminated"][:examples]:
@@ -169,6 +185,30 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
             pairs.append((_side_by_side([paths[item["key"]], paths[match]]),
                           f"{item['key']} | {match}"))
     page.images(pairs)
+
+
+def _builds(page: _Page, params: dict[str, Any]) -> None:
+    """Per build (each written one's index.json): what curation and deduplication removed."""
+    indexes = []
+    for build in build_names(params):
+        path = shards_dir(params) / build / INDEX
+        if path.exists() and (index := json.loads(path.read_text())).get("curation"):
+            indexes.append(index)
+    if not indexes:
+        return
+    page.heading("Duplicates removed per build")
+    page.text("A build keeps one image of every duplicate cluster among its sources, the copy "
+              "of its source earliest in curate.priority; available: images left after "
+              "filters, decontamination and duplicates; asked: the cap.")
+    for index in indexes:
+        build, curation = index["build"], index["curation"]
+        page.heading(f"{build}: {index['samples']:,} images", 3)
+        page.table(list(BUILD_COLUMNS), [
+            [source, c.get("in", "-"), c.get("filtered", "-"), c.get("contaminated", "-"),
+             c["exact_duplicate"], near_cell(c), c["available"], c["asked"], c["selected"],
+             c["shortfall"]] for source, c in curation.items()])
+        for line in shortfall_lines(build, curation):
+            page.text(line)
 
 
 def _pretraining(page: _Page, params: dict[str, Any]) -> None:
@@ -220,6 +260,7 @@ def build_report(params: dict[str, Any], data: Path, out: Path,
     page.heading("GeoPile report", 1)
     page.text(f"Generated {stamp} from {Path.cwd()}.")
     _curation(page, params, data, examples)
+    _builds(page, params)
     _pretraining(page, params)
     _downstream(page, params)
     body = "\n".join(page.html)

@@ -1,23 +1,28 @@
 """The shard stage: ``geopile shard BUILD`` -> ``shards/BUILD/``.
 
-It holds the ``*.tar`` shards, ``index.json`` and the dataset card ``README.md``.
+It holds the ``*.tar`` shards, ``index.json``, the dataset card ``README.md`` and, when curate
+drew one, ``near_duplicate_boundary.png`` (the pairs either side of the correlation threshold,
+which the card shows). Duplicate clusters are resolved here, per build
+(:func:`geopile.shards.select`), from ``curated.parquet`` and ``reports/duplicates.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from geopile.card import CARD, render_card
+from geopile.card import BOUNDARY_PLOT, CARD, render_card
 from geopile.params import ParamsError
 from geopile.records import read_records
-from geopile.shards import ShardConfig, select, write_build
+from geopile.shards import ShardConfig, select, shortfall_message, write_build
 from pipelines.common import atomic_write_text
-from pipelines.curate import REPORT, curated_path, reports_dir
+from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,32 @@ def build_names(params: dict[str, Any]) -> list[str]:
     return list(params.get("builds") or {})
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _copy_boundary_plot(params: dict[str, Any], out: Path) -> str | None:
+    """Copy curate's boundary contact sheet beside the build (atomically); its name, or None.
+
+    A copy left from an earlier build is removed when curate drew none this time.
+    """
+    source = reports_dir(params) / "plots" / BOUNDARY_PLOT
+    target = out / BOUNDARY_PLOT
+    if not source.exists():
+        target.unlink(missing_ok=True)
+        return None
+    tmp = out / f".{BOUNDARY_PLOT}.tmp"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return BOUNDARY_PLOT
+
+
 def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool) -> dict:
-    """Select, shuffle and write one build; returns its index."""
+    """Select (one image per duplicate cluster), shuffle and write one build; returns its index.
+
+    Raises :class:`geopile.shards.BuildError` naming every source that falls short of its cap,
+    unless the build allows it (``allow_short: true``).
+    """
     builds = params.get("builds") or {}
     if build not in builds:
         raise ParamsError(f"no build {build!r} under 'builds:' (known: {', '.join(builds)})")
@@ -42,14 +71,23 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
     seed = int(params.get("seed", 0))
-    selection = select(read_records(path), build, builds[build], seed, config.cap_scale)
+    reports = reports_dir(params)
+    report = _read_json(reports / REPORT)
+    duplicates = _read_json(reports / DUPLICATES) or {}
+    chosen = select(read_records(path), build, builds[build], seed, config.cap_scale,
+                    priority=(params.get("curate") or {}).get("priority") or (),
+                    pairs=duplicates.get("pairs") or (),
+                    curate_counts=(report or {}).get("counts"))
     out = shards_dir(params) / build
-    with tqdm(total=selection.num_rows, desc=f"shard {build}", unit="img",
+    with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
               disable=not progress) as bar:
-        index = write_build(selection, data, out, build, seed, config, progress=bar.update)
-    report = reports_dir(params) / REPORT
-    card = render_card(index, params, json.loads(report.read_text()) if report.exists() else None)
-    atomic_write_text(out / CARD, card)
+        index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
+                            curation=chosen.curation)
+    plot = _copy_boundary_plot(params, out)
+    atomic_write_text(out / CARD, render_card(index, params, report, boundary_plot=plot))
+    if chosen.shortfall:
+        log.warning("%s (allow_short: true, written as is)",
+                    shortfall_message(build, chosen.curation))
     log.info("%s: %d samples in %d shards -> %s", build, index["samples"],
              len(index["shards"]), out)
     return index

@@ -1,6 +1,7 @@
 """Curation finds the world's planted duplicates and contaminants and drops nothing else."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,30 +34,33 @@ def test_planted_duplicates_and_contaminants_are_found(curated, truth):
     refs = _keys_by_ref(data)
     dup = json.loads((reports / DUPLICATES).read_text())
     removed = {r["key"]: r["reason"] for r in dup["removed"]}
-    kept = set(read_records(curated_path(data))["key"].to_pylist())
+    table = read_records(curated_path(data))
+    cluster = dict(zip(table["key"].to_pylist(), table["cluster"].to_pylist(), strict=True))
 
     exact = [(_key(refs, p["a"]), _key(refs, p["b"])) for p in truth["exact_duplicates"]]
     near = [(_key(refs, p["a"]), _key(refs, p["b"])) for p in truth["near_duplicates"]]
+    # every copy stays in the curated table, in its original's cluster (builds pick one)
     for pairs, want in ((exact, 1.0), (near, 0.95)):
-        # one of each pair is kept, the other removed
-        found = sum((a in kept) != (b in kept) for a, b in pairs)
+        found = sum(cluster[a] == cluster[b] for a, b in pairs)
         assert found / len(pairs) >= want, pairs
     contaminants = {_key(refs, c["copy"]) for c in truth["contaminants"]}
     listed = {c["key"] for c in dup["contaminated"]}
     assert contaminants == listed
     assert all(removed[k] == "contaminated" for k in contaminants)
+    assert set(removed) == contaminants  # nothing else is dropped (no filters in the world)
 
-    # nothing else is dropped: every removal is one of the planted images
-    planted = {k for pair in exact + near for k in pair} | contaminants
-    assert set(removed) <= planted
+    # no cluster joins images that were not planted as copies of each other
+    planted = {k for pair in exact + near for k in pair}
+    sizes = Counter(cluster.values())
+    assert {k for k, c in cluster.items() if sizes[c] > 1} <= planted
+    kinds = {(p["a"], p["b"]): p["kind"] for p in dup["pairs"]}
+    assert all(kinds.get((a, b), kinds.get((b, a))) == "exact" for a, b in exact)
     report = json.loads((reports / REPORT).read_text())
     total = report["counts"]["total"]
-    assert total["exact_duplicate"] == len(exact)
-    assert total["near_duplicate"] == len(near)
     assert total["contaminated"] == len(contaminants)
-    assert total["out"] == len(kept) == total["in"] - len(removed)
+    assert total["out"] == len(cluster) == total["in"] - len(removed)
     # the eval set never enters the curated table
-    assert not any(k.startswith("ucmerced/") for k in kept)
+    assert not any(k.startswith("ucmerced/") for k in cluster)
 
 
 def test_reports_and_plots(curated):
@@ -72,44 +76,42 @@ def test_reports_and_plots(curated):
 
 @pytest.fixture
 def two_distinct(curated):
-    """Two different RESISC45 records, the second given the first's perceptual hash."""
+    """Two different RESISC45 records, the second given the first's crop hashes."""
     data = Path(curated["paths"]["data"])
-    table = read_records(curated_path(data))
-    pick = table.filter(pc.equal(table["source"], "resisc45")).slice(0, 2)
-    rows = pick.to_pylist()
+    table = read_records(records_path(data, "resisc45"))
+    rows = table.slice(0, 2).to_pylist()
     assert rows[0]["xxh3_pixels"] != rows[1]["xxh3_pixels"]
-    rows[1]["phash"] = rows[0]["phash"]
+    rows[1]["crop_hashes"] = rows[0]["crop_hashes"]
     return data, pa.Table.from_pylist(rows, schema=table.schema)
 
 
 def test_hash_collision_is_not_a_duplicate(two_distinct):
     data, table = two_distinct
-    result = curate({"resisc45": table}, {}, data, CurateConfig(radius=10))
-    assert result.candidate_pairs == 1 and result.confirmed_pairs == 0
-    assert result.curated.num_rows == 2
+    result = curate({"resisc45": table}, {}, data, CurateConfig())
+    assert result.candidate_pairs == 2 and result.confirmed_pairs == 0  # both ways, both refused
+    assert len(set(result.curated["cluster"].to_pylist())) == 2
+    assert result.near_scores and result.near_scores[0]["score"] < 0.9
 
 
 def test_overlapping_naip_windows_are_not_duplicates(curated):
     data = Path(curated["paths"]["data"])
     naip = read_records(records_path(data, "naip"))
     rows = naip.slice(0, 2).to_pylist()
-    rows[1]["phash"] = rows[0]["phash"]  # as alike as two windows can look
+    rows[1]["crop_hashes"] = rows[0]["crop_hashes"]  # as alike as two windows can look
     table = pa.Table.from_pylist(rows, schema=naip.schema)
-    result = curate({"naip": table}, {}, data, CurateConfig(radius=10, min_correlation=-1.0))
+    result = curate({"naip": table}, {}, data, CurateConfig(min_correlation=0.01))
     assert result.curated.num_rows == 2 and result.candidate_pairs == 0
 
 
-def test_priority_decides_which_copy_stays(curated, truth):
+def test_records_without_crop_hashes_are_hashed_at_curate(curated):
     data = Path(curated["paths"]["data"])
-    refs = _keys_by_ref(data)
-    pair = next(p for p in truth["exact_duplicates"] if p["a"]["source"] != p["b"]["source"])
-    a, b = _key(refs, pair["a"]), _key(refs, pair["b"])
-    tables = {s: read_records(records_path(data, s)) for s in {pair["a"]["source"],
-                                                               pair["b"]["source"]}}
-    for first, second in ((a, b), (b, a)):
-        order = (first.split("/")[0], second.split("/")[0])
-        kept = curate(tables, {}, data, CurateConfig(priority=order)).curated["key"].to_pylist()
-        assert first in kept and second not in kept
+    table = read_records(records_path(data, "patternnet")).slice(0, 5)
+    blank = table.set_column(table.schema.get_field_index("crop_hashes"), "crop_hashes",
+                             pa.nulls(5, table.schema.field("crop_hashes").type))
+    with_hashes = curate({"patternnet": table}, {}, data, CurateConfig())
+    without = curate({"patternnet": blank}, {}, data, CurateConfig())
+    assert with_hashes.curated["cluster"].to_pylist() == without.curated["cluster"].to_pylist()
+    assert with_hashes.near_scores == without.near_scores
 
 
 def test_filters(curated):

@@ -1,4 +1,7 @@
-"""Shard builds: exact ablation counts, byte-identical rebuilds, safe kills, interoperability."""
+"""Shard builds: exact ablation counts, byte-identical rebuilds, safe kills, interoperability.
+
+Duplicate resolution, shortfalls and the per-build curation table: tests/test_builds.py.
+"""
 
 import hashlib
 import io
@@ -18,7 +21,7 @@ from PIL import Image
 
 from geopile.records import read_records
 from geopile.shards import INDEX, ShardConfig, select, write_build
-from pipelines.curate import curated_path
+from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 from pipelines.shard import run_shard, shards_dir
 from tests.killing import kill_once
 
@@ -38,25 +41,49 @@ def _index(params: dict, build: str) -> dict:
     return json.loads((shards_dir(params) / build / INDEX).read_text())
 
 
+def _selection(params: dict, build: str, config: ShardConfig, seed: int | None = None):
+    """``select`` with what the shard stage passes it (priority, duplicate edges, counts)."""
+    reports = reports_dir(params)
+    return select(read_records(curated_path(Path(params["paths"]["data"]))), build,
+                  params["builds"][build], params["seed"] if seed is None else seed,
+                  config.cap_scale, priority=params["curate"]["priority"],
+                  pairs=json.loads((reports / DUPLICATES).read_text())["pairs"],
+                  curate_counts=json.loads((reports / REPORT).read_text())["counts"])
+
+
 def test_ablation_counts_are_exact(built):
+    """Every cap is met exactly where enough is left, and the index says what fell short."""
     curated = read_records(curated_path(Path(built["paths"]["data"])))
-    available = {s: int(pc.sum(pc.equal(curated["source"], s)).as_py())
-                 for s in set(curated["source"].to_pylist())}
     scale = built["shard"]["cap_scale"]
-    for build, caps in built["builds"].items():
-        want = {s: available[s] if c == "all" else min(available[s], math.ceil(c * scale))
-                for s, c in caps.items()}
+    for build, spec in built["builds"].items():
+        caps = {s: c for s, c in spec.items() if s != "allow_short"}
         index = _index(built, build)
-        assert index["sources"] == want, build
-        assert index["samples"] == sum(want.values()) == sum(s["samples"] for s in index["shards"])
-    paper = _index(built, "paper")["sources"]
-    for source in paper:
-        assert _index(built, f"paper_no_{source}")["sources"] == {
-            s: n for s, n in paper.items() if s != source}
+        curation = index["curation"]
+        assert set(curation) == set(caps), build
+        for source, cap in caps.items():
+            c = curation[source]
+            asked = "all" if cap == "all" else math.ceil(cap * scale)
+            assert c["asked"] == asked
+            want = c["available"] if cap == "all" else min(c["available"], asked)
+            assert index["sources"].get(source, 0) == c["selected"] == want, (build, source)
+            assert c["shortfall"] == (0 if cap == "all" else max(0, asked - c["available"]))
+            assert c["shortfall"] == 0 or spec.get("allow_short") is True
+            assert c["curated"] == int(pc.sum(pc.equal(curated["source"], source)).as_py())
+        assert index["samples"] == sum(index["sources"].values()) == sum(
+            s["samples"] for s in index["shards"])
+    # `full` holds one image of every cluster
+    assert _index(built, "full")["samples"] == len(set(curated["cluster"].to_pylist()))
     assert set(_index(built, "paper_no_labeled")["sources"]) == {"naip"}
 
 
 def test_samples_are_the_same_images_in_every_build(built):
+    """A source gives a build the same images when the sources before it are the same."""
+    curated = read_records(curated_path(Path(built["paths"]["data"])))
+    naip = pc.equal(curated["source"], "naip")
+    naip_clusters = set(curated.filter(naip)["cluster"].to_pylist())
+    others = set(curated.filter(pc.invert(naip))["cluster"].to_pylist())
+    assert not naip_clusters & others  # NAIP shares no image with the labeled corpora
+
     def keys(build: str) -> set[str]:
         return {k for s in _index(built, build)["shards"] for k in s["keys"]}
     paper = keys("paper")
@@ -113,9 +140,9 @@ def test_jpeg_bytes_are_copied(built):
 def test_rebuild_is_byte_identical(built, tmp_path):
     data = Path(built["paths"]["data"])
     config = ShardConfig.from_params(built["shard"])
-    selection = select(read_records(curated_path(data)), "paper", built["builds"]["paper"],
-                       built["seed"], config.cap_scale)
-    index = write_build(selection, data, tmp_path / "again", "paper", built["seed"], config)
+    chosen = _selection(built, "paper", config)
+    index = write_build(chosen.table, data, tmp_path / "again", "paper", built["seed"], config,
+                        curation=chosen.curation)
     first = shards_dir(built) / "paper"
     assert index == _index(built, "paper")
     for shard in index["shards"]:
@@ -126,9 +153,8 @@ def test_rebuild_is_byte_identical(built, tmp_path):
 def test_naip_four_bands_are_lossless(built, tmp_path):
     data = Path(built["paths"]["data"])
     config = ShardConfig.from_params({**built["shard"], "naip_bands": 4})
-    selection = select(read_records(curated_path(data)), "paper_no_labeled",
-                       built["builds"]["paper_no_labeled"], 0, config.cap_scale)
-    write_build(selection, data, tmp_path, "naip4", 0, config)
+    chosen = _selection(built, "paper_no_labeled", config, seed=0)
+    write_build(chosen.table, data, tmp_path, "naip4", 0, config)
     import rasterio
     for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")),
                                  shardshuffle=False):
