@@ -27,7 +27,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from geopile.dedup import FLIP_H, FLIP_V, PERM, crop_pairs, near_pairs
+from geopile.dedup import FLIP_H, FLIP_V, PERM_TABLES, _symmetry, crop_pairs, near_pairs
 from geopile.imagestats import CROP_BOXES
 
 
@@ -82,17 +82,6 @@ def run(method: str, n: int, radius: int) -> tuple[set[tuple[int, int]], float, 
     return set(map(tuple, pairs.tolist())), seconds, peak
 
 
-def _symmetric(word: int, w: int, s: int) -> int:
-    out = word
-    if s >= 4:
-        out = sum(1 << int(PERM[w][b]) for b in range(64) if (word >> b) & 1)
-    if s & 2:
-        out ^= int(FLIP_H[w])
-    if s & 1:
-        out ^= int(FLIP_V[w])
-    return out
-
-
 def planted_crop_hashes(n: int, radius: int, seed: int = 0) -> tuple[np.ndarray, list]:
     """(n, boxes, 2) random crop hashes, 1% of images a symmetry of a crop of another, perturbed."""
     rng = np.random.default_rng(seed)
@@ -103,8 +92,9 @@ def planted_crop_hashes(n: int, radius: int, seed: int = 0) -> tuple[np.ndarray,
         c, s, flips = int(rng.integers(0, len(CROP_BOXES))), int(rng.integers(0, 8)), int(
             rng.integers(0, radius + 3))
         noise = sum(1 << int(b) for b in rng.choice(63, size=flips, replace=False))
-        hashes[j, 0, 0] = np.uint64(_symmetric(int(hashes[i, c, 0]), 0, s) ^ noise)
-        hashes[j, 0, 1] = np.uint64(_symmetric(int(hashes[i, c, 1]), 1, s))
+        for w in range(2):
+            hashes[j, 0, w] = _symmetry(hashes[i, c, w], s, PERM_TABLES[w], FLIP_H[w], FLIP_V[w])
+        hashes[j, 0, 0] ^= np.uint64(noise)
         planted.append((i, j, flips))
     return hashes, planted
 

@@ -201,6 +201,18 @@ def _transpose(word, tables):  # noqa: ANN001, ANN202
     return out
 
 
+@numba.njit(inline="always")
+def _symmetry(word, s, tables, flip_h, flip_v):  # noqa: ANN001, ANN202
+    """Symmetry ``s`` of one hash word: transpose (s >= 4), then the mirrors (bits 1 and 0)."""
+    if s >= 4:
+        word = _transpose(word, tables)
+    if s & 2:
+        word ^= flip_h
+    if s & 1:
+        word ^= flip_v
+    return word
+
+
 @numba.njit(nogil=True, cache=True)
 def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, flip_h, flip_v, r1,
                   total, band_radius, lo, hi):  # noqa: ANN001, ANN202
@@ -221,13 +233,7 @@ def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, fli
     for i in range(lo, hi):
         for c in range(hashes.shape[1]):
             for s in range(8):
-                q0 = hashes[i, c, 0]
-                if s >= 4:
-                    q0 = _transpose(q0, tables[0])
-                if s & 2:
-                    q0 ^= flip_h[0]
-                if s & 1:
-                    q0 ^= flip_v[0]
+                q0 = _symmetry(hashes[i, c, 0], s, tables[0], flip_h[0], flip_v[0])
                 key = (q0 >> shift) & band_mask
                 for m in range(masks.shape[0]):
                     probe = key ^ masks[m]
@@ -247,13 +253,7 @@ def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, fli
                                 break
                         if not first:
                             continue
-                        q1 = hashes[i, c, 1]
-                        if s >= 4:
-                            q1 = _transpose(q1, tables[1])
-                        if s & 2:
-                            q1 ^= flip_h[1]
-                        if s & 1:
-                            q1 ^= flip_v[1]
+                        q1 = _symmetry(hashes[i, c, 1], s, tables[1], flip_h[1], flip_v[1])
                         d = d1 + _popcount(q1 ^ word2[j])
                         if d > total:
                             continue
