@@ -15,6 +15,7 @@ pair than this search on 32 px thumbnails.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 from PIL import Image
@@ -65,8 +66,14 @@ def undo_symmetry(thumb: np.ndarray, symmetry: int) -> np.ndarray:
 
 
 def align(a: Image.Image, b: Image.Image, symmetry: int,
-          start: tuple[float, float, float, float], max_margin: float = 0.15) -> Match:
-    """Refine the crop of ``a`` that best matches ``b`` seen through ``symmetry``."""
+          start: tuple[float, float, float, float], max_margin: float = 0.15,
+          enough: float = 1.0) -> Match:
+    """Refine the crop of ``a`` that best matches ``b`` seen through ``symmetry``.
+
+    The search stops as soon as the correlation reaches ``enough``: a pair that clearly passes
+    needs no better alignment (most candidates are copies, so this is most of the time saved),
+    while one near the threshold is refined in full.
+    """
     target_raw = undo_symmetry(_thumb(b, (0.0, 0.0, 0.0, 0.0)), symmetry)
     target = _unit(target_raw)
     margins = list(start)
@@ -77,17 +84,15 @@ def align(a: Image.Image, b: Image.Image, symmetry: int,
     best = score(margins)
     for step in STEPS:
         improved = True
-        while improved:
+        while improved and best < enough:
             improved = False
-            for k in range(4):
-                for sign in (-1.0, 1.0):
-                    trial = margins.copy()
-                    trial[k] = min(max(trial[k] + sign * step, 0.0), max_margin)
-                    if trial[k] == margins[k]:
-                        continue
-                    s = score(trial)
-                    if s > best + 1e-6:
-                        best, margins, improved = s, trial, True
+            for k, sign in product(range(4), (-1.0, 1.0)):
+                trial = margins.copy()
+                trial[k] = min(max(trial[k] + sign * step, 0.0), max_margin)
+                if trial[k] != margins[k] and (s := score(trial)) > best + 1e-6:
+                    best, margins, improved = s, trial, True
+                    if best >= enough:
+                        break
     source = _thumb(a, tuple(margins))
     std_a = float(source.std())
     return Match(best, symmetry, tuple(round(m, 4) for m in margins),

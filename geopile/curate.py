@@ -156,7 +156,7 @@ def curate(
 
     best: dict[tuple[int, int], tuple[int, int, Match]] = {}
     for a, b, c, s in sorted(candidates):
-        match = align(image(a), image(b), s, CROP_BOXES[c])
+        match = align(image(a), image(b), s, CROP_BOXES[c], enough=config.min_correlation + 0.05)
         pair = (min(a, b), max(a, b))
         if pair not in best or match.correlation > best[pair][2].correlation:
             best[pair] = (a, b, match)
