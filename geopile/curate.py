@@ -19,9 +19,11 @@ its own ground, and overlap or a similar-looking field is not a copy. Equal pixe
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
 from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, decode, luma
 
+log = logging.getLogger(__name__)
 REASONS = ("low_entropy", "nodata", "contaminated")
 ENTROPIES = ("entropy_global", "entropy_local")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -93,6 +96,10 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
 def _crop_hashes(rows: dict[str, list], data_dir: Path) -> np.ndarray:
     """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now."""
     out = np.zeros((len(rows["key"]), len(CROP_BOXES), 2), np.uint64)
+    missing = sum(words is None for words in rows["crop_hashes"])
+    if missing:
+        log.warning("%d records have no crop hashes (ingested by an earlier GeoPile): hashing "
+                    "them now from their stored images, about 2-3 ms each", missing)
     for idx, words in enumerate(rows["crop_hashes"]):
         if words is None:
             pixels = decode((data_dir / rows["path"][idx]).read_bytes())[0]
@@ -146,13 +153,9 @@ def curate(
         if (min(a, b), max(a, b)) not in exact_set and not (geo[a] and geo[b])
         and not (is_eval[a] and is_eval[b]) and alive[a] and alive[b]
     ]
-    work: dict[int, Any] = {}
-
+    @lru_cache(maxsize=4096)  # 64 KB each; candidates come sorted by their first image
     def image(idx: int) -> Any:
-        if idx not in work:
-            pixels = decode((data_dir / rows["path"][idx]).read_bytes())[0]
-            work[idx] = working_image(luma(pixels))
-        return work[idx]
+        return working_image(luma(decode((data_dir / rows["path"][idx]).read_bytes())[0]))
 
     best: dict[tuple[int, int], tuple[int, int, Match]] = {}
     for a, b, c, s in sorted(candidates):
