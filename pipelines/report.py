@@ -25,7 +25,7 @@ from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, near_cell, shortfall_line
 from geopile.curate import rgb_thumbnail
 from geopile.records import read_records, records_path, rejects_path
 from geopile.shards import INDEX
-from pipelines.arp import PAPER, paper_arp
+from pipelines.arp import PAPER, from_rows, paper_arp
 from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, reports_dir
 from pipelines.energy import energy_line
@@ -244,9 +244,11 @@ def _downstream(page: _Page, params: dict[str, Any]) -> None:
              *PAPER.get((r["task"], r["metric"]), ("-", "-"))]
             for r in result["rows"]]
     page.table(["task", "metric", "ours", "baseline", "rel.", "paper GFM", "paper base"], rows)
-    arp = result.get("arp")
-    page.text("ARP over the shared scores: " + ("n/a" if arp is None else f"{arp:+.2%}")
-              + f"; the paper's ARP over its {len(PAPER)} scores: {paper_arp().arp:+.2%}.")
+    ours, paper = from_rows(result["rows"]), paper_arp()
+    page.text(f"ARP over the {len(ours.datasets)} datasets shared (each dataset's scores "
+              "averaged first): " + ("n/a" if ours.arp is None else f"{ours.arp:+.2%}")
+              + f"; the paper's ARP over its {len(paper.datasets)} datasets (Table 1): "
+              f"{paper.arp:+.2%}.")
 
 
 def build_report(params: dict[str, Any], data: Path, out: Path,

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Build (if needed) and start the world, ``dvc repro`` every stage in a workspace, stop."""
-    from pipelines.arp import ArpResult, arp_table
+    from pipelines.arp import arp_table, from_rows
     from pipelines.pretrain import run_dir
     from pipelines.pretrain import summary as pretrain_summary
 
@@ -91,7 +91,7 @@ def demo(args: argparse.Namespace) -> int:
                 print(f"\nfinetuned on {', '.join(params['finetune_tasks'])}: ours "
                       f"({params['finetune']['pretrained']}) against "
                       f"{params['finetune_inits'][-1]}")
-                print(arp_table(ArpResult(result["arp"], result["rows"])))
+                print(arp_table(from_rows(result["rows"])))
     finally:
         world_down(world)
     root = workspace.resolve()

@@ -60,7 +60,7 @@ def repro(demo):
 def test_demo_ends_with_the_report_and_stops_its_servers(demo):
     workspace, world, printed = demo
     assert f"report    {workspace / 'reports' / 'report.html'}" in printed
-    assert "ARP over 3 scores" in printed and printed.count("pretrained 6 steps") == 2
+    assert "ARP over 3 datasets (3 scores)" in printed and printed.count("pretrained 6 steps") == 2
     assert "dvc push  the shards of 9 builds -> s3://world/dvc" in printed
     assert world_down(world) == []  # nothing of the demo's world is left running
 
