@@ -63,7 +63,9 @@ class DenseTask:
                      "recall": C.BinaryRecall(ignore_index=IGNORE),
                      "f1": C.BinaryF1Score(ignore_index=IGNORE)}
         else:
-            found = {"psnr": PeakSignalNoiseRatio(data_range=1.0),
+            # PSNR per test image, then the mean (as SpaceNet2 super-resolution papers and
+            # SSIM do); one dataset-wide MSE would let the easiest images drown the rest
+            found = {"psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)),
                      "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}
         return {k: m.to(device) for k, m in found.items()}
 

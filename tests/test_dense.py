@@ -71,6 +71,12 @@ def test_psnr_and_ssim_against_closed_forms():
     metrics = task.metrics(CPU)
     task.update(metrics, target, target)
     assert math.isinf(task.compute(metrics)["psnr"]) or task.compute(metrics)["psnr"] > 80
+    # two test images (20 dB and 40 dB): the mean of per-image PSNR, not one pooled MSE
+    # (which gives 22.97 dB)
+    metrics = task.metrics(CPU)
+    task.update(metrics, target + 0.1, target)
+    task.update(metrics, target + 0.01, target)
+    assert task.compute(metrics)["psnr"] == pytest.approx(30.0, abs=1e-4)
 
 
 def test_tiled_prediction_covers_the_image_exactly():
