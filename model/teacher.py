@@ -28,7 +28,10 @@ class FrozenTeacher(nn.Module):
         if file is not None and not Path(file).is_file():
             raise FileNotFoundError(f"teacher checkpoint {file} does not exist")
         try:
-            self.encoder = create_swin(spec, pretrained=pretrained and file is None, file=file)
+            # no drop-path: inert in eval mode already, but a teacher that someone switches to
+            # train mode through the encoder must still not drop residual branches
+            self.encoder = create_swin(spec, pretrained=pretrained and file is None, file=file,
+                                       drop_path_rate=0.0)
         except (OSError, RuntimeError) as err:
             where = file or f"timm's hub copy of {spec.name}"
             raise RuntimeError(f"could not load the teacher from {where}: {err}. Offline? "

@@ -93,6 +93,17 @@ def test_teacher_is_frozen_and_untouched_by_training():
     assert not in_optimizer & {id(p) for p in teacher.parameters()}
 
 
+def test_teacher_has_no_drop_path():
+    from timm.layers import DropPath
+
+    teacher = FrozenTeacher(TINY.teacher, pretrained=False)
+    rates = [m.drop_prob for m in teacher.modules() if isinstance(m, DropPath)]
+    assert all(rate == 0.0 for rate in rates)
+    teacher.encoder.train()  # even switched on behind its back, it computes the same features
+    x = torch.randn(2, 3, 96, 96)
+    assert torch.equal(teacher(x), teacher(x))
+
+
 def test_teacher_sees_its_own_resolution_and_stage_three():
     teacher = FrozenTeacher(TINY.teacher, pretrained=False)
     feats = teacher(torch.randn(2, 3, 96, 96))  # resized to 128 inside
