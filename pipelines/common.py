@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import io
 import logging
 import os
 from pathlib import Path
@@ -52,6 +54,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class History:
+    """A run's ``history.csv``, whose rows also travel in its checkpoint.
+
+    A resumed run rewrites the file whole from the checkpoint's rows: ``dvc repro`` deletes a
+    stage's outputs before running it again while its checkpoints persist, so a file only
+    appended to would lose the rows before the resume, or not exist at all when the run was
+    already complete.
+    """
+
+    def __init__(self, path: Path, header: list[str], rows: list[list[Any]] | None,
+                 write: bool) -> None:
+        self.path, self.rows, self.write = path, list(rows or []), write
+        if write:
+            atomic_write_text(path, self._csv([header, *self.rows]))
+
+    @staticmethod
+    def _csv(rows: list[list[Any]]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        return buf.getvalue()
+
+    def add(self, row: list[Any]) -> None:
+        """Record one evaluation (every process keeps the rows; the main one writes them)."""
+        self.rows.append(row)
+        if self.write:
+            with self.path.open("a", newline="") as f:
+                f.write(self._csv([row]))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

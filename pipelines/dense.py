@@ -12,7 +12,6 @@ the last checkpoint is. Outputs match classification runs: ``metrics.json`` (``s
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
 from geopile.params import ParamsError
 from model.dense import ChangeDetector, Segmenter, SuperResolver, adapt_patch_embed
-from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
+from pipelines.common import History, atomic_torch_save, atomic_write_text, coerce_floats
 from pipelines.dense_tasks import IGNORE, DenseTask
 from pipelines.finetune import (
     FinetuneSettings,
@@ -277,12 +276,11 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
               "settings": dataclasses.asdict(settings), "seed": seed,
               "train": len(train), "val": len(val) if val is not None else None,
               "test": len(test), "selection": "best validation" if val is not None else "last"}
-    history = root / "history.csv"
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / "config.json", json.dumps(config, indent=1, default=str) + "\n")
-        if step == 0:
-            history.write_text(f"iteration,loss,lr,{task.select}\n")
+    history = History(root / "history.csv", ["iteration", "loss", "lr", task.select],
+                      state.get("history") if state else None, where.main)
     bar = tqdm(total=settings.iterations, initial=step, unit="it",
                desc=f"finetune {task.name} ({info['init_name']})",
                disable=not (progress and where.main))
@@ -304,10 +302,9 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
         if step % settings.eval_every == 0 or step == settings.iterations:
             score = (evaluate(model, val, task, crop, where.device)[task.select]
                      if val is not None else None)
+            history.add([step, sum(losses) / len(losses), optimizer.param_groups[-1]["lr"],
+                         score])
             if where.main:
-                with history.open("a", newline="") as f:
-                    csv.writer(f).writerow([step, sum(losses) / len(losses),
-                                            optimizer.param_groups[-1]["lr"], score])
                 if score is not None and (best is None or score > best):
                     best = score
                     atomic_torch_save({"model": model.state_dict(), "step": step,
@@ -316,7 +313,8 @@ def run_dense(params: dict[str, Any], task: DenseTask, init: str, *, resume: boo
                                    "optimizer": optimizer.state_dict(),
                                    "rng": torch.get_rng_state(),
                                    "sampler_rng": generator.get_state(), "step": step,
-                                   "best": best, "fingerprint": stamp}, last_ckpt)
+                                   "best": best, "fingerprint": stamp,
+                                   "history": history.rows}, last_ckpt)
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}",
                             **({task.select: f"{score:.2f}"} if score is not None else {}))
             losses = []

@@ -16,7 +16,6 @@ A run directory (``paths.runs``/finetune/TASK/INIT) holds ``config.json``, ``che
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import hashlib
 import json
@@ -42,7 +41,7 @@ from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
 from geopile.params import ParamsError
 from model.configs import SwinSpec, get_config
 from model.student import create_swin
-from pipelines.common import atomic_torch_save, atomic_write_text, coerce_floats
+from pipelines.common import History, atomic_torch_save, atomic_write_text, coerce_floats
 from pipelines.dense_tasks import DENSE_TASKS
 from pipelines.pretrain import Dist, exported_timm_args, init_distributed, weights_digest
 from pipelines.tasks import TASKS, Task, TorchgeoSamples, get_task
@@ -370,14 +369,13 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
               "arch": spec.arch, "batch_size": batch, "world_size": where.world,
               "steps": total, "settings": dataclasses.asdict(settings), "seed": seed,
               "train": len(train), "val": len(val), "test": len(test)}
-    history = root / "history.csv"
     if where.main:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(root / "config.json", json.dumps(config, indent=1, default=str) + "\n")
         if subset is not None:  # which training samples this run saw
             atomic_write_text(root / "subset.json", json.dumps(subset, indent=1) + "\n")
-        if epoch == 0:
-            history.write_text("epoch,loss,lr,val\n")
+    history = History(root / "history.csv", ["epoch", "loss", "lr", "val"],
+                      state.get("history") if state else None, where.main)
     bar = tqdm(total=settings.epochs, initial=epoch, unit="epoch",
                desc=f"finetune {task.name} ({init_name})", disable=not (progress and where.main))
     model.train()
@@ -401,10 +399,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
             losses.append(loss.item())
         epoch += 1
         score, _ = evaluate(model, val_loader, task, where.device)
+        history.add([epoch, sum(losses) / len(losses), optimizer.param_groups[-1]["lr"], score])
         if where.main:
-            with history.open("a", newline="") as f:
-                csv.writer(f).writerow([epoch, sum(losses) / len(losses),
-                                        optimizer.param_groups[-1]["lr"], score])
             if score > best:
                 best = score
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "val": score},
@@ -412,7 +408,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "rng": torch.get_rng_state(),
                           "sampler_rng": generator.get_state(), "epoch": epoch,
-                          "best": best, "fingerprint": stamp}, last_ckpt)
+                          "best": best, "fingerprint": stamp, "history": history.rows},
+                         last_ckpt)
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", val=f"{score:.1f}")
     bar.close()

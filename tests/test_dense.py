@@ -104,6 +104,17 @@ def test_each_task_trains_on_the_world(curated, tmp_path, task):
         assert state["encoder.patch_embed.proj.weight"].shape[1] == 8
 
 
+def test_a_complete_run_resumed_writes_its_history_again(curated, tmp_path):
+    out = tmp_path / "whu"
+    metrics = run_finetune(curated, "whu", "random", iterations=8, progress=False, out=out)
+    whole = (out / "history.csv").read_text()
+    assert len(whole.splitlines()) > 1
+    (out / "history.csv").unlink()  # as `dvc repro` does before running the stage again
+    again = run_finetune(curated, "whu", "random", iterations=8, resume=True, progress=False,
+                         out=out)
+    assert (out / "history.csv").read_text() == whole and again == metrics
+
+
 def test_segmentation_learns_buildings(curated, tmp_path, truth):
     task = DENSE_TASKS["whu"]
     test = task.datasets(curated)["test"]

@@ -69,11 +69,19 @@ def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     params, run = pretrained
     out = tmp_path / "ucm"
     run_finetune(params, "ucm", str(run), epochs=4, progress=False, out=out)
+    (out / "history.csv").unlink()  # `dvc repro` removes a stage's outputs, not its checkpoints
     metrics = run_finetune(params, "ucm", str(run), epochs=7, resume=True, progress=False,
                            out=out)
     with (out / "history.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 8))
     assert metrics["epochs"] == 7 and metrics["task"] == "ucm"
+    # resumed when already complete (what `dvc repro` does when an upstream file changed but
+    # not the weights): nothing to train, and every output is written again
+    whole = (out / "history.csv").read_text()
+    (out / "history.csv").unlink()
+    (out / "metrics.json").unlink()
+    again = run_finetune(params, "ucm", str(run), epochs=7, resume=True, progress=False, out=out)
+    assert (out / "history.csv").read_text() == whole and again == metrics
     chance = 100 / 21
     assert metrics["scores"]["top1"] > 3 * chance, metrics
     config = json.loads((out / "config.json").read_text())
