@@ -20,6 +20,8 @@ from itertools import product
 import numpy as np
 from PIL import Image
 
+from geopile.dedup import DIHEDRAL, DIHEDRAL_NAMES
+
 THUMB = 32
 WORK = 128  # images are box-filtered to this side once; crops are taken from it
 STEPS = (0.02, 0.01, 0.005)
@@ -57,7 +59,7 @@ def _thumb(img: Image.Image, margins: tuple[float, ...]) -> np.ndarray:
 
 def undo_symmetry(thumb: np.ndarray, symmetry: int) -> np.ndarray:
     """The inverse of symmetry ``symmetry`` (transpose, then mirror) applied to ``thumb``."""
-    t, h, v = symmetry >= 4, bool(symmetry & 2), bool(symmetry & 1)
+    t, h, v = DIHEDRAL[symmetry]
     if v:
         thumb = thumb[::-1, :]
     if h:
@@ -100,10 +102,8 @@ def align(a: Image.Image, b: Image.Image, symmetry: int,
                  float(target_raw.mean() - source.mean()))
 
 
-def edit_kind(match: Match, same_size: bool = True) -> str:
+def edit_kind(match: Match) -> str:
     """What the alignment says was done to make one image from the other, ``+``-joined."""
-    from geopile.dedup import DIHEDRAL_NAMES
-
     kinds = []
     if max(match.margins) >= 0.01:
         kinds.append("crop")

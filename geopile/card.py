@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from geopile.params import source_params
+from geopile.shards import shortfalls
 from geopile.sources import create_source
 from geopile.sources.base import Source
 
@@ -95,12 +96,6 @@ def _citation_block(name: str, citation: str) -> list[str]:
     if citation.lstrip().startswith("@"):
         return [f"**{name}**:", "", "```bibtex", citation, "```", ""]
     return [f"**{name}**: {citation}", ""]
-
-
-def shortfalls(index: dict[str, Any]) -> dict[str, int]:
-    """``source -> images missing from its cap`` from the index's curation block."""
-    return {s: c["shortfall"] for s, c in (index.get("curation") or {}).items()
-            if c.get("shortfall")}
 
 
 def near_cell(counts: dict[str, Any]) -> str:
@@ -197,7 +192,7 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
         "geopile": {"build": build, "samples": index["samples"], "seed": index["seed"],
                     "index_sha256": index_sha, "licences": licences},
     }
-    short = shortfalls(index)
+    short = shortfalls(index.get("curation") or {})
     if short:
         header["geopile"]["shortfall"] = short
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",

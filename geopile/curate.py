@@ -93,6 +93,11 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
     return stats
 
 
+def _grey(path: Path) -> np.ndarray:
+    """The stored image's luma, as hashes and alignment see it."""
+    return luma(decode(path.read_bytes())[0])
+
+
 def _crop_hashes(rows: dict[str, list], data_dir: Path) -> np.ndarray:
     """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now."""
     out = np.zeros((len(rows["key"]), len(CROP_BOXES), 2), np.uint64)
@@ -102,8 +107,7 @@ def _crop_hashes(rows: dict[str, list], data_dir: Path) -> np.ndarray:
                     "them now from their stored images, about 2-3 ms each", missing)
     for idx, words in enumerate(rows["crop_hashes"]):
         if words is None:
-            pixels = decode((data_dir / rows["path"][idx]).read_bytes())[0]
-            words = crop_hashes(luma(pixels))
+            words = crop_hashes(_grey(data_dir / rows["path"][idx]))
         out[idx] = np.asarray(words, np.uint64).reshape(-1, 2)
     return out
 
@@ -155,7 +159,7 @@ def curate(
     ]
     @lru_cache(maxsize=4096)  # 64 KB each; candidates come sorted by their first image
     def image(idx: int) -> Any:
-        return working_image(luma(decode((data_dir / rows["path"][idx]).read_bytes())[0]))
+        return working_image(_grey(data_dir / rows["path"][idx]))
 
     best: dict[tuple[int, int], tuple[int, int, Match]] = {}
     for a, b, c, s in sorted(candidates):
@@ -167,16 +171,13 @@ def curate(
             progress(1)
     pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
              for a, b in sorted(exact_set)]
-    near_scores = []
-    confirmed = []
-    for (lo, hi), (a, b, match) in sorted(best.items()):
-        near_scores.append({"a": rows["key"][a], "b": rows["key"][b],
-                            "kind": edit_kind(match), "score": round(match.correlation, 4),
-                            "margins": list(match.margins),
-                            "duplicate": match.correlation >= config.min_correlation})
-        if match.correlation >= config.min_correlation:
-            confirmed.append((lo, hi))
-    pairs += [p for p in near_scores if p.pop("duplicate")]
+    aligned = sorted(best)  # unordered pairs, each with its best alignment
+    near_scores = [{"a": rows["key"][a], "b": rows["key"][b], "kind": edit_kind(match),
+                    "score": round(match.correlation, 4), "margins": list(match.margins)}
+                   for a, b, match in (best[pair] for pair in aligned)]
+    passed = [best[pair][2].correlation >= config.min_correlation for pair in aligned]
+    confirmed = [pair for pair, ok in zip(aligned, passed, strict=True) if ok]
+    pairs += [score for score, ok in zip(near_scores, passed, strict=True) if ok]
     edges = [(a, b) for a, b in exact_set if alive[a] and alive[b]] + confirmed
     label = clusters(n, np.asarray([e[0] for e in edges], np.int64),
                      np.asarray([e[1] for e in edges], np.int64))

@@ -20,6 +20,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from geopile.imagestats import HASH_FREQS
+
 BANDS = 4
 BAND_BITS = 16
 _M1 = np.uint64(0x5555555555555555)
@@ -84,6 +86,14 @@ def _search(sorted_hashes, order, start, band, masks, radius, band_radius, lo, h
     return out_i[:n_out], out_j[:n_out], out_d[:n_out]
 
 
+def _band_index(words: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``words`` sorted by their 16-bit ``band`` key: (order, sorted words, bucket starts)."""
+    keys = ((words >> np.uint64(BAND_BITS * band)) & np.uint64(0xFFFF)).astype(np.int64)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    counts = np.bincount(keys, minlength=1 << BAND_BITS)
+    return order, words[order], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 def _band_masks(band_radius: int) -> np.ndarray:
     masks = [0]
     for k in range(1, band_radius + 1):
@@ -110,11 +120,7 @@ def near_pairs(
     parts = []
     with ThreadPoolExecutor(workers) as pool:  # the kernel releases the GIL
         for band in range(BANDS):
-            keys = ((hashes >> np.uint64(BAND_BITS * band)) & np.uint64(0xFFFF)).astype(np.int64)
-            order = np.argsort(keys, kind="stable").astype(np.int64)
-            sorted_hashes = hashes[order]
-            counts = np.bincount(keys, minlength=1 << BAND_BITS)
-            start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            order, sorted_hashes, start = _band_index(hashes, band)
             parts += pool.map(
                 lambda k, o=order, sh=sorted_hashes, st=start, b=band: _search(
                     sh, o, st, b, masks, radius, band_radius, bounds[k], bounds[k + 1]
@@ -152,8 +158,6 @@ def clusters(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def _freq_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per word: the bit each bit moves to under transpose, and the bits a flip negates."""
-    from geopile.imagestats import HASH_FREQS
-
     perm = np.zeros((2, 64), np.int64)
     flip_h = np.zeros(2, np.uint64)  # mirror left-right: odd horizontal frequency v
     flip_v = np.zeros(2, np.uint64)  # mirror top-bottom: odd vertical frequency u
@@ -294,22 +298,15 @@ def crop_pairs(hashes: np.ndarray, radius: int, total: int,
     masks = _band_masks(band_radius)
     workers = workers or os.cpu_count() or 1
     bounds = np.linspace(0, n, max(1, min(n, n // 4096, 64 * workers)) + 1).astype(np.int64)
-    word1 = hashes[:, 0, 0]
-    sorted1 = np.empty((BANDS, n), np.uint64)
-    order = np.empty((BANDS, n), np.int64)
-    start = np.empty((BANDS, (1 << BAND_BITS) + 1), np.int64)
-    for band in range(BANDS):
-        keys = ((word1 >> np.uint64(BAND_BITS * band)) & np.uint64(0xFFFF)).astype(np.int64)
-        order[band] = np.argsort(keys, kind="stable")
-        sorted1[band] = word1[order[band]]
-        start[band] = np.concatenate([[0], np.cumsum(np.bincount(keys, minlength=1 << BAND_BITS))])
+    index = [_band_index(np.ascontiguousarray(hashes[:, 0, 0]), band) for band in range(BANDS)]
     word2 = np.ascontiguousarray(hashes[:, 0, 1])
     jobs = [(band, k) for band in range(BANDS) for k in range(len(bounds) - 1)]
     with ThreadPoolExecutor(workers) as pool:  # the kernel releases the GIL
         parts = list(pool.map(
-            lambda job: _search_crops(hashes, word2, job[0], sorted1[job[0]], order[job[0]],
-                                      start[job[0]], masks, PERM_TABLES, FLIP_H, FLIP_V, radius,
-                                      total, band_radius, bounds[job[1]], bounds[job[1] + 1]),
+            lambda job: _search_crops(hashes, word2, job[0], index[job[0]][1], index[job[0]][0],
+                                      index[job[0]][2], masks, PERM_TABLES, FLIP_H, FLIP_V,
+                                      radius, total, band_radius, bounds[job[1]],
+                                      bounds[job[1] + 1]),
             jobs))
     rows = np.concatenate(parts) if parts else np.empty((0, 5), np.int64)
     rows = rows[np.lexsort((rows[:, 4], rows[:, 1], rows[:, 0]))]

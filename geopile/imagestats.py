@@ -41,7 +41,7 @@ CROP_BOXES: tuple[tuple[float, float, float, float], ...] = (  # (left, top, rig
 HASH_SIDE = 32  # the crop is box-filtered to 32 x 32 before its DCT
 # Word 1: the signs of the 8 x 8 lowest DCT frequencies but DC (63 bits, bit 63 unused); word 2:
 # those with max(u, v) in 8..10 (57 bits). Each set is closed under (u, v) -> (v, u), so a
-# transposed image's hash is a bit permutation of the same words (geopile.dedup.dihedral).
+# transposed image's hash is a bit permutation of the same words (geopile.dedup.PERM).
 HASH_FREQS: tuple[tuple[tuple[int, int], ...], ...] = (
     tuple((u, v) for u in range(8) for v in range(8) if u or v),
     tuple((u, v) for u in range(11) for v in range(11) if max(u, v) >= 8),
@@ -84,10 +84,14 @@ def luma(pixels: np.ndarray) -> np.ndarray:
     return np.clip(rgb @ np.array([0.299, 0.587, 0.114], np.float32) + 0.5, 0, 255).astype(np.uint8)
 
 
-def _sign_bits(coefficients: np.ndarray, freqs: tuple[tuple[int, int], ...]) -> int:
-    u, v = np.asarray(freqs).T
-    bits = coefficients[u, v] > 0
-    return int((bits.astype(np.uint64) << np.arange(len(freqs), dtype=np.uint64)).sum())
+# per word, the (u, v) index arrays of its frequencies and each one's bit, made once
+_FREQ_INDEX = tuple((tuple(np.asarray(freqs).T), np.uint64(1) << np.arange(len(freqs),
+                                                                          dtype=np.uint64))
+                    for freqs in HASH_FREQS)
+
+
+def _sign_bits(coefficients: np.ndarray, uv: tuple[np.ndarray, ...], bits: np.ndarray) -> int:
+    return int(bits[coefficients[uv] > 0].sum())
 
 
 def crop_hashes(gray: np.ndarray) -> list[int]:
@@ -96,7 +100,7 @@ def crop_hashes(gray: np.ndarray) -> list[int]:
     Returns ``[word1, word2]`` per box, flattened. A copy cropped by up to 10% a side and rescaled
     back hashes like one of the 16 crops (within 2.5% per edge, which these low frequencies
     tolerate); flips and 90-degree rotations permute and negate coefficients, so they are
-    matched by bit operations at search time (:func:`geopile.dedup.dihedral`) without storing
+    matched by bit operations at search time (:func:`geopile.dedup.crop_pairs`) without storing
     more hashes. Signs rather than pHash's median threshold keep that exact: a flip negates a
     coefficient, it does not move the median.
     """
@@ -107,7 +111,7 @@ def crop_hashes(gray: np.ndarray) -> list[int]:
         box = (left * w, top * h, w - right * w, h - bottom * h)
         small = np.asarray(img.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX, box=box))
         coefficients = dctn(small.astype(np.float64), norm="ortho")
-        words += [_sign_bits(coefficients, freqs) for freqs in HASH_FREQS]
+        words += [_sign_bits(coefficients, uv, bits) for uv, bits in _FREQ_INDEX]
     return words
 
 

@@ -141,18 +141,22 @@ class Selection:
 
     table: pa.Table
     curation: dict[str, dict[str, Any]]  # source -> counts (see :func:`select`)
-    allow_short: bool = False
 
     @property
     def shortfall(self) -> dict[str, int]:
         """``source -> images missing from its cap``, for the sources that fall short."""
-        return {s: c["shortfall"] for s, c in self.curation.items() if c["shortfall"]}
+        return shortfalls(self.curation)
+
+
+def shortfalls(curation: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """``source -> images missing from its cap`` from per-source counts (a build's curation)."""
+    return {s: c["shortfall"] for s, c in curation.items() if c.get("shortfall")}
 
 
 def shortfall_message(build: str, curation: Mapping[str, Mapping[str, Any]]) -> str:
     """``paper: resisc45 asks 31,500, 31,463 left after curation; ...`` (empty if none)."""
-    clauses = [f"{s} asks {c['asked']:,}, {c['available']:,} left after curation"
-               for s, c in curation.items() if c["shortfall"]]
+    clauses = [f"{s} asks {curation[s]['asked']:,}, {curation[s]['available']:,} left after "
+               "curation" for s in shortfalls(curation)]
     return f"{build}: " + "; ".join(clauses) if clauses else ""
 
 
@@ -228,7 +232,7 @@ def select(
         raise BuildError(message)
     table = curated.take(np.asarray(chosen, dtype=np.int64)).sort_by("key")
     order = np.random.default_rng(seed).permutation(table.num_rows)
-    return Selection(table.take(order), curation, allow)
+    return Selection(table.take(order), curation)
 
 
 def _sample_json(record: Mapping[str, Any]) -> bytes:

@@ -161,8 +161,8 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
         contact_sheet(part, data, plots / f"contact_{name}.png",
                       int(sheet.get("samples", 48)), int(sheet.get("thumb", 96)),
                       int(params.get("seed", 0)))
-    paths = dict(zip(*(pa.concat_tables([t.select(["key", "path"]) for t in tables.values()])
-                       .to_pydict().values()), strict=True))
+    paths = {k: p for t in tables.values()
+             for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
     boundary = plots / BOUNDARY
     if not boundary_sheet(result.near_scores, config.min_correlation, data, paths, boundary):
         boundary.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, near_cell, shortfall_lines
+from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
 from geopile.records import read_records, records_path, rejects_path
 from geopile.shards import INDEX
@@ -203,10 +203,7 @@ def _builds(page: _Page, params: dict[str, Any]) -> None:
     for index in indexes:
         build, curation = index["build"], index["curation"]
         page.heading(f"{build}: {index['samples']:,} images", 3)
-        page.table(list(BUILD_COLUMNS), [
-            [source, c.get("in", "-"), c.get("filtered", "-"), c.get("contaminated", "-"),
-             c["exact_duplicate"], near_cell(c), c["available"], c["asked"], c["selected"],
-             c["shortfall"]] for source, c in curation.items()])
+        page.table(list(BUILD_COLUMNS), build_rows(curation))
         for line in shortfall_lines(build, curation):
             page.text(line)
 
