@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,11 +11,18 @@ import pyarrow as pa
 from geopile.ingest import ingest
 from geopile.params import load_params
 from geopile.records import read_records, records_path
+from geopile.shards import ShardConfig
 from geopile.sources import create_source
 from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG_SOURCES = ["rsd46", "mlrsnet", "resisc45", "patternnet"]
+
+
+def shard_config(**changes: object) -> ShardConfig:
+    """params.yaml's ``shard`` block (the only defaults), with ``changes``."""
+    config = ShardConfig.from_params(load_params([REPO / "params.yaml"])["shard"])
+    return dataclasses.replace(config, **changes)
 
 
 @contextmanager

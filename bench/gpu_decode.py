@@ -22,7 +22,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from geopile.shards import ShardConfig, write_build
+from bench.common import shard_config
+from geopile.shards import write_build
 from geopile.world.scenes import render_scene
 from pipelines.loader import GeoPileLoader, decode_on_device, normalize
 
@@ -45,7 +46,7 @@ def make_build(root: Path, n: int) -> Path:
                      "xxh3_pixels": "", "phash": 0})
     out = root / "shards"
     write_build(pa.Table.from_pylist(rows), root / "raw", out, "bench", 0,
-                ShardConfig(max_samples=1000))
+                shard_config(max_samples=1000))
     return out
 
 

@@ -34,8 +34,8 @@ import xxhash
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from bench.common import ingest_jpegs, running_world
-from geopile.shards import ShardConfig, write_build
+from bench.common import ingest_jpegs, running_world, shard_config
+from geopile.shards import write_build
 from geopile.stream import read_index, sample_refs
 from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader
@@ -116,7 +116,7 @@ def main() -> None:
             records = table.to_pylist()
             blobs = [(root / "data" / r["path"]).read_bytes() for r in records]
             write_build(table, root / "data", root / "shards", "bench", 0,
-                        ShardConfig(max_samples=500))
+                        shard_config(max_samples=500))
             folder = root / "folder"
             for r, blob in zip(records, blobs, strict=True):
                 target = folder / r["source"] / (r["key"].split("/", 1)[1] + ".jpg")

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ingest_jpegs, running_world
-from geopile.shards import ShardConfig, write_build
+from bench.common import ingest_jpegs, running_world, shard_config
+from geopile.shards import write_build
 
 
 def plain_tar(records: list[dict], data: Path, out: Path) -> None:
@@ -52,7 +52,7 @@ def main() -> None:
             table = ingest_jpegs(world, data)
         records = table.to_pylist()
         mb = sum(r["nbytes"] for r in records) / 1e6
-        config = ShardConfig(max_samples=1000)
+        config = shard_config(max_samples=1000)
         ours, base = [], []
         for _ in range(args.repeat):
             start = time.perf_counter()

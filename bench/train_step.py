@@ -7,9 +7,10 @@ Each variant runs in its own process (clean peak-memory figures, no shared compi
 
 - ``reference``: the step as the reference code takes it: fp16 autocast with a GradScaler
   (on the CPU: float32), ``torch.optim.AdamW`` as it comes, no compilation;
-- ``ours``: :func:`pipelines.pretrain.micro_step` and ``optimizer_step``: bf16 autocast with no
-  scaler, fused AdamW, channels-last input, and with ``--compile`` the student and the teacher
-  compiled;
+- ``ours``: the training engine's step (:func:`pipelines.engine.forward_backward` of
+  :func:`pipelines.pretrain.gfm_step`, then :func:`pipelines.engine.optimizer_step`): bf16
+  autocast with no scaler, fused AdamW, channels-last input, and with ``--compile`` the student
+  and the teacher compiled;
 - ``loader``: GeoPile's loader alone (rendered 256 px JPEG build, ``--workers`` workers, CPU
   decode), to compare with the step's rate: the loader keeps up when its rate is higher;
 - ``end2end``: ``ours`` fed by the loader (real JPEGs through the whole pipeline).
@@ -30,10 +31,13 @@ from pathlib import Path
 
 import torch
 
+from geopile.params import load_params
+from geopile.settings import check_params
 from model.configs import get_config
 from model.gfm import GFM
 from model.teacher import FrozenTeacher
-from pipelines.pretrain import PretrainSettings, make_optimizer, micro_step, optimizer_step
+from pipelines.engine import forward_backward, optimizer_step
+from pipelines.pretrain import gfm_step, make_optimizer
 
 VARIANTS = ("reference", "ours", "loader", "end2end")
 
@@ -87,7 +91,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    settings = PretrainSettings(model=args.config)
+    params = load_params([Path(__file__).resolve().parents[1] / "params.yaml"])
+    settings = check_params(params).pretrain.model_copy(update={"model": args.config})
     if args.variant == "loader":
         return _loader_only(args, device)
     config, teacher, model = _models(args.config, device)
@@ -116,8 +121,10 @@ def run_variant(args: argparse.Namespace) -> dict:
         if args.variant == "ours":
             images, mask = _batch(config, args.batch, device)
 
+            gfm = gfm_step(teacher_fn, device)
+
             def step() -> None:
-                micro_step(trainable, teacher_fn, images, mask)
+                forward_backward(trainable, gfm, {"image": images, "mask": mask}, device)
                 optimizer_step(model, optimizer, 5.0)
         else:
             return _end_to_end(args, device, config, trainable, teacher_fn, model, optimizer)
@@ -158,24 +165,20 @@ def _loader_only(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def _end_to_end(args, device, config, trainable, teacher_fn, model, optimizer) -> dict:  # noqa: ANN001
-    from pipelines.loader import normalize
-
     loader = _loader(args, Path(args.shards), config.img_size, device)
+    gfm = gfm_step(teacher_fn, device)
     n = done = 0
     start = None
     while done < args.steps + args.warmup:
         for batch in loader:
-            images = normalize(batch["image"].to(device, non_blocking=True)
-                               .contiguous(memory_format=torch.channels_last))
-            mask = batch["mask"].to(device, non_blocking=True)
-            micro_step(trainable, teacher_fn, images, mask)
+            forward_backward(trainable, gfm, batch, device)
             optimizer_step(model, optimizer, 5.0)
             done += 1
             if done == args.warmup:
                 _sync(device)
                 start = time.perf_counter()
             elif done > args.warmup:
-                n += len(images)
+                n += len(batch["image"])
             if done == args.steps + args.warmup:
                 break
     _sync(device)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from geopile.params import source_params
+from geopile.params import path_of, source_params
 from geopile.shards import shortfalls
 from geopile.sources import create_source
 from geopile.sources.base import Source
@@ -55,7 +54,7 @@ def _size_category(n: int) -> str:
 
 def build_sources(names: list[str], params: dict[str, Any]) -> dict[str, Source]:
     """The source objects of a build, made from the params that ingested them (no disk access)."""
-    data = Path((params.get("paths") or {}).get("data", "data"))
+    data = path_of(params, "data")
     return {name: create_source(name, source_params(params, name), data, progress=False)
             for name in names}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,27 +44,36 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass(frozen=True)
 class CurateConfig:
-    """The ``curate:`` block of params (defaults are the paper build's)."""
+    """The ``curate:`` block of params; ``params.yaml`` holds the values (no defaults here).
 
-    radius: int = 7
-    total_radius: int = 24
-    min_correlation: float = 0.9
-    priority: tuple[str, ...] = ()
-    eval_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    min_entropy: float | None = None
-    max_nodata: float | None = None
+    ``min_entropy`` / ``max_nodata`` of ``None`` keep every image.
+    """
+
+    radius: int
+    total_radius: int
+    min_correlation: float
+    priority: tuple[str, ...]
+    eval_sets: Mapping[str, tuple[str, ...]]
+    min_entropy: float | None
+    max_nodata: float | None
 
     @classmethod
     def from_params(cls, block: Mapping[str, Any] | None) -> CurateConfig:
-        """Build from the params block, rejecting unknown keys by name."""
+        """Build from the params block, naming unknown and missing keys.
+
+        ``contact_sheet`` is the stage's (the plots), not curation's: it is skipped here.
+        """
         block = dict(block or {})
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = set(block) - known - {"contact_sheet"}
         if unknown:
             raise ValueError(f"unknown keys under 'curate:': {', '.join(sorted(unknown))}")
+        missing = known - set(block)
+        if missing:
+            raise ValueError(f"curate.{min(missing)}: missing: params.yaml sets it")
         block.pop("contact_sheet", None)
-        block["priority"] = tuple(block.get("priority") or ())
-        block["eval_sets"] = {k: tuple(v) for k, v in (block.get("eval_sets") or {}).items()}
+        block["priority"] = tuple(block["priority"])
+        block["eval_sets"] = {k: tuple(v) for k, v in block["eval_sets"].items()}
         return cls(**block)
 
 

@@ -1,5 +1,6 @@
-"""Downstream evaluation sets: where they are published, and ``fetch`` into torchgeo's layout.
+"""Downstream evaluation sets: the published-file types, and ``fetch`` into torchgeo's layout.
 
+A task file (``pipelines/tasks/<task>.py``) declares its set's files as a :class:`DownstreamSet`.
 UC Merced is an ingest source (curation decontaminates against it); the other downstream sets are
 only fetched: downloaded with resume and checksum, extracted safely, and laid out under
 ``DATA/downstream/<name>`` exactly as the torchgeo dataset that reads them expects. URLs and md5s
@@ -60,95 +61,6 @@ class DownstreamSet:
     files: dict[str, PublishedFile] = field(default_factory=dict)
 
 
-_BEN_SPLITS = ("https://git.tu-berlin.de/rsim/BigEarthNet-MM_19-classes_models/-/raw/"
-               "9a5be07346ab0884b2d9517475c27ef9db9b5104/splits")
-
-DOWNSTREAM: dict[str, DownstreamSet] = {
-    "bigearthnet": DownstreamSet(
-        name="BigEarthNet-S2 v1.0 (19-class nomenclature)",
-        licence="CDLA-Permissive-1.0",
-        homepage="https://bigearth.net",
-        files={
-            # 66 GB, 590,326 Sentinel-2 patches; only S2 is fetched (the reference uses RGB)
-            "s2": PublishedFile("https://zenodo.org/records/12687186/files/BigEarthNet-S2-v1.0.tar.gz",
-                                "5a64e9ce38deb036a435a7b59494924c",
-                                "BigEarthNet-S2-v1.0.tar.gz", archive=True),
-            # the BigEarthNet-MM splits (cloud, shadow and seasonal-snow patches left out)
-            "split_train": PublishedFile(f"{_BEN_SPLITS}/train.csv",
-                                         "623e501b38ab7b12fe44f0083c00986d",
-                                         "bigearthnet-train.csv"),
-            "split_val": PublishedFile(f"{_BEN_SPLITS}/val.csv",
-                                       "22efe8ed9cbd71fa10742ff7df2b7978", "bigearthnet-val.csv"),
-            "split_test": PublishedFile(f"{_BEN_SPLITS}/test.csv",
-                                        "697fb90677e30571b9ac7699b7e5b432",
-                                        "bigearthnet-test.csv"),
-        },
-    ),
-    "vaihingen": DownstreamSet(
-        name="ISPRS 2D Semantic Labeling Vaihingen",
-        licence="ISPRS benchmark terms: research use, cite the benchmark; no redistribution",
-        homepage="https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-vaihingen.aspx",
-        files={  # handed out by ISPRS on request: no public URL
-            "images": PublishedFile(None, "462b8dca7b6fa9eaf729840f0cdfc7f3",
-                                    "ISPRS_semantic_labeling_Vaihingen.zip", archive=True),
-            "labels": PublishedFile(None, "4802dd6326e2727a352fb735be450277",
-                                    "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip",
-                                    archive=True),
-        },
-    ),
-    "whu": DownstreamSet(
-        name="WHU Building Dataset, aerial imagery (cropped 512 px tiles)",
-        licence="research use; cite Ji, Wei & Lu 2019",
-        homepage="http://gpcv.whu.edu.cn/data/building_dataset.html",
-        files={  # the publisher's page links a zip with {train,val,test}/{image,label}/*.tif
-            "archive": PublishedFile(None, None, "whu-aerial.zip", archive=True),
-        },
-    ),
-    "oscd": DownstreamSet(
-        name="Onera Satellite Change Detection (OSCD)",
-        licence="CC-BY-NC-SA-4.0",
-        homepage="https://rcdaudt.github.io/oscd/",
-        files={  # torchgeo's URLs and md5s
-            "images": PublishedFile("https://partage.imt.fr/index.php/s/gKRaWgRnLMfwMGo/download",
-                                    "c50d4a2941da64e03a47ac4dec63d915",
-                                    "Onera Satellite Change Detection dataset - Images.zip",
-                                    archive=True),
-            "train_labels": PublishedFile(
-                "https://partage.mines-telecom.fr/index.php/s/2D6n03k58ygBSpu/download",
-                "4d2965af8170c705ebad3d6ee71b6990",
-                "Onera Satellite Change Detection dataset - Train Labels.zip", archive=True),
-            "test_labels": PublishedFile(
-                "https://partage.imt.fr/index.php/s/gpStKn4Mpgfnr63/download",
-                "8177d437793c522653c442aa4e66c617",
-                "Onera Satellite Change Detection dataset - Test Labels.zip", archive=True),
-        },
-    ),
-    "dsifn": DownstreamSet(
-        name="DSIFN change detection (Zhang et al. 2020)",
-        licence="research use; cite Zhang et al., ISPRS J. 2020",
-        homepage="https://github.com/GeoZcx/A-deeply-supervised-image-fusion-network-for-change-detection-in-remote-sensing-images",
-        files={  # shared through a cloud drive: {train,val,test}/{t1,t2,mask}/
-            "archive": PublishedFile(None, None, "DSIFN.zip", archive=True),
-        },
-    ),
-    "sn2": DownstreamSet(
-        name="SpaceNet 2: Building Detection v2 (the four training AOIs)",
-        licence="CC-BY-SA-4.0",
-        homepage="https://spacenet.ai/spacenet-buildings-dataset-v2/",
-        files={  # the AWS open-data bucket; torchgeo's md5s
-            f"aoi_{aoi}": PublishedFile(
-                f"https://spacenet-dataset.s3.amazonaws.com/spacenet/SN2_buildings/tarballs/"
-                f"SN2_buildings_train_AOI_{aoi}_{city}.tar.gz", md5,
-                f"SN2_buildings_train_AOI_{aoi}_{city}.tar.gz", archive=True)
-            for aoi, city, md5 in ((2, "Vegas", "307da318bc43aaf9481828f92eda9126"),
-                                   (3, "Paris", "4db469e3e4e7bf025368ad730aec0888"),
-                                   (4, "Shanghai", "986129eecd3e842ebc2063d43b407adb"),
-                                   (5, "Khartoum", "462b4bf0466c945d708befabd4d9115b"))
-        },
-    ),
-}
-
-
 def link(target: Path, name: Path) -> None:
     """Point the symlink ``name`` at ``target`` (replacing a stale link)."""
     if name.is_symlink() or name.exists():
@@ -172,8 +84,8 @@ def manifest_path(data: Path, name: str) -> Path:
     return Path(data) / "fetched" / f"{name}.json"
 
 
-def _wanted(name: str, params: dict[str, Any]) -> dict[str, tuple[PublishedFile, list[str],
-                                                                   str | None]]:
+def _wanted(name: str, published: DownstreamSet,
+            params: dict[str, Any]) -> dict[str, tuple[PublishedFile, list[str], str | None]]:
     """Each file of ``name``: (its table entry, mirrors or a local path, md5), params first.
 
     The mirrors are ``downstream.<name>.urls.<file>`` (a URL, a list of them, or a local path)
@@ -183,33 +95,34 @@ def _wanted(name: str, params: dict[str, Any]) -> dict[str, tuple[PublishedFile,
     md5s = block.get("md5s") or {}
     return {which: (item, mirror_urls(item, block, which, f"downstream.{name}"),
                     md5s[which] if which in md5s else item.md5)
-            for which, item in DOWNSTREAM[name].files.items()}
+            for which, item in published.files.items()}
 
 
-def mirrors_of(name: str, params: dict[str, Any]) -> dict[str, list[str]]:
+def mirrors_of(name: str, published: DownstreamSet,
+               params: dict[str, Any]) -> dict[str, list[str]]:
     """Each file of the set ``name`` and the URLs (or local path) it would be fetched from."""
-    if name not in DOWNSTREAM:
-        raise ParamsError(f"unknown downstream set {name!r}; known: {sorted(DOWNSTREAM)}")
-    return {which: urls for which, (_, urls, _) in _wanted(name, params).items()}
+    return {which: urls for which, (_, urls, _) in _wanted(name, published, params).items()}
 
 
-def fetched_root(name: str, params: dict[str, Any], data: Path) -> Path:
+def fetched_root(name: str, published: DownstreamSet, params: dict[str, Any],
+                 data: Path) -> Path:
     """The torchgeo root of ``name``, fetching only if no fetch of the same files is recorded.
 
     Finetuning calls this on every run (and every rank): re-hashing a 66 GB archive each time
     would cost minutes, and ``geopile fetch`` (the dvc stage) has verified it already.
     """
     record_path, root = manifest_path(data, name), downstream_root(data, name)
-    if name in DOWNSTREAM and record_path.is_file() and root.is_dir():
+    if record_path.is_file() and root.is_dir():
         record = json.loads(record_path.read_text())["files"]
         if all(which in record and record[which]["url"] in {strip_secrets(u) for u in urls}
                and md5 in (None, record[which]["md5"])
-               for which, (_, urls, md5) in _wanted(name, params).items()):
+               for which, (_, urls, md5) in _wanted(name, published, params).items()):
             return root
-    return fetch(name, params, data, progress=False)
+    return fetch(name, published, params, data, progress=False)
 
 
-def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = True) -> Path:
+def fetch(name: str, published: DownstreamSet, params: dict[str, Any], data: Path, *,
+          progress: bool = True) -> Path:
     """Download, verify and extract the set ``name``; returns its torchgeo root (idempotent).
 
     Downloads go to ``DATA/downstream/<name>/downloads`` (resumed, checked), archives are
@@ -217,16 +130,12 @@ def fetch(name: str, params: dict[str, Any], data: Path, *, progress: bool = Tru
     ``.../torchgeo`` holds links to both.
     ``DATA/fetched/<name>.json`` records each file's URL (secrets stripped), md5 and sha256.
     """
-    try:
-        published = DOWNSTREAM[name]
-    except KeyError:
-        raise ParamsError(f"unknown downstream set {name!r}; known: {sorted(DOWNSTREAM)}") from None
     data = Path(data)
     root = downstream_root(data, name)
     root.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"name": published.name, "licence": published.licence,
                               "root": str(root), "files": {}}
-    for which, (item, urls, md5) in _wanted(name, params).items():
+    for which, (item, urls, md5) in _wanted(name, published, params).items():
         if not urls:
             raise ParamsError(
                 f"{name}: {item.filename} has no public URL ({published.homepage} hands it "

@@ -62,3 +62,15 @@ def source_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
         known = ", ".join(sorted(sources)) or "none"
         raise ParamsError(f"no source {name!r} under 'sources:' in the params (known: {known})")
     return dict(sources[name] or {})
+
+
+def path_of(params: Mapping[str, Any], key: str) -> Path:
+    """``paths.<key>``: the one place every stage finds where it reads and writes.
+
+    ``params.yaml`` holds the values (``data``, ``reports``, ``shards``, ``runs``); there is no
+    fallback in code, so a params file without one is an error naming the key.
+    """
+    try:
+        return Path((params.get("paths") or {})[key])
+    except KeyError:
+        raise ParamsError(f"paths.{key} is not set in the params (params.yaml sets it)") from None

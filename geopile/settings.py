@@ -39,7 +39,6 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from geopile.downstream import DOWNSTREAM
 from geopile.params import ParamsError
 from geopile.sources import SOURCES
 from geopile.stac import SIGNERS
@@ -302,10 +301,11 @@ _KIND_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# the kinds with settings of their own; every other kind downloads published files
 SOURCE_SETTINGS: dict[str, type[SourceSettings]] = {
     "naip": NaipSettings, "rsd46": Rsd46Settings, "folder": FolderSettings,
     **{kind: _archive_model(kind) for kind, cls in SOURCES.items()
-       if kind not in ("naip", "rsd46", "folder") and cls.publication is not None},
+       if cls.publication is not None and cls.publication.downloads},
 }
 
 
@@ -354,24 +354,17 @@ class Shard(Block):
     cap_scale: Number = Field(gt=0, description="multiplies every build's caps: 0.01, a 1% build")
 
 
-def _downstream_model(name: str) -> type[Block]:
-    files = list(DOWNSTREAM[name].files)
-    urls = _files_model(f"{name.title()}Urls", files, Urls,
-                        "your mirrors (or a local path), tried first")
-    md5s = _files_model(f"{name.title()}Md5s", files, Md5, "null: no check")
-    return create_model(f"{name.title()}Downstream", __base__=Block,
-                        __doc__=f"``downstream.{name}``: {DOWNSTREAM[name].name}.",
-                        urls=(Omit[urls], Field(None, description="URLs by file")),
-                        md5s=(Omit[md5s], Field(None, description="md5s by file")),
-                        mirror_root=(Omit[Text], Field(
-                            None, description="a copy of the web as <root>/<host>/<path>")))
+class DownstreamFiles(Block):
+    """``downstream.SET``: a downstream set's URLs and md5s by published file.
 
+    The file names are the task files' (``pipelines/tasks``); the pipelines check them against
+    the registry (:func:`check_params`'s ``sets``).
+    """
 
-Downstream = create_model(
-    "Downstream", __base__=Block, __doc__="``downstream:`` per set, URLs and md5s.",
-    **{name: (Omit[_downstream_model(name)], Field(None, description=f"the {name} set"))
-       for name in DOWNSTREAM},
-)
+    urls: Omit[dict[str, Urls]] = Field(None, description="your mirrors (or a local path) by "
+                                        "file, tried first")
+    md5s: Omit[dict[str, Md5]] = Field(None, description="md5s by file; null: no check")
+    mirror_root: Omit[Text] = Field(None, description="a copy of the web as <root>/<host>/<path>")
 
 
 class Weights(Block):
@@ -433,11 +426,13 @@ class Pretrain(Block):
     energy: Energy = Field(description="energy and carbon accounting")
 
 
-class TaskGeometry(Block):
-    """``finetune.tasks.TASK``: input size and window."""
+class TaskOverride(Block):
+    """``finetune.tasks.TASK``: overrides of what the task file declares."""
 
-    img_size: int = Field(ge=1, description="input (or crop) size in pixels")
-    window_size: int = Field(ge=1, description="Swin window")
+    img_size: Omit[int] = Field(None, ge=1, description="input (or crop) size in pixels")
+    window_size: Omit[int] = Field(None, ge=1, description="Swin window")
+    ground_truth: Omit[Literal["eroded", "full"]] = Field(
+        None, description="segmentation reference with an eroded variant (vaihingen)")
 
 
 class Dense(Block):
@@ -478,7 +473,7 @@ class Finetune(Block):
     label_smoothing: Number = Field(ge=0, lt=1, description="label smoothing")
     clip_grad: Number = Field(gt=0, description="gradient norm clip")
     workers: int = Field(ge=0, description="DataLoader workers")
-    tasks: dict[str, TaskGeometry] = Field(description="input size and window per task")
+    tasks: dict[str, TaskOverride] = Field(description="per task: overrides of its task file")
     dense: Dense = Field(description="the dense tasks' schedule")
 
 
@@ -489,7 +484,7 @@ class Settings(Block):
     paths: Paths = Field(description="where stages read and write")
     ingest: Ingest = Field(description="ingest settings shared by sources")
     sources: dict[str, AnySource] = Field(description="the sources, by name")
-    downstream: Downstream = Field(description="downstream sets' URLs and md5s")
+    downstream: dict[str, DownstreamFiles] = Field(description="downstream sets' URLs and md5s")
     curate: Curate = Field(description="curation")
     shard: Shard = Field(description="shard writing")
     builds: dict[str, Build] = Field(
@@ -517,11 +512,16 @@ class Settings(Block):
 # checking
 
 
-def check_params(params: Mapping[str, Any], files: Sequence[str | Path] = ()) -> Settings:
+def check_params(params: Mapping[str, Any], files: Sequence[str | Path] = (), *,
+                 tasks: Iterable[str] | None = None,
+                 sets: Mapping[str, Iterable[str]] | None = None) -> Settings:
     """Validate merged params; every problem in one :class:`ParamsError`, none on success.
 
     Call it once, after loading and before any stage does work: a bad value must never get as
-    far as deleting or overwriting earlier output. ``files`` are named in the error.
+    far as deleting or overwriting earlier output. ``files`` are named in the error. ``tasks``
+    and ``sets`` (downstream set -> its file keys) are the pipelines' task registry: names
+    under ``finetune_tasks``, ``finetune.tasks``, ``downstream`` and ``downstream_sets`` must be
+    among them.
     """
     problems: list[str] = []
     settings: Settings | None = None
@@ -529,7 +529,7 @@ def check_params(params: Mapping[str, Any], files: Sequence[str | Path] = ()) ->
         settings = Settings.model_validate(dict(params))
     except ValidationError as err:
         problems = [_describe(e, params) for e in err.errors(include_url=False)]
-    problems = list(dict.fromkeys(problems + _cross_checks(params)))
+    problems = list(dict.fromkeys(problems + _cross_checks(params, tasks, sets)))
     if settings is not None and not problems:
         return settings
     where = " + ".join(str(f) for f in files) or "the params"
@@ -711,7 +711,8 @@ def _explain(err: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     return f"{key}: {value} is invalid: {why}{what}"
 
 
-def _cross_checks(params: Mapping[str, Any]) -> list[str]:
+def _cross_checks(params: Mapping[str, Any], tasks: Iterable[str] | None,
+                  sets: Mapping[str, Iterable[str]] | None) -> list[str]:
     """Names that must refer to something elsewhere in the params.
 
     Works on the raw params, so that it reports alongside the schema's errors; a block of the
@@ -752,10 +753,20 @@ def _cross_checks(params: Mapping[str, Any]) -> list[str]:
     eval_sets = curate.get("eval_sets")
     for source in eval_sets if isinstance(eval_sets, Mapping) else {}:
         need(f"curate.eval_sets.{source}", source, sources, "source", "sources")
-    tasks = finetune.get("tasks")
-    for i, task in names(params.get("finetune_tasks")):
-        need(f"finetune_tasks[{i}]", task, tasks if isinstance(tasks, Mapping) else None,
-             "task", "finetune.tasks")
-    for i, name in names(params.get("downstream_sets")):
-        need(f"downstream_sets[{i}]", name, DOWNSTREAM, "downstream set", "")
+    for key, known, noun in (("finetune_tasks", tasks, "task"),
+                             ("downstream_sets", sets, "downstream set")):
+        for i, name in names(params.get(key)) if known is not None else []:
+            need(f"{key}[{i}]", name, known, noun, "pipelines/tasks")
+    overrides = finetune.get("tasks")
+    for task in overrides if isinstance(overrides, Mapping) and tasks is not None else {}:
+        need(f"finetune.tasks.{task}", task, tasks, "task", "pipelines/tasks")
+    if sets is not None:
+        downstream = block("downstream") or {}
+        for name, files in downstream.items():
+            need(f"downstream.{name}", name, sets, "downstream set", "pipelines/tasks")
+            for key in ("urls", "md5s"):
+                given = files.get(key) if isinstance(files, Mapping) else None
+                for which in given if isinstance(given, Mapping) and name in sets else {}:
+                    need(f"downstream.{name}.{key}.{which}", which, sets[name], "file",
+                         f"the {name} set")
     return problems

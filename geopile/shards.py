@@ -55,22 +55,25 @@ INDIRECT = "near (indirect)"  # a skipped copy with no direct edge to the member
 
 @dataclass(frozen=True)
 class ShardConfig:
-    """The ``shard:`` block of params."""
+    """The ``shard:`` block of params; ``params.yaml`` holds the values (no defaults here)."""
 
-    max_samples: int = 10_000
-    max_bytes: int = 256_000_000
-    naip_bands: int = 3  # 3: RGB JPEG (the model's input); 4: R,G,B,NIR lossless GeoTIFF
-    jpeg_quality: int = 95
-    mtime: int = 0  # tar member mtime, fixed so that rebuilds are byte-identical
-    cap_scale: float = 1.0  # multiply every integer cap (for quick small builds)
+    max_samples: int
+    max_bytes: int
+    naip_bands: int  # 3: RGB JPEG (the model's input); 4: R,G,B,NIR lossless GeoTIFF
+    jpeg_quality: int
+    mtime: int  # tar member mtime, fixed so that rebuilds are byte-identical
+    cap_scale: float  # multiply every integer cap (for quick small builds)
 
     @classmethod
     def from_params(cls, block: Mapping[str, Any] | None) -> ShardConfig:
-        """Build from the params block, rejecting unknown keys by name."""
+        """Build from the params block, naming unknown and missing keys."""
         block = dict(block or {})
-        unknown = set(block) - set(cls.__dataclass_fields__)
+        fields = set(cls.__dataclass_fields__)
+        unknown, missing = set(block) - fields, fields - set(block)
         if unknown:
             raise ValueError(f"unknown keys under 'shard:': {', '.join(sorted(unknown))}")
+        if missing:
+            raise ValueError(f"shard.{min(missing)}: missing: params.yaml sets it")
         config = cls(**block)
         if config.naip_bands not in (3, 4):
             raise ValueError(f"shard.naip_bands must be 3 or 4, got {config.naip_bands}")

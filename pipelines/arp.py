@@ -7,7 +7,8 @@ PSNR and SSIM are one task. That is how the paper's Table 1 gets 3.31 for GFM fr
 table; a flat mean over its nine scores gives 3.17, and the 4.47 of the slides in circulation
 comes from an earlier version of the table. A finetuning run's ``metrics.json`` holds
 ``{"task": ..., "scores": {metric: value, ...}}``; a model's scores are those of every run found
-under the directories given. The paper's numbers ride along, so a run is read beside them.
+under the directories given. The paper's numbers ride along, so a run is read beside them;
+they and each task's dataset come from the task files (:mod:`pipelines.tasks`).
 """
 
 from __future__ import annotations
@@ -21,30 +22,24 @@ from pipelines.common import atomic_write_text
 
 Score = tuple[str, str]  # (task, metric)
 
-# The paper's scores (FACTS.md section 1): GFM and its Swin-B ImageNet-22k baseline. Higher is
-# better for every one. The paper gives Vaihingen one number without naming the metric in our
-# notes; it is filed under mIoU, the segmentation metric of that table.
-PAPER: dict[Score, tuple[float, float]] = {
-    ("oscd", "f1"): (59.82, 52.35),
-    ("dsifn", "f1"): (71.24, 69.62),
-    ("ucm", "top1"): (99.0, 99.0),
-    ("ben10", "micro_ap"): (86.3, 85.7),
-    ("ben1", "micro_ap"): (80.7, 79.5),
-    ("whu", "iou"): (90.7, 90.4),
-    ("vaihingen", "miou"): (75.3, 74.7),
-    ("sn2", "psnr"): (22.599, 21.655),
-    ("sn2", "ssim"): (0.638, 0.612),
-}
 
 
-# Tasks that are subsets of one dataset (the paper counts that dataset once); any other task is
-# its own dataset.
-DATASET: dict[str, str] = {"ben10": "bigearthnet", "ben1": "bigearthnet"}
+def paper_scores() -> dict[Score, tuple[float, float]]:
+    """The paper's per-task table from the task files: (GFM, its Swin-B ImageNet-22k baseline).
+
+    Higher is better for every one (FACTS.md section 1).
+    """
+    from pipelines.tasks import TASKS
+
+    return {(t.name, metric): (s.gfm, s.baseline)
+            for t in TASKS.values() for metric, s in t.paper.items()}
 
 
 def dataset_of(task: str) -> str:
-    """The dataset a task's scores are averaged under before ARP's mean."""
-    return DATASET.get(task, task)
+    """The dataset a task's scores are averaged under before ARP's mean (unknown: its own)."""
+    from pipelines.tasks import TASKS
+
+    return TASKS[task].dataset if task in TASKS else task
 
 
 @dataclass(frozen=True)
@@ -82,7 +77,8 @@ def from_rows(rows: list[dict[str, Any]]) -> ArpResult:
 
 def paper_arp() -> ArpResult:
     """The paper's own ARP of GFM against the ImageNet-22k Swin-B: 3.31% over 7 datasets."""
-    return arp({k: v[0] for k, v in PAPER.items()}, {k: v[1] for k, v in PAPER.items()})
+    paper = paper_scores()
+    return arp({k: v[0] for k, v in paper.items()}, {k: v[1] for k, v in paper.items()})
 
 
 def read_scores(paths: list[Path]) -> dict[Score, float]:
@@ -116,19 +112,20 @@ def arp_table(result: ArpResult, paper: bool = True,
     if paper:
         head += f" | {'paper GFM':>9} {'paper base':>10} {'rel.':>8}"
     lines = [head, "-" * len(head)]
+    table = paper_scores()
     for r in result.rows:
         gain = "n/a" if r["relative"] is None else f"{r['relative']:+.2%}"
         line = (f"{r['task']:<10} {r['metric']:<8} {r['model']:>9.4g} {r['baseline']:>9.4g} "
                 f"{gain:>8}")
-        if paper and (r["task"], r["metric"]) in PAPER:
-            g, b = PAPER[(r["task"], r["metric"])]
+        if paper and (r["task"], r["metric"]) in table:
+            g, b = table[(r["task"], r["metric"])]
             line += f" | {g:>9.4g} {b:>10.4g} {(g - b) / b:>+8.2%}"
         lines.append(line)
     lines.append(f"ARP {_over(result)}: "
                  + ("n/a (no shared scores)" if result.arp is None else f"{result.arp:+.2%}"))
     if paper:
-        shared = [k for k in ((r["task"], r["metric"]) for r in result.rows) if k in PAPER]
-        same = arp({k: PAPER[k][0] for k in shared}, {k: PAPER[k][1] for k in shared})
+        shared = [k for k in ((r["task"], r["metric"]) for r in result.rows) if k in table]
+        same = arp({k: table[k][0] for k in shared}, {k: table[k][1] for k in shared})
         full = paper_arp()
         if same.arp is not None:
             lines.append(f"paper's ARP over the same scores: {same.arp:+.2%}")

@@ -11,6 +11,30 @@ from geopile.sources import list_sources
 from geopile.urls import redact
 from pipelines.common import add_params_arg, data_dir, setup
 
+
+class Registry:
+    """The task registry's names (``tasks``) or downstream sets (``sets``), read when asked.
+
+    argparse checks a value against it (``in``) and lists it in ``--help`` (iteration) only
+    then: the registry imports torch, which the data commands do not need.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def _names(self) -> list[str]:
+        from pipelines.tasks import downstream_sets, list_tasks
+
+        return list_tasks() if self.what == "tasks" else list(downstream_sets())
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of names
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, list):  # argparse checks a bare `nargs="*"` as its empty default
+            return all(n in self._names() for n in name)
+        return name in self._names()
+
 EPILOG = """examples:
   geopile world build build/world && geopile world up build/world
   geopile ingest --params params.yaml --params build/world/world.params.yaml --all
@@ -131,13 +155,14 @@ def _parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser(
         "fetch",
-        help="download a downstream evaluation set (BigEarthNet) into torchgeo's layout",
+        help="download a downstream evaluation set into torchgeo's layout",
         description="Download (resumed, md5-checked) and safely extract each SET into "
         "paths.data/downstream/SET/torchgeo, the root torchgeo reads; record what was fetched in "
         "paths.data/fetched/SET.json. URLs and md5s: downstream.SET.urls/md5s in params.yaml. "
         "UC Merced comes from `geopile ingest ucmerced` instead.",
     )
-    fetch.add_argument("sets", nargs="*", metavar="SET", help="bigearthnet")
+    fetch.add_argument("sets", nargs="*", metavar="SET", choices=Registry("sets"),
+                       help="one of %(choices)s")
     fetch.add_argument("--all", action="store_true", help="every set in downstream_sets")
     add_params_arg(fetch)
 
@@ -158,24 +183,25 @@ def _parser() -> argparse.ArgumentParser:
     finetune = sub.add_parser(
         "finetune",
         help="finetune a pretrained encoder (or a baseline) on a downstream task",
-        description="The reference recipe (finetune: in params.yaml; layer decay, mixup/cutmix, "
-        "label smoothing through timm; the task's size and window) on TASK's torchgeo "
-        "dataset, built from what `geopile ingest` or `geopile fetch` verified (fetched on "
-        "first use). ben10 and ben1 train on a seeded 10%% / 1%% of BigEarthNet's training "
-        "split, drawn without replacement and listed in subset.json. --init: a pretraining run "
-        "directory of ours (with encoder/), imagenet22k (the baseline) or random. Writes "
-        "paths.runs/finetune/TASK/INIT/: metrics.json (the test score, read by geopile arp), "
+        description="The reference recipe of TASK's family (finetune: in params.yaml for "
+        "classification, trained for epochs; finetune.dense for segmentation, change "
+        "detection and super-resolution, trained for iterations) on the task's dataset, "
+        "read from what `geopile ingest` or `geopile fetch` verified (fetched on first use). "
+        "Each task is one file in pipelines/tasks/ stating its evaluation protocol. ben10 and "
+        "ben1 train on a seeded 10%% / 1%% of BigEarthNet's training split, drawn without "
+        "replacement and listed in subset.json. --init: a pretraining run directory of ours "
+        "(with encoder/), imagenet22k (the baseline) or random. Writes "
+        "paths.runs/finetune/TASK/INIT/: metrics.json (the test scores, read by geopile arp), "
         "history.csv, config.json, checkpoints/last.pt and best.pt (best validation score).",
     )
-    finetune.add_argument("task", metavar="TASK",
-                          help="classification: ucm, ben10, ben1 (epochs); segmentation: whu, "
-                          "vaihingen; change detection: oscd, dsifn; super-resolution: sn2 "
-                          "(iterations, finetune.dense)")
+    finetune.add_argument("task", metavar="TASK", choices=Registry("tasks"),
+                          help="one of %(choices)s")
     finetune.add_argument("--init", required=True,
                           help="RUN_DIR (ours, e.g. runs/paper), imagenet22k or random")
-    finetune.add_argument("--epochs", type=int, help="overrides finetune.epochs")
-    finetune.add_argument("--iterations", type=int,
-                          help="overrides finetune.dense.iterations (dense tasks)")
+    length = finetune.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="overrides finetune.epochs (classification)")
+    length.add_argument("--iterations", type=int,
+                        help="overrides finetune.dense.iterations (dense tasks)")
     finetune.add_argument("--resume", action="store_true",
                           help="continue from the run's last checkpoint")
     finetune.add_argument("--out", type=Path, help="run directory")
@@ -281,8 +307,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"workspace ready: cd {made} && dvc repro")
         return 0
     params = setup(args)
-    from geopile.settings import check_params  # every bad value, by key, before any work
-
+    # every bad value, by key, before any work; the commands that read tasks also check the
+    # names against the task registry (which imports torch: not for the data stages)
+    if args.command in ("finetune", "fetch", "sources"):
+        from pipelines.common import load_settings as check_params
+    else:
+        from geopile.settings import check_params
     check_params(params, args.params or ["params.yaml"])
     data = data_dir(params)
     if args.command in ("ingest", "summary"):
@@ -345,12 +375,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "fetch":
         from geopile.downstream import fetch
+        from pipelines.tasks import downstream_sets
 
         names = (params.get("downstream_sets") or []) if args.all else args.sets
         if not names:
             raise ParamsError("name at least one set, or pass --all")
+        published = downstream_sets()
         for name in names:
-            print(f"{name}: {fetch(name, params, data, progress=not args.no_progress)}")
+            root = fetch(name, published[name], params, data, progress=not args.no_progress)
+            print(f"{name}: {root}")
         return 0
     if args.command == "sources":
         from pipelines.sources_check import run as sources_run
@@ -358,14 +391,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return sources_run(params, do_check=args.check, timeout_s=args.timeout)
     if args.command == "finetune":
         from pipelines.finetune import run_finetune
+        from pipelines.tasks import get_task
 
+        family = get_task(args.task).family
+        if (args.epochs and family == "dense") or (args.iterations and family != "dense"):
+            unit = "iterations" if family == "dense" else "epochs"
+            raise ParamsError(f"{args.task} is a {family} task: its length is in {unit} "
+                              f"(--{unit})")
         metrics = run_finetune(params, args.task, args.init, resume=args.resume,
-                               epochs=args.epochs, iterations=args.iterations,
+                               length=args.epochs or args.iterations,
                                progress=not args.no_progress, out=args.out)
         if metrics:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics["scores"].items())
-            length = (f"{metrics['epochs']} epochs" if "epochs" in metrics
-                      else f"{metrics['iterations']} iterations")
+            length = (f"{metrics['steps']} iterations" if family == "dense"
+                      else f"{metrics['epochs']:g} epochs")
             val = f"best validation {metrics['val']:.2f}" if metrics["val"] is not None \
                 else "last checkpoint"
             print(f"{args.task} from {metrics['init']}: test {scores} ({val}, {length})")

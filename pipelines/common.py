@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import io
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from geopile.params import ParamsError, load_params
+from geopile.params import load_params, path_of
 from geopile.urls import install_redaction
+
+if TYPE_CHECKING:
+    from geopile.settings import Settings
 
 
 def add_params_arg(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,16 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
 def data_dir(params: dict[str, Any]) -> Path:
     """The data directory from ``paths.data``."""
-    return Path((params.get("paths") or {}).get("data", "data"))
+    return path_of(params, "data")
+
+
+def load_settings(params: dict[str, Any], files: Sequence[str | Path] = ()) -> Settings:
+    """The typed settings of ``params``, checked against the schema and the task registry."""
+    from geopile.settings import check_params
+    from pipelines.tasks import TASKS, downstream_sets
+
+    return check_params(params, files, tasks=TASKS, sets={
+        name: list(published.files) for name, published in downstream_sets().items()})
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -56,35 +66,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class History:
-    """A run's ``history.csv``, whose rows also travel in its checkpoint.
-
-    A resumed run rewrites the file whole from the checkpoint's rows: ``dvc repro`` deletes a
-    stage's outputs before running it again while its checkpoints persist, so a file only
-    appended to would lose the rows before the resume, or not exist at all when the run was
-    already complete.
-    """
-
-    def __init__(self, path: Path, header: list[str], rows: list[list[Any]] | None,
-                 write: bool) -> None:
-        self.path, self.rows, self.write = path, list(rows or []), write
-        if write:
-            atomic_write_text(path, self._csv([header, *self.rows]))
-
-    @staticmethod
-    def _csv(rows: list[list[Any]]) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        return buf.getvalue()
-
-    def add(self, row: list[Any]) -> None:
-        """Record one evaluation (every process keeps the rows; the main one writes them)."""
-        self.rows.append(row)
-        if self.write:
-            with self.path.open("a", newline="") as f:
-                f.write(self._csv([row]))
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, then rename it into place."""
     import torch  # not at module level: every command imports this module
@@ -93,16 +74,3 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def coerce_floats(kind: type, block: dict[str, Any], name: str) -> dict[str, Any]:
-    """Floats where dataclass ``kind`` wants floats: YAML 1.1 reads ``1e-8`` as a string."""
-    out = dict(block)
-    for f in dataclasses.fields(kind):
-        value = out.get(f.name)
-        if "float" in str(f.type) and isinstance(value, str):
-            try:
-                out[f.name] = float(value)
-            except ValueError:
-                raise ParamsError(f"{name}: {f.name} must be a number, got {value!r}") from None
-    return out

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from geopile.curate import CurateConfig, curate, rgb_thumbnail
-from geopile.params import ParamsError
+from geopile.params import ParamsError, path_of
 from geopile.records import read_records, records_path, write_table_atomic
 from pipelines.common import atomic_write_text
 
@@ -34,7 +34,7 @@ def curated_path(data: Path) -> Path:
 
 def reports_dir(params: dict[str, Any]) -> Path:
     """The reports directory from ``paths.reports``."""
-    return Path((params.get("paths") or {}).get("reports", "reports"))
+    return path_of(params, "reports")
 
 
 def _sources_by_role(params: dict[str, Any], role: str) -> list[str]:
@@ -136,7 +136,7 @@ def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
 
 def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[str, Any]:
     """Curate every enabled pretraining source against the configured evaluation sets."""
-    block = params.get("curate") or {}
+    block = params["curate"]
     config = CurateConfig.from_params(block)
     pretrain = _sources_by_role(params, "pretrain")
     if not pretrain:
@@ -154,13 +154,12 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
     reports = reports_dir(params)
     plots = reports / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    sheet = block.get("contact_sheet") or {}
+    sheet = block["contact_sheet"]
     for name in pretrain:
         part = result.curated.filter(pc.equal(result.curated["source"], name))
         entropy_histogram(part, name, plots / f"entropy_{name}.png")
         contact_sheet(part, data, plots / f"contact_{name}.png",
-                      int(sheet.get("samples", 48)), int(sheet.get("thumb", 96)),
-                      int(params.get("seed", 0)))
+                      int(sheet["samples"]), int(sheet["thumb"]), int(params["seed"]))
     paths = {k: p for t in tables.values()
              for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
     boundary = plots / BOUNDARY

@@ -9,27 +9,17 @@ forced one). Every assumption goes into the output next to the figures.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from geopile.settings import Energy
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EnergySettings:
-    """Where the run's electricity comes from."""
-
-    enabled: bool = True
-    country: str = "USA"  # ISO 3166 alpha-3: codecarbon's grid mix for that country
-    pue: float = 1.0  # data-centre power usage effectiveness (1.0: the machine alone)
-    carbon_intensity: float | None = None  # g CO2e / kWh; None: the country's average
-    interval_s: float = 15.0  # power sampling period
 
 
 class EnergyMeter:
     """Start, stop, and a dict of kWh, kg CO2e and the assumptions behind them."""
 
-    def __init__(self, settings: EnergySettings) -> None:
+    def __init__(self, settings: Energy) -> None:
         self.settings = settings
         self.tracker = None
 

@@ -46,9 +46,8 @@ def run_ingest(
                 raw.unlink()
             raw.mkdir(parents=True, exist_ok=True)
             continue
-        default_workers = (params.get("ingest") or {}).get("workers", 2)
-        n_workers = workers or int(sp.get("workers") or default_workers)
-        source = create_source(name, sp, data, seed=int(params.get("seed", 0)), progress=progress)
+        n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
+        source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
         summaries.append(ingest(source, workers=n_workers, progress=progress))
     return summaries
 

@@ -23,9 +23,10 @@ from PIL import Image
 
 from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
+from geopile.params import path_of
 from geopile.records import read_records, records_path, rejects_path
 from geopile.shards import INDEX
-from pipelines.arp import PAPER, from_rows, paper_arp
+from pipelines.arp import from_rows, paper_arp, paper_scores
 from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, reports_dir
 from pipelines.energy import energy_line
@@ -158,7 +159,8 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     for p in sorted(plots.glob("contact_*.png")):
         page.image(p.read_bytes(), p.stem.removeprefix("contact_"))
     dups = json.loads((reports / DUPLICATES).read_text())
-    sources = sorted({*(params.get("sources") or {}), "ucmerced"})
+    eval_sets = (params.get("curate") or {}).get("eval_sets") or {}
+    sources = sorted({*(params.get("sources") or {}), *eval_sets})
     paths = _key_paths(data, sources)
     page.heading("Duplicate clusters (every copy, side by side; a build keeps one)")
     sheets = []
@@ -209,7 +211,7 @@ def _builds(page: _Page, params: dict[str, Any]) -> None:
 
 
 def _pretraining(page: _Page, params: dict[str, Any]) -> None:
-    runs = Path((params.get("paths") or {}).get("runs", "runs"))
+    runs = path_of(params, "runs")
     builds = [b for b in params.get("pretrain_builds") or []
               if (runs / b / "metrics.json").exists()]
     if not builds:
@@ -236,9 +238,10 @@ def _downstream(page: _Page, params: dict[str, Any]) -> None:
         return
     result = json.loads(arp_file.read_text())
     page.heading("Downstream: ARP against the baseline")
+    table = paper_scores()
     rows = [[r["task"], r["metric"], r["model"], r["baseline"],
              "n/a" if r["relative"] is None else f"{r['relative']:+.2%}",
-             *PAPER.get((r["task"], r["metric"]), ("-", "-"))]
+             *table.get((r["task"], r["metric"]), ("-", "-"))]
             for r in result["rows"]]
     page.table(["task", "metric", "ours", "baseline", "rel.", "paper GFM", "paper base"], rows)
     ours, paper = from_rows(result["rows"]), paper_arp()
@@ -246,6 +249,11 @@ def _downstream(page: _Page, params: dict[str, Any]) -> None:
               "averaged first): " + ("n/a" if ours.arp is None else f"{ours.arp:+.2%}")
               + f"; the paper's ARP over its {len(paper.datasets)} datasets (Table 1): "
               f"{paper.arp:+.2%}.")
+    from pipelines.tasks import TASKS
+
+    shown = dict.fromkeys(r["task"] for r in result["rows"] if r["task"] in TASKS)
+    page.table(["task", "dataset", "evaluation protocol (its task file)"],
+               [[t, TASKS[t].dataset, " ".join(TASKS[t].protocol.split())] for t in shown])
 
 
 def build_report(params: dict[str, Any], data: Path, out: Path,

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from geopile.card import BOUNDARY_PLOT, CARD, render_card
-from geopile.params import ParamsError
+from geopile.params import ParamsError, path_of
 from geopile.records import read_records
 from geopile.shards import ShardConfig, select, shortfall_message, write_build
 from pipelines.common import atomic_write_text
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def shards_dir(params: dict[str, Any]) -> Path:
     """The shard root from ``paths.shards``."""
-    return Path((params.get("paths") or {}).get("shards", "shards"))
+    return path_of(params, "shards")
 
 
 def build_names(params: dict[str, Any]) -> list[str]:
@@ -66,16 +66,16 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     builds = params.get("builds") or {}
     if build not in builds:
         raise ParamsError(f"no build {build!r} under 'builds:' (known: {', '.join(builds)})")
-    config = ShardConfig.from_params(params.get("shard"))
+    config = ShardConfig.from_params(params["shard"])
     path = curated_path(data)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
-    seed = int(params.get("seed", 0))
+    seed = int(params["seed"])
     reports = reports_dir(params)
     report = _read_json(reports / REPORT)
     duplicates = _read_json(reports / DUPLICATES) or {}
     chosen = select(read_records(path), build, builds[build], seed, config.cap_scale,
-                    priority=(params.get("curate") or {}).get("priority") or (),
+                    priority=params["curate"]["priority"],
                     pairs=duplicates.get("pairs") or (),
                     curate_counts=(report or {}).get("counts"))
     out = shards_dir(params) / build

@@ -18,12 +18,11 @@ from urllib.parse import urlsplit
 
 import requests
 
-from geopile.downstream import DOWNSTREAM, mirrors_of
-from geopile.params import ParamsError, source_params
-from geopile.sources import SOURCES
-from geopile.sources.naip import PC_STAC
-from geopile.sources.published import mirror_urls
+from geopile.downstream import mirrors_of
+from geopile.params import ParamsError, path_of, source_params
+from geopile.sources import create_source
 from geopile.urls import strip_secrets
+from pipelines.tasks import downstream_sets
 
 DEFAULT_TIMEOUT_S = 10.0
 WORKERS = 16
@@ -50,36 +49,26 @@ class Probe:
 
 
 def wanted_files(params: dict[str, Any]) -> list[Wanted]:
-    """Every file of every enabled source and every ``downstream_sets`` entry, with mirrors."""
+    """Every file of every enabled source and every ``downstream_sets`` entry, with mirrors.
+
+    Each source says what its ``fetch`` reads (:meth:`geopile.sources.base.Source.inputs`):
+    published files with their mirrors, a STAC API, or a path the user supplies.
+    """
     out: list[Wanted] = []
+    data = path_of(params, "data")
     for name, block in (params.get("sources") or {}).items():
-        block = block or {}
-        if not block.get("enabled", True):
+        if not (block or {}).get("enabled", True):
             continue
-        kind = block.get("type", name)
-        if kind not in SOURCES:
-            raise ParamsError(f"source {name!r} has type {kind!r}; known types: "
-                              f"{', '.join(SOURCES)}")
-        sp = source_params(params, name)
-        publication = SOURCES[kind].publication
-        if kind == "naip":
-            out.append(Wanted(name, "stac_api", (str(sp.get("stac_url") or PC_STAC),)))
-        elif publication is not None and publication.downloads:
-            for which, download in publication.downloads.items():
-                urls = mirror_urls(download, sp, which, f"sources.{name}")
-                out.append(Wanted(name, which, tuple(urls)))
-        else:  # a file or folder the user supplies (RSD46-WHU, folder sources)
-            key = "archive" if kind == "rsd46" else "path"
-            local = sp.get(key)
-            out.append(Wanted(name, key, (str(local),) if local else (),
-                              hint=f"set sources.{name}.{key}"))
+        source = create_source(name, source_params(params, name), data, progress=False)
+        for which, urls in source.inputs().items():
+            out.append(Wanted(name, which, tuple(urls), hint=f"set sources.{name}.{which}"))
+    sets = downstream_sets()  # the task files' published sets
     for name in params.get("downstream_sets") or []:
-        if name not in DOWNSTREAM:
-            raise ParamsError(f"downstream_sets: unknown set {name!r}; known: "
-                              f"{sorted(DOWNSTREAM)}")
-        for which, urls in mirrors_of(name, params).items():
+        if name not in sets:
+            raise ParamsError(f"downstream_sets: unknown set {name!r}; known: {sorted(sets)}")
+        for which, urls in mirrors_of(name, sets[name], params).items():
             out.append(Wanted(f"downstream/{name}", which, tuple(urls),
-                              hint=f"download it from {DOWNSTREAM[name].homepage} and set "
+                              hint=f"download it from {sets[name].homepage} and set "
                               f"downstream.{name}.urls.{which}"))
     return out
 

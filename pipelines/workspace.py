@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from geopile.params import load_params
-from geopile.settings import check_params
+from pipelines.common import load_settings as check_params
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "dvc.yaml"

@@ -8,7 +8,7 @@ import time
 from contextlib import chdir
 from pathlib import Path
 
-from geopile.params import load_params
+from geopile.params import load_params, path_of
 from geopile.stream import read_index
 from geopile.world.world import (
     PARAMS_OVERLAY,
@@ -26,9 +26,13 @@ from pipelines.workspace import dvc, make_workspace
 
 def build(world: Path, seed: int = 0, per_class: int = 3) -> dict:
     """The world's data (geopile) and its stand-in teacher checkpoint (a tiny Swin)."""
+    from pipelines.tasks import TASKS
     from pipelines.world_teacher import make_world_teacher
 
-    truth = build_world(world, seed=seed, per_class=per_class)
+    # every task's published set and the fixture that makes its copy (BigEarthNet once)
+    sets = {t.dataset: (t.published, t.fixture) for t in TASKS.values()
+            if t.published is not None and t.fixture is not None}
+    truth = build_world(world, seed=seed, per_class=per_class, downstream=sets)
     make_world_teacher(world, seed=seed)
     return truth
 
@@ -85,7 +89,7 @@ def demo(args: argparse.Namespace) -> int:
             print("\n" + shard_table(indexes))
             for build_name in params.get("pretrain_builds") or []:
                 print("\n" + pretrain_summary(run_dir(params, build_name).resolve()))
-            arp_file = Path(params["paths"]["reports"]) / "arp.json"
+            arp_file = path_of(params, "reports") / "arp.json"
             if arp_file.exists():
                 result = json.loads(arp_file.read_text())
                 print(f"\nfinetuned on {', '.join(params['finetune_tasks'])}: ours "
@@ -97,7 +101,7 @@ def demo(args: argparse.Namespace) -> int:
     root = workspace.resolve()
     print(f"\ndvc push  the shards of {len(builds)} builds -> {remote} on the world's S3 (the "
           "workspace's default DVC remote)")
-    report = root / params["paths"]["reports"] / "report.html"
+    report = root / path_of(params, "reports") / "report.html"
     if report.exists():
         print(f"\nreport    {report}  (open it in a browser; Markdown: report.md)")
     print(f"""

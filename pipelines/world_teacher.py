@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
-from geopile.world.corpora import RESISC45_CLASSES
+from geopile.sources.resisc45 import Resisc45
 from geopile.world.scenes import render_scene
 from geopile.world.world import TEACHER_FILE
 from model.configs import get_config
@@ -45,7 +45,7 @@ def make_world_teacher(world_dir: Path, *, classes: int = 16, per_class: int = 1
     target = Path(world_dir) / TEACHER_FILE
     spec = get_config("tiny").teacher
     torch.manual_seed(seed)
-    names = list(RESISC45_CLASSES)[:: max(1, len(RESISC45_CLASSES) // classes)][:classes]
+    names = list(Resisc45.classes)[:: max(1, len(Resisc45.classes) // classes)][:classes]
     x, y = _images(names, per_class, spec.img_size, seed)
     net = create_swin(spec, num_classes=len(names))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +23,11 @@ def _keys_by_ref(data: Path) -> dict[tuple[str, str], str]:
         for key, origin in zip(table["key"].to_pylist(), table["origin"].to_pylist(), strict=True):
             refs[(name, origin)] = key
     return refs
+
+
+def _config(params: dict, **changes) -> CurateConfig:
+    """``curate:`` as params.yaml (and the world) set it, with ``changes``."""
+    return replace(CurateConfig.from_params(params["curate"]), **changes)
 
 
 def _key(refs: dict, ref: dict) -> str:
@@ -82,12 +88,12 @@ def two_distinct(curated):
     rows = table.slice(0, 2).to_pylist()
     assert rows[0]["xxh3_pixels"] != rows[1]["xxh3_pixels"]
     rows[1]["crop_hashes"] = rows[0]["crop_hashes"]
-    return data, pa.Table.from_pylist(rows, schema=table.schema)
+    return data, pa.Table.from_pylist(rows, schema=table.schema), _config(curated)
 
 
 def test_hash_collision_is_not_a_duplicate(two_distinct):
-    data, table = two_distinct
-    result = curate({"resisc45": table}, {}, data, CurateConfig())
+    data, table, config = two_distinct
+    result = curate({"resisc45": table}, {}, data, config)
     assert result.candidate_pairs == 2 and result.confirmed_pairs == 0  # both ways, both refused
     assert len(set(result.curated["cluster"].to_pylist())) == 2
     assert result.near_scores and result.near_scores[0]["score"] < 0.9
@@ -99,7 +105,7 @@ def test_overlapping_naip_windows_are_not_duplicates(curated):
     rows = naip.slice(0, 2).to_pylist()
     rows[1]["crop_hashes"] = rows[0]["crop_hashes"]  # as alike as two windows can look
     table = pa.Table.from_pylist(rows, schema=naip.schema)
-    result = curate({"naip": table}, {}, data, CurateConfig(min_correlation=0.01))
+    result = curate({"naip": table}, {}, data, _config(curated, min_correlation=0.01))
     assert result.curated.num_rows == 2 and result.candidate_pairs == 0
 
 
@@ -108,8 +114,8 @@ def test_records_without_crop_hashes_are_hashed_at_curate(curated):
     table = read_records(records_path(data, "patternnet")).slice(0, 5)
     blank = table.set_column(table.schema.get_field_index("crop_hashes"), "crop_hashes",
                              pa.nulls(5, table.schema.field("crop_hashes").type))
-    with_hashes = curate({"patternnet": table}, {}, data, CurateConfig())
-    without = curate({"patternnet": blank}, {}, data, CurateConfig())
+    with_hashes = curate({"patternnet": table}, {}, data, _config(curated))
+    without = curate({"patternnet": blank}, {}, data, _config(curated))
     assert with_hashes.curated["cluster"].to_pylist() == without.curated["cluster"].to_pylist()
     assert with_hashes.near_scores == without.near_scores
 
@@ -118,6 +124,6 @@ def test_filters(curated):
     data = Path(curated["paths"]["data"])
     table = read_records(records_path(data, "patternnet"))
     cut = sorted(table["entropy_global"].to_pylist())[10]
-    result = curate({"patternnet": table}, {}, data, CurateConfig(min_entropy=cut))
+    result = curate({"patternnet": table}, {}, data, _config(curated, min_entropy=cut))
     assert result.counts["patternnet"]["low_entropy"] == 10
     assert pc.min(result.curated["entropy_global"]).as_py() >= cut

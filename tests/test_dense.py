@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from pipelines.dense import predict_tiled
-from pipelines.dense_tasks import DENSE_TASKS, IGNORE
 from pipelines.finetune import run_finetune
-from tests.conftest import torchrun
+from pipelines.tasks import TASKS
+from pipelines.tasks.dense import IGNORE, predict_slide
+from tests.conftest import REPO, torchrun
 
 CPU = torch.device("cpu")
 
@@ -23,7 +23,7 @@ def _logits(pred: list[list[int]], classes: int) -> torch.Tensor:
 
 
 def test_segmentation_iou_f1_against_hand_counts():
-    task = DENSE_TASKS["whu"]
+    task = TASKS["whu"]
     metrics = task.metrics(CPU)
     target = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, IGNORE]]])
     task.update(metrics, _logits([[1, 0, 1, 0], [1, 1, 0, 1]], 2), target)
@@ -37,7 +37,7 @@ def test_segmentation_iou_f1_against_hand_counts():
 
 
 def test_vaihingen_miou_over_six_classes():
-    task = DENSE_TASKS["vaihingen"]
+    task = TASKS["vaihingen"]
     metrics = task.metrics(CPU)
     target = torch.tensor([[[0, 1, 2, 3, 4, 5]]])
     task.update(metrics, _logits([[0, 1, 2, 3, 4, 4]], 6), target)
@@ -47,7 +47,7 @@ def test_vaihingen_miou_over_six_classes():
 
 
 def test_change_precision_recall_f1_against_hand_counts():
-    task = DENSE_TASKS["oscd"]
+    task = TASKS["oscd"]
     metrics = task.metrics(CPU)
     target = torch.tensor([[[1, 1, 1, 0, 0, 0, 0, IGNORE]]])
     task.update(metrics, _logits([[1, 1, 0, 1, 0, 0, 0, 1]], 2), target)
@@ -59,7 +59,7 @@ def test_change_precision_recall_f1_against_hand_counts():
 
 
 def test_psnr_and_ssim_against_closed_forms():
-    task = DENSE_TASKS["sn2"]
+    task = TASKS["sn2"]
     target = torch.full((1, 3, 32, 32), 0.5)
     metrics = task.metrics(CPU)
     task.update(metrics, target + 0.1, target)  # mse 0.01 -> 20 dB
@@ -79,22 +79,32 @@ def test_psnr_and_ssim_against_closed_forms():
     assert task.compute(metrics)["psnr"] == pytest.approx(30.0, abs=1e-4)
 
 
-def test_tiled_prediction_covers_the_image_exactly():
+def test_sliding_windows_cover_the_image_and_average_overlaps():
     image = torch.arange(2 * 70 * 90, dtype=torch.float32).reshape(2, 70, 90)
-    same = predict_tiled(lambda x: x * 2, image, crop=32)  # noqa: E731 - a stand-in model
-    assert torch.equal(same, image * 2)
-    up = predict_tiled(lambda x: torch.nn.functional.interpolate(x, scale_factor=4), image,
-                       crop=16, scale=4)
+    same = predict_slide(lambda x: x * 2, image, crop=32, stride=21)  # noqa: E731 - a stand-in
+    assert torch.equal(same, image * 2)  # every pixel, overlaps averaged back to itself
+    up = predict_slide(lambda x: torch.nn.functional.interpolate(x, scale_factor=4), image,
+                       crop=16, stride=10, scale=4)
     assert up.shape == (2, 280, 360)
     assert torch.equal(up[:, ::4, ::4], image)
+    # each window answers its own left edge: a pixel gets the mean over the windows covering
+    # it. mmseg's grid for width 90, crop 32, stride 21: 4 windows at 0, 21, 42 and 58 (the
+    # last moved back inside the image)
+    columns = torch.arange(90, dtype=torch.float32).expand(1, 32, 90)
+    edges = predict_slide(lambda x: x[:, :, :1, :1].expand_as(x).clone(), columns, crop=32,
+                          stride=21)[0, 0]
+    assert edges[10] == 0 and edges[30] == 10.5 and edges[50] == 31.5 and edges[60] == 50
+    assert edges[89] == 58
+    small = predict_slide(lambda x: x + 1, torch.zeros(3, 10, 12), crop=16, stride=10)
+    assert small.shape == (3, 10, 12) and torch.equal(small, torch.ones(3, 10, 12))
 
 
 @pytest.mark.parametrize("task", ["whu", "vaihingen", "oscd", "dsifn", "sn2"])
 def test_each_task_trains_on_the_world(curated, tmp_path, task):
     out = tmp_path / task
-    metrics = run_finetune(curated, task, "random", iterations=8, progress=False, out=out)
-    assert metrics["task"] == task and metrics["iterations"] == 8
-    assert set(metrics["scores"]) == set(DENSE_TASKS[task].scores)
+    metrics = run_finetune(curated, task, "random", length=8, progress=False, out=out)
+    assert metrics["task"] == task and metrics["steps"] == 8
+    assert set(metrics["scores"]) == set(TASKS[task].scores)
     assert all(math.isfinite(v) for v in metrics["scores"].values())
     config = json.loads((out / "config.json").read_text())
     assert config["crop"] == 128 and (out / "checkpoints" / "last.pt").exists()
@@ -106,19 +116,19 @@ def test_each_task_trains_on_the_world(curated, tmp_path, task):
 
 def test_a_complete_run_resumed_writes_its_history_again(curated, tmp_path):
     out = tmp_path / "whu"
-    metrics = run_finetune(curated, "whu", "random", iterations=8, progress=False, out=out)
+    metrics = run_finetune(curated, "whu", "random", length=8, progress=False, out=out)
     whole = (out / "history.csv").read_text()
     assert len(whole.splitlines()) > 1
     (out / "history.csv").unlink()  # as `dvc repro` does before running the stage again
-    again = run_finetune(curated, "whu", "random", iterations=8, resume=True, progress=False,
+    again = run_finetune(curated, "whu", "random", length=8, resume=True, progress=False,
                          out=out)
     assert (out / "history.csv").read_text() == whole and again == metrics
 
 
 def test_segmentation_learns_buildings(curated, tmp_path, truth):
-    task = DENSE_TASKS["whu"]
-    test = task.datasets(curated)["test"]
-    assert {s: len(ds) for s, ds in task.datasets(curated).items()} == \
+    task = TASKS["whu"]
+    test = task.splits(curated)["test"]
+    assert {s: len(ds) for s, ds in task.splits(curated).items()} == \
         truth["downstream"]["whu"]["splits"]
     share = float(torch.cat([test[i]["mask"].flatten() for i in range(len(test))])
                   .float().mean())
@@ -135,4 +145,49 @@ def test_torchrun_two_processes_on_gloo(curated, tmp_path):
                      "--out", str(out), "--params", str(overlay), "--no-progress"])
     assert proc.returncode == 0, proc.stderr[-3000:]  # includes the ranks' weight check
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["iterations"] == 4
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4
+
+
+def test_vaihingen_reader_matches_torchgeo_on_torchgeos_fixture(tmp_path):
+    """torchgeo's own Vaihingen fixture through our fetch and reader: torchgeo's masks."""
+    from torchgeo.datasets import Vaihingen2D
+
+    from geopile.downstream import DownstreamSet, fetch
+    from pipelines.tasks.vaihingen import PUBLISHED, VaihingenTiles
+
+    fixture = REPO / "tests" / "data" / "torchgeo" / "vaihingen"
+    complete = DownstreamSet(PUBLISHED.name, PUBLISHED.licence, PUBLISHED.homepage,
+                             {k: PUBLISHED.files[k] for k in ("images", "labels")})
+    params = {"downstream": {"vaihingen": {
+        "urls": {k: str(fixture / f.filename) for k, f in complete.files.items()},
+        "md5s": dict.fromkeys(complete.files)}}}  # torchgeo's fixture, not the ISPRS files
+    root = fetch("vaihingen", complete, params, tmp_path / "data", progress=False)
+    for split in ("train", "test"):
+        ours, theirs = VaihingenTiles(root, split, eroded=False), Vaihingen2D(str(root), split)
+        assert len(ours) == len(theirs) == 2
+        for i in range(len(ours)):
+            a, b = ours[i], theirs[i]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
+def test_vaihingen_scores_the_boundary_eroded_labels(curated):
+    from geopile.params import deep_merge
+
+    task = TASKS["vaihingen"]
+    full_params = deep_merge(curated, {"finetune": {"tasks": {"vaihingen": {
+        "ground_truth": "full"}}}})
+    eroded, full = task.splits(curated)["test"], task.splits(full_params)["test"]
+    for i in range(len(full)):
+        e, f = eroded[i]["mask"], full[i]["mask"]
+        ignored = e == IGNORE
+        assert not (f == IGNORE).any() and 0.02 < float(ignored.float().mean()) < 0.6
+        assert torch.equal(e[~ignored], f[~ignored])
+        # every ignored pixel has another class within 3 px in the complete labels
+        pad = torch.nn.functional.pad(f[None, None].float(), (3, 3, 3, 3), mode="replicate")
+        near = torch.zeros_like(ignored)
+        for dy in range(-3, 4):
+            for dx in range(-3, 4):
+                if dy * dy + dx * dx <= 9:
+                    shifted = pad[0, 0, 3 + dy:3 + dy + f.shape[0], 3 + dx:3 + dx + f.shape[1]]
+                    near |= shifted != f
+        assert torch.equal(near, ignored)

@@ -216,9 +216,9 @@ TORCHGEO_UCM_SPLIT_MD5S = {"train": "f2fb12eb2210cfb53f93f063a35ff374",
 
 
 def test_ucm_split_lists_fall_back_to_torchgeos_rehost():
-    from geopile.sources.published import PUBLICATIONS
+    from geopile.sources.ucmerced import UCMerced
 
-    downloads = PUBLICATIONS["ucmerced"].downloads
+    downloads = UCMerced.publication.downloads
     for split, md5 in TORCHGEO_UCM_SPLIT_MD5S.items():
         item = downloads[f"split_{split}"]
         assert item.mirrors == (
@@ -230,25 +230,26 @@ def test_ucm_split_lists_fall_back_to_torchgeos_rehost():
 
 
 def test_every_published_file_has_mirrors_with_one_local_name():
-    from geopile.downstream import DOWNSTREAM
-    from geopile.sources.published import PUBLICATIONS
+    from geopile.sources import SOURCES
+    from pipelines.tasks import downstream_sets
 
-    for pub in PUBLICATIONS.values():
+    for pub in (c.publication for c in SOURCES.values() if c.publication):
         for item in pub.downloads.values():
             assert item.mirrors and all(u.startswith(("http://", "https://"))
                                         for u in item.mirrors)
             assert all(u.rsplit("/", 1)[-1] == item.filename for u in item.mirrors)
             assert "?" not in "".join(item.mirrors)
-    for published in DOWNSTREAM.values():
+    for published in downstream_sets().values():
         for item in published.files.values():
             assert item.url == (item.mirrors[0] if item.mirrors else None)
 
 
 def test_params_mirrors_go_first_and_mirror_root_replaces_the_published():
     from geopile.params import ParamsError
-    from geopile.sources.published import PUBLICATIONS, mirror_urls
+    from geopile.sources.published import mirror_urls
+    from geopile.sources.ucmerced import UCMerced
 
-    item = PUBLICATIONS["ucmerced"].downloads["split_test"]
+    item = UCMerced.publication.downloads["split_test"]
     assert mirror_urls(item, {"urls": {"split_test": "http://mine/x.txt"}}, "split_test") == \
         ["http://mine/x.txt", *item.mirrors]
     assert mirror_urls(item, {"urls": {"split_test": ["http://a/x", "http://b/x"]}},
@@ -266,15 +267,14 @@ def test_downstream_fetch_falls_through_and_records_the_mirror_used(tmp_path, mo
                                                                     caplog):
     import json
 
-    from geopile.downstream import DOWNSTREAM, DownstreamSet, PublishedFile, fetch
+    from geopile.downstream import DownstreamSet, PublishedFile, fetch
 
     root, data, md5 = _root(tmp_path)
     with FlakyServer(root) as srv:
         srv.status_for["/dead/a.zip"] = 404
         item = PublishedFile((f"{srv.url}/dead/a.zip", f"{srv.url}/good/a.zip"), md5, "a.bin")
-        monkeypatch.setitem(DOWNSTREAM, "tiny", DownstreamSet("tiny", "none", "nowhere",
-                                                              {"blob": item}))
-        out = fetch("tiny", {}, tmp_path / "data", progress=False)
+        published = DownstreamSet("tiny", "none", "nowhere", {"blob": item})
+        out = fetch("tiny", published, {}, tmp_path / "data", progress=False)
     assert (out / "a.bin").read_bytes() == data
     record = json.loads((tmp_path / "data" / "fetched" / "tiny.json").read_text())
     assert record["files"]["blob"]["url"] == f"{srv.url}/good/a.zip"

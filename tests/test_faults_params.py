@@ -240,12 +240,13 @@ def test_pretrain_without_shards_on_s3_fails_fast(no_teacher, world, tmp_path, c
         "(pretrain.stream.url)" in err
     assert "geopile push paper" in err
     # once pushed, the same check passes (a HEAD of index.json, nothing more)
-    from pipelines.pretrain import PretrainSettings, check_inputs
+    from geopile.settings import check_params
+    from pipelines.pretrain import check_inputs
 
     s3_client(world["s3"]).put_object(Bucket=world["bucket"], Key="pushed/paper/index.json",
                                       Body=b"{}")
     check_inputs("paper", f"s3://{world['bucket']}/pushed/paper",
-                 PretrainSettings.from_params(load_params([PARAMS])), "pretrain.stream.url")
+                 check_params(load_params([PARAMS])).pretrain, "pretrain.stream.url")
 
 
 def test_pretrain_with_a_missing_teacher_file_fails_fast(no_teacher, tmp_path, capsys):

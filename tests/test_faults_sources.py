@@ -33,8 +33,7 @@ from geopile.ingest import ingest
 from geopile.records import read_records, records_path, rejects_path
 from geopile.sources import create_source
 from geopile.sources.base import INPUT_STAMP
-from geopile.sources.classes import MLRSNET_LABELS
-from geopile.sources.published import PUBLICATIONS
+from geopile.sources.mlrsnet import MLRSNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -372,7 +371,7 @@ def test_current_extraction_is_kept_and_a_kill_between_the_renames_recovers(tmp_
 def _hf_table(rows: list[tuple[str | None, bytes, list[int]]]) -> pa.Table:
     """Rows as the hub's parquet holds them: ``image {bytes, path}``, ``label list<ClassLabel>``."""
     features = {"image": {"_type": "Image"},
-                "label": {"feature": {"names": list(MLRSNET_LABELS), "_type": "ClassLabel"},
+                "label": {"feature": {"names": list(MLRSNet.multilabels), "_type": "ClassLabel"},
                           "_type": "Sequence"}}
     schema = pa.schema(
         [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
@@ -386,7 +385,7 @@ def _mlrsnet(tmp_path: Path, with_path: bool, **params):
     """The three hub parquet files, placed where the downloader finds (and only re-hashes) them."""
     data = tmp_path / "data"
     names = ["airplane_00001.jpg", "harbor&port_00002.jpg", "snowberg_00003.jpg"]
-    downloads = sorted(PUBLICATIONS["mlrsnet"].downloads.items())
+    downloads = sorted(MLRSNet.publication.downloads.items())
     for i, (_, dl) in enumerate(downloads):
         dest = data / "downloads" / "mlrsnet" / dl.filename
         dest.parent.mkdir(parents=True, exist_ok=True)

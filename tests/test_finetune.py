@@ -12,19 +12,17 @@ import yaml
 from safetensors.torch import load_file
 
 from geopile.downstream import downstream_root
-from geopile.params import deep_merge
+from geopile.params import deep_merge, load_params
 from geopile.world.downstream import covers as ben_covers
-from pipelines.finetune import (
-    FinetuneSettings,
-    build_classifier,
-    resolve_init,
-    run_finetune,
-    subset_indices,
-)
+from pipelines.common import load_settings
+from pipelines.encoders import build_classifier, resolve_init
+from pipelines.finetune import run_finetune
 from pipelines.pretrain import run_pretrain
 from pipelines.shard import run_shard
-from pipelines.tasks import ben_to_255, get_task
-from tests.conftest import torchrun
+from pipelines.tasks import get_task
+from pipelines.tasks.ben import ben_to_255
+from pipelines.tasks.classification import subset_indices
+from tests.conftest import REPO, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def pretrained(curated, tmp_path_factory) -> tuple[dict, Path]:
 
 def test_ucm_splits_are_the_published_ones(pretrained, truth):
     params, _ = pretrained
-    splits = get_task("ucm").datasets(params)
+    splits = get_task("ucm").splits(params)
     sizes = {name: len(ds) for name, ds in splits.items()}
     assert sizes == truth["sources"]["ucmerced"]["splits"]
     files = {name: {Path(f).name for f, _ in ds.samples} for name, ds in splits.items()}
@@ -52,7 +50,7 @@ def test_ucm_splits_are_the_published_ones(pretrained, truth):
 
 def test_export_loads_with_the_window_change(pretrained):
     params, run = pretrained
-    settings = FinetuneSettings.from_params(params)
+    settings = load_settings(params).finetune
     spec, file, fetch, name = resolve_init(str(run), settings, 128, 8)
     assert (spec.img_size, spec.window_size, fetch, name) == (128, 8, False, "ours-paper")
     model = build_classifier(spec, file, fetch, 21, 0.1)
@@ -68,9 +66,9 @@ def test_export_loads_with_the_window_change(pretrained):
 def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     params, run = pretrained
     out = tmp_path / "ucm"
-    run_finetune(params, "ucm", str(run), epochs=4, progress=False, out=out)
+    run_finetune(params, "ucm", str(run), length=4, progress=False, out=out)
     (out / "history.csv").unlink()  # `dvc repro` removes a stage's outputs, not its checkpoints
-    metrics = run_finetune(params, "ucm", str(run), epochs=7, resume=True, progress=False,
+    metrics = run_finetune(params, "ucm", str(run), length=7, resume=True, progress=False,
                            out=out)
     with (out / "history.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 8))
@@ -80,7 +78,7 @@ def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     whole = (out / "history.csv").read_text()
     (out / "history.csv").unlink()
     (out / "metrics.json").unlink()
-    again = run_finetune(params, "ucm", str(run), epochs=7, resume=True, progress=False, out=out)
+    again = run_finetune(params, "ucm", str(run), length=7, resume=True, progress=False, out=out)
     assert (out / "history.csv").read_text() == whole and again == metrics
     chance = 100 / 21
     assert metrics["scores"]["top1"] > 3 * chance, metrics
@@ -105,7 +103,7 @@ def test_ben_reads_the_reference_rgb_and_19_labels(pretrained, truth):
     from torchgeo.datasets import BigEarthNet
 
     params, _ = pretrained
-    splits = get_task("ben10").datasets(params)
+    splits = get_task("ben10").splits(params)
     ben = truth["downstream"]["bigearthnet"]
     assert {s: len(ds) for s, ds in splits.items()} == ben["splits"]
     sample = splits["test"][3]
@@ -129,7 +127,7 @@ def test_ben_finetuning_beats_chance_on_its_subset(pretrained, tmp_path, truth, 
                                                    size):
     params, run = pretrained
     out = tmp_path / task
-    metrics = run_finetune(params, task, str(run), epochs=epochs, progress=False, out=out)
+    metrics = run_finetune(params, task, str(run), length=epochs, progress=False, out=out)
     subset = json.loads((out / "subset.json").read_text())
     assert subset["size"] == size == metrics["train_samples"] and not subset["replacement"]
     assert len(set(subset["samples"])) == size and subset["of"] == 500
@@ -137,7 +135,7 @@ def test_ben_finetuning_beats_chance_on_its_subset(pretrained, tmp_path, truth, 
     listed = (root / "bigearthnet-train.csv").read_text().split()
     train_patches = [line.split(",")[0] for line in listed]
     assert subset["samples"] == [train_patches[i] for i in subset["indices"]]
-    score, chance = metrics["scores"]["micro_ap"], metrics["chance"]["micro_ap"]
+    score, chance = metrics["scores"]["micro_ap"], metrics["details"]["chance_micro_ap"]
     ben = truth["downstream"]["bigearthnet"]
     labels = [set(x) & set(ben_covers()) for x in ben["labels"]["test"]]
     assert abs(chance - 100 * sum(map(len, labels)) / (19 * len(labels))) < 1e-6
@@ -164,8 +162,9 @@ def test_torchrun_two_processes_on_gloo(pretrained, tmp_path):
 
 def test_offline_imagenet22k_baseline_says_which_parameter_to_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec, file, fetch, name = resolve_init("imagenet22k", FinetuneSettings(model="tiny"), 128, 4,
-                                           Path("runs"))
+    settings = load_settings(load_params([REPO / "params.yaml"])).finetune
+    spec, file, fetch, name = resolve_init("imagenet22k", settings.model_copy(
+        update={"model": "tiny"}), 128, 4, Path("runs"))
     assert fetch and file is None and name == "imagenet22k"
     with pytest.raises(RuntimeError, match=r"hub copy of .*finetune\.imagenet22k\.file"):
         build_classifier(spec, file, fetch, 10, 0.0)

@@ -218,7 +218,7 @@ def test_unknown_build_and_bad_cap(built):
 
 def test_dataset_card_lists_sources_licences_and_hashes(built):
     from geopile.card import CARD
-    from geopile.sources.published import PUBLICATIONS
+    from geopile.sources import SOURCES
 
     for build, nc_expected in (("paper", True), ("paper_no_resisc45", False)):
         index = _index(built, build)
@@ -230,8 +230,7 @@ def test_dataset_card_lists_sources_licences_and_hashes(built):
         for source in index["sources"]:
             licence = meta["geopile"]["licences"][source]
             assert f"| {source} | {index['sources'][source]:,} | {licence} |" in body
-            if source in PUBLICATIONS:
-                assert licence == PUBLICATIONS[source].licence
+            assert licence == SOURCES[source].publication.licence  # the source's own file
         assert ("non-commercial purposes only" in body) == nc_expected
         for shard in index["shards"]:
             assert shard["sha256"] in body

@@ -95,3 +95,37 @@ def test_signers():
     assert resolve_signer("geopile.urls:strip_secrets")("http://x/a?sig=1") == "http://x/a"
     with pytest.raises(ValueError, match="unknown signer"):
         resolve_signer("nope")
+
+
+def test_every_source_file_holds_its_published_facts():
+    """One file per source: its class carries every published fact, nothing keyed by name."""
+    import sys
+
+    from geopile.sources import SOURCES
+    from geopile.sources.base import Source
+
+    for kind, cls in SOURCES.items():
+        assert Path(sys.modules[cls.__module__].__file__).stem == kind
+        pub = cls.publication
+        if pub is None:  # a user's folder: its facts come from params
+            assert cls.user_input is not None
+            continue
+        assert pub.name and pub.licence and pub.homepage and cls.bibtex
+        assert len(set(cls.classes)) == len(cls.classes)
+        assert set(cls.split_files.values()) <= set(pub.downloads)
+        # something to read: published files, the user's own copy, or its own (NAIP: a STAC API)
+        assert pub.downloads or cls.user_input or cls.inputs is not Source.inputs
+
+
+def test_curate_and_shard_configs_take_their_values_from_params():
+    from geopile.curate import CurateConfig
+    from geopile.shards import ShardConfig
+
+    params = load_params([Path(__file__).resolve().parents[1] / "params.yaml"])
+    assert CurateConfig.from_params(params["curate"]).min_correlation == 0.9
+    assert ShardConfig.from_params(params["shard"]).max_samples == 10_000
+    with pytest.raises(ValueError, match="curate.min_correlation: missing"):
+        CurateConfig.from_params({k: v for k, v in params["curate"].items()
+                                  if k != "min_correlation"})
+    with pytest.raises(ValueError, match="shard.naip_bands: missing"):
+        ShardConfig.from_params({k: v for k, v in params["shard"].items() if k != "naip_bands"})

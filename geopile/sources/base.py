@@ -82,9 +82,17 @@ class Source:
     """Base class: subclasses set the class attributes and override what differs."""
 
     kind: ClassVar[str]
+    # The published facts, all set in the source's own file: files (mirrors, md5s), licence,
+    # GSD range, homepage; citation; class names in the publisher's order; multi-label names.
     publication: ClassVar[Publication | None] = None
     bibtex: ClassVar[str | None] = None  # how the publisher asks to be cited
     classes: ClassVar[tuple[str, ...]] = ()
+    multilabels: ClassVar[tuple[str, ...]] = ()  # for images carrying several labels (MLRSNet)
+    split_files: ClassVar[dict[str, str]] = {}  # split name -> download key of its list
+    # split folders as published, ``<split>/<class>/<image>`` (RSD46-WHU's train and test)
+    split_folders: ClassVar[tuple[str, ...]] = ()
+    # the params key naming a file or folder the user supplies (no public download)
+    user_input: ClassVar[str | None] = None
     expected_bands: ClassVar[int | None] = 3
     # "process" for CPU-bound decoding of local files, "thread" for network-bound reads.
     executor: ClassVar[str] = "process"
@@ -146,6 +154,20 @@ class Source:
             return float(lo), float(hi)
         return self.publication.gsd_m if self.publication else (None, None)
 
+    def inputs(self) -> dict[str, list[str]]:
+        """What ``fetch`` reads, per file: the URLs (or local paths) it tries, in order.
+
+        Published files list their mirrors as a download would try them; a file the user
+        supplies (``user_input``) lists its path, or nothing while params do not set it.
+        ``geopile sources`` asks each of them before an ingest depends on it.
+        """
+        if self.user_input is not None:
+            given = self.params.get(self.user_input)
+            return {self.user_input: [str(given)] if given else []}
+        downloads = self.publication.downloads if self.publication else {}
+        return {which: mirror_urls(published, self.params, which, f"sources.{self.ctx.name}")
+                for which, published in downloads.items()}
+
     def quotas(self) -> Mapping[str, int] | None:
         """Accepted images per stratum, for sources that sample; ``None`` takes every candidate."""
         return None
@@ -203,7 +225,6 @@ class ImageFolderArchive(Source):
     """
 
     image_root: ClassVar[str]
-    split_files: ClassVar[dict[str, str]] = {}  # split name -> download key of its list
 
     def fetch(self) -> None:
         """Download and verify the archive (and split lists), then extract it safely.

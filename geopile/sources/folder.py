@@ -23,6 +23,7 @@ class FolderSource(ImageFolderArchive):
     """
 
     kind = "folder"
+    user_input = "path"
 
     @property
     def image_root(self) -> str:  # type: ignore[override]

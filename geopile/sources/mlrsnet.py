@@ -23,10 +23,33 @@ import pyarrow.parquet as pq
 from geopile.download import Fetched
 from geopile.records import make_key, to_table
 from geopile.sources.base import EXTRACTED, Candidate, Source, install_dir, raw_is_current
-from geopile.sources.classes import MLRSNET_CATEGORIES, MLRSNET_LABELS
-from geopile.sources.published import PUBLICATIONS
+from geopile.sources.published import Download, Publication
 
 log = logging.getLogger(__name__)
+_HUB = "https://huggingface.co/datasets/jonathan-roberts1/MLRSNet/resolve/main/data"
+# 46 scene categories: the folder / archive names of the Mendeley release (the misspelling
+# "swimmimg_pool" is the publisher's); the file names in the parquet mirror start with them.
+CATEGORIES: tuple[str, ...] = (
+    "airplane", "airport", "bareland", "baseball_diamond", "basketball_court", "beach", "bridge",
+    "chaparral", "cloud", "commercial_area", "dense_residential_area", "desert", "eroded_farmland",
+    "farmland", "forest", "freeway", "golf_course", "ground_track_field", "harbor&port",
+    "industrial_area", "intersection", "island", "lake", "meadow", "mobile_home_park", "mountain",
+    "overpass", "park", "parking_lot", "parkway", "railway", "railway_station", "river",
+    "roundabout", "shipping_yard", "snowberg", "sparse_residential_area", "stadium",
+    "storage_tank", "swimmimg_pool", "tennis_court", "terrace", "transmission_tower",
+    "vegetable_greenhouse", "wetland", "wind_turbine",
+)
+# 60 multi-label names, as HF's ClassLabel feature lists them
+LABELS: tuple[str, ...] = (
+    "airplane", "airport", "bare soil", "baseball diamond", "basketball court", "beach", "bridge",
+    "buildings", "cars", "chaparral", "cloud", "containers", "crosswalk", "dense residential area",
+    "desert", "dock", "factory", "field", "football field", "forest", "freeway", "golf course",
+    "grass", "greenhouse", "gully", "harbor", "intersection", "island", "lake", "mobile home",
+    "mountain", "overpass", "park", "parking lot", "parkway", "pavement", "railway",
+    "railway station", "river", "road", "roundabout", "runway", "sand", "sea", "ships", "snow",
+    "snowberg", "sparse residential area", "stadium", "swimming pool", "tanks", "tennis court",
+    "terrace", "track", "trail", "transmission tower", "trees", "water", "wetland", "wind turbine",
+)
 _INDEX = "index.parquet"
 _INDEX_SCHEMA = pa.schema(
     [
@@ -50,13 +73,13 @@ def label_names(schema: pa.Schema) -> tuple[str, ...]:
         names = (features.get("label") or {}).get("feature", {}).get("names")
         if names:
             return tuple(names)
-    return MLRSNET_LABELS
+    return LABELS
 
 
 def category_of(name: str) -> str | None:
     """Scene category from a file name such as ``harbor&port_00012.jpg`` (longest match)."""
     stem = Path(name).stem
-    matches = [c for c in MLRSNET_CATEGORIES if stem.startswith(c + "_")]
+    matches = [c for c in CATEGORIES if stem.startswith(c + "_")]
     return max(matches, key=len) if matches else None
 
 
@@ -72,7 +95,19 @@ class MLRSNet(Source):
     """Parquet rows ``image: {bytes, path}``, ``label: list<int>`` unpacked to files once."""
 
     kind = "mlrsnet"
-    publication = PUBLICATIONS["mlrsnet"]
+    publication = Publication(
+        name="MLRSNet",
+        licence="CC-BY-4.0",
+        gsd_m=(0.1, 10.0),
+        homepage="https://doi.org/10.17632/7j9bv9vwsx",
+        # The HF-hub parquet mirror; the hub publishes no MD5, so the files are fetched
+        # unchecked and their sha256 is recorded instead.
+        downloads={
+            "parquet_0": Download(f"{_HUB}/train-00000-of-00003-3e09d55e5ab3594b.parquet"),
+            "parquet_1": Download(f"{_HUB}/train-00001-of-00003-62a64e1c22f11cc7.parquet"),
+            "parquet_2": Download(f"{_HUB}/train-00002-of-00003-210f510f7a0418bf.parquet"),
+        },
+    )
     bibtex = """@article{qi2020mlrsnet,
   title   = {MLRSNet: A Multi-label High Spatial Resolution Remote Sensing Dataset for Semantic
              Scene Understanding},
@@ -83,7 +118,8 @@ class MLRSNet(Source):
   volume  = {169}, pages = {337--350}, year = {2020},
   doi     = {10.1016/j.isprsjprs.2020.09.020}
 }"""
-    classes = MLRSNET_CATEGORIES
+    classes = CATEGORIES
+    multilabels = LABELS
 
     @property
     def require_category(self) -> bool:
@@ -131,7 +167,7 @@ class MLRSNet(Source):
             raise ValueError(
                 f"{fetched.path} row {row_no}: image.path {path!r} starts with no MLRSNet "
                 "category (expected <category>_<number>.jpg, categories as in "
-                f"geopile/sources/classes.py). {fix}")
+                f"geopile/sources/mlrsnet.py). {fix}")
         return category
 
     def _unpack(self, files: list[Fetched], tmp: Path) -> None:
@@ -168,7 +204,7 @@ class MLRSNet(Source):
                             "origin": f"{fetched.path.name}#{row_no}",
                             "origin_sha256": fetched.sha256,
                             "label": category,
-                            "label_id": MLRSNET_CATEGORIES.index(category) if category else None,
+                            "label_id": CATEGORIES.index(category) if category else None,
                             "multilabels": label_list,
                             "multilabel_ids": label_ids,
                         }

@@ -4,7 +4,8 @@ Sampling is planned from catalog metadata alone (item shape, transform, GSD) and
 plan is the same on every run against the same catalog: a killed ingest resumes by key and ends
 with the same records. Strata are (state, year) pairs, each with an equal share of ``count``;
 within a stratum, windows are drawn uniformly over items and positions. Windows are read (never
-whole tiles) and resampled to ``target_gsd`` when the tile's native GSD differs.
+whole tiles) and resampled to ``target_gsd`` when the tile's native GSD differs. Every setting
+comes from ``sources.naip`` in ``params.yaml``, which holds the only defaults.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from geopile.cog import encode_geotiff, read_window
 from geopile.imagestats import BadImage, pixel_stats
 from geopile.records import make_key
 from geopile.sources.base import Candidate, Processed, Source
+from geopile.sources.published import Publication
 from geopile.stac import StacError, TileRef, resolve_signer, search_tiles
 from geopile.urls import strip_secrets
-
-PC_STAC = "https://planetarycomputer.microsoft.com/api/stac/v1"
-NAIP_LICENCE = "public domain (USDA Farm Service Agency NAIP imagery)"
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,13 @@ class Naip(Source):
     """NAIP (R, G, B, NIR) patches, stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``."""
 
     kind = "naip"
+    # no files to download: windows of the COGs a STAC search finds are read on demand
+    publication = Publication(
+        name="NAIP",
+        licence="public domain (USDA Farm Service Agency NAIP imagery)",
+        gsd_m=(0.3, 1.0),  # native tiles; patches are resampled to sources.naip.target_gsd
+        homepage="https://planetarycomputer.microsoft.com/dataset/naip",
+    )
     expected_bands = 4
     executor = "thread"
     writes_raw_dir = True
@@ -62,18 +68,17 @@ class Naip(Source):
     def origin_lines(self) -> list[str]:
         """The STAC search the patches were sampled from (for the dataset card)."""
         p = self.params
-        return [f"STAC {strip_secrets(str(p.get('stac_url', PC_STAC)))} collection "
-                f"`{p.get('collection', 'naip')}`, bbox {p.get('bbox')}, {p.get('datetime')}"]
+        return [f"STAC {strip_secrets(str(p['stac_url']))} collection "
+                f"`{p['collection']}`, bbox {p.get('bbox')}, {p.get('datetime')}"]
 
-    @property
-    def licence(self) -> str:
-        """NAIP is a US federal product in the public domain."""
-        return str(self.params.get("licence", NAIP_LICENCE))
+    def inputs(self) -> dict[str, list[str]]:
+        """The STAC API the windows are planned from (their COGs are read on demand)."""
+        return {"stac_api": [str(self.params["stac_url"])]}
 
     @cached_property
     def signer(self):  # noqa: ANN201 - a Signer
         """The URL signer named by ``signer`` (``planetary_computer`` for the real NAIP)."""
-        return resolve_signer(self.params.get("signer", "planetary_computer"))
+        return resolve_signer(self.params["signer"])
 
     @cached_property
     def tiles(self) -> dict[str, list[TileRef]]:
@@ -82,21 +87,21 @@ class Naip(Source):
         where = f"sources.{self.ctx.name}"
         by_stratum: dict[str, list[TileRef]] = {}
         for tile in search_tiles(
-            p.get("stac_url", PC_STAC),
-            collection=p.get("collection", "naip"),
-            bbox=p.get("bbox"),
-            datetime=p.get("datetime"),
-            states=p.get("states") or (),
-            years=p.get("years") or (),
-            gsds=p.get("gsds") or (),
-            page_size=int(p.get("page_size", 1000)),
+            p["stac_url"],
+            collection=p["collection"],
+            bbox=p["bbox"],
+            datetime=p["datetime"],
+            states=p["states"],
+            years=p["years"],
+            gsds=p["gsds"],
+            page_size=int(p["page_size"]),
             setting=f"{where}.stac_url",
         ):
             by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
         if not by_stratum:
             raise StacError(
-                f"the STAC search at {p.get('stac_url', PC_STAC)} found no items of collection "
-                f"{p.get('collection', 'naip')!r} for bbox={p.get('bbox')}, "
+                f"the STAC search at {p['stac_url']} found no items of collection "
+                f"{p['collection']!r} for bbox={p.get('bbox')}, "
                 f"datetime={p.get('datetime')}, states={p.get('states')}, "
                 f"years={p.get('years')}, gsds={p.get('gsds')}. Check {where}.collection and "
                 "those filters"
@@ -106,16 +111,16 @@ class Naip(Source):
     @property
     def patch_size(self) -> int:
         """Output patch side in pixels at ``target_gsd``."""
-        return int(self.params.get("patch_size", 256))
+        return int(self.params["patch_size"])
 
     @property
     def target_gsd(self) -> float:
         """Output ground sample distance in metres."""
-        return float(self.params.get("target_gsd", 1.0))
+        return float(self.params["target_gsd"])
 
     def quotas(self) -> Mapping[str, int]:
         """Patches to accept per (state, year) stratum."""
-        return split_quota(int(self.params.get("count", 1000)), list(self.tiles))
+        return split_quota(int(self.params["count"]), list(self.tiles))
 
     def fetch(self) -> None:
         """Nothing to download up front: windows are read on demand."""
@@ -136,7 +141,7 @@ class Naip(Source):
         """Windows drawn round-robin over strata, at most ``max_draws_factor`` x quota each."""
         seed = int(self.params.get("seed", self.ctx.seed))
         quotas = self.quotas()
-        factor = int(self.params.get("max_draws_factor", 10))
+        factor = int(self.params["max_draws_factor"])
         rngs = {s: np.random.default_rng([seed, zlib.crc32(s.encode())]) for s in quotas}
         for draw in range(max(quotas.values()) * factor):
             for stratum in quotas:
@@ -160,7 +165,7 @@ class Naip(Source):
             window,
             self.patch_size,
             self.signer,
-            retries=int(self.params.get("retries", 5)),
+            retries=int(self.params["retries"]),
             backoff_s=float(self.params.get("backoff_s", 0.5)),
             env=self.params.get("gdal_env"),
         )
@@ -169,10 +174,10 @@ class Naip(Source):
             raise BadImage(f"wrong band count: {pixels.shape[2]}, expected {self.expected_bands}")
         data = encode_geotiff(patch)
         stats = pixel_stats(pixels, data, "tiff", nodata=0)
-        max_nodata = float(self.params.get("max_nodata", 0.0))
+        max_nodata = float(self.params["max_nodata"])
         if stats.nodata_fraction > max_nodata:
             raise BadImage(f"nodata fraction {stats.nodata_fraction:.3f} > max_nodata {max_nodata}")
-        min_entropy = float(self.params.get("min_entropy", 0.0))
+        min_entropy = float(self.params["min_entropy"])
         if stats.entropy_global < min_entropy:
             raise BadImage(f"entropy {stats.entropy_global:.2f} < min_entropy {min_entropy}")
         name = cand.key.split("/", 1)[1]

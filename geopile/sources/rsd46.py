@@ -1,4 +1,7 @@
-"""RSD46-WHU: 46 classes, about 117k images, 0.5-2 m; no public URL, so the user supplies it."""
+"""RSD46-WHU: 46 classes, about 117k images, 0.5-2 m; no public URL, so the user supplies it.
+
+Every published fact of the corpus is here: licence, classes, citation and where to ask for it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ from pathlib import Path
 
 from geopile.download import verify_file
 from geopile.sources.base import Candidate, ImageFolderArchive, install_archive
-from geopile.sources.classes import RSD46_CLASSES
-from geopile.sources.published import PUBLICATIONS
+from geopile.sources.published import Publication
 
 HOW_TO_GET = (
     "RSD46-WHU has no public download URL. Request it from RSIA-LIESMARS-WHU "
@@ -26,7 +28,15 @@ class RSD46(ImageFolderArchive):
     """
 
     kind = "rsd46"
-    publication = PUBLICATIONS["rsd46"]
+    publication = Publication(
+        name="RSD46-WHU",
+        licence="research use only (no licence published by RSIA-LIESMARS-WHU)",
+        gsd_m=(0.5, 2.0),
+        homepage="https://github.com/RSIA-LIESMARS-WHU/RSD46-WHU",
+        downloads={},  # no public URL: the user supplies the archive (HOW_TO_GET)
+    )
+    user_input = "archive"
+    split_folders = ("train", "test")
     # the publisher asks for both papers
     bibtex = """@article{long2017rsd46,
   title   = {Accurate Object Localization in Remote Sensing Images Based on Convolutional Neural
@@ -45,7 +55,21 @@ class RSD46(ImageFolderArchive):
   volume  = {9}, number = {7}, pages = {725}, year = {2017},
   doi     = {10.3390/rs9070725}
 }"""
-    classes = RSD46_CLASSES
+    # as listed on the dataset's HF-hub mirror (jonathan-roberts1/RSD46-WHU)
+    classes = (
+        "Airplane", "Airport", "Artificial dense forest land", "Artificial sparse forest land",
+        "Bare land", "Basketball court", "Blue structured factory building", "Building",
+        "Construction site", "Cross river bridge", "Crossroads", "Dense tall building", "Dock",
+        "Fish pond", "Footbridge", "Graff", "Grassland", "Low scattered building",
+        "Lrregular farmland", "Medium density scattered building",
+        "Medium density structured building", "Natural dense forest land",
+        "Natural sparse forest land", "Oiltank", "Overpass", "Parking lot", "Plasticgreenhouse",
+        "Playground", "Railway", "Red structured factory building", "Refinery", "Regular farmland",
+        "Scattered blue roof factory building", "Scattered red roof factory building",
+        "Sewage plant-type-one", "Sewage plant-type-two", "Ship", "Solar power station",
+        "Sparse residential area", "Square", "Steelworks", "Storage land", "Tennis court",
+        "Thermal power plant", "Vegetable plot", "Water",
+    )
 
     @property
     def image_root(self) -> str:  # type: ignore[override]

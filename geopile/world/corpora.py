@@ -15,8 +15,8 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,15 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from geopile.sources.classes import (
-    MLRSNET_CATEGORIES,
-    MLRSNET_LABELS,
-    PATTERNNET_CLASSES,
-    RESISC45_CLASSES,
-    RSD46_CLASSES,
-    UCMERCED_CLASSES,
-)
-from geopile.sources.published import PUBLICATIONS
+from geopile.sources.base import Source
+from geopile.sources.mlrsnet import MLRSNet
+from geopile.sources.patternnet import PatternNet
+from geopile.sources.resisc45 import Resisc45
+from geopile.sources.rsd46 import RSD46
+from geopile.sources.ucmerced import UCMerced
 from geopile.world.scenes import render_scene, scene_kind_for
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -63,6 +60,7 @@ _NEAR = (  # (source, class) -> (source, class) through a transform
     ("rsd46", "Water", "rsd46", "Water", ("brightness", 15)),
     ("resisc45", "golf_course", "patternnet", "golf_course", ("brightness", -12)),
 )
+EVAL_SET = "ucmerced"  # the corpus whose test images are planted in the others
 _CONTAMINANTS = (  # first UC Merced *test* image of a class -> (source, class)
     ("airplane", "resisc45", "airplane", ("reencode",)),
     ("beach", "patternnet", "beach", ("reencode",)),
@@ -73,8 +71,6 @@ _CONTAMINANTS = (  # first UC Merced *test* image of a class -> (source, class)
     ("harbor", "mlrsnet", "harbor&port", ("brightness", -15)),
     ("parkinglot", "rsd46", "Parking lot", ("jpeg_requality", 75)),
 )
-_UCM_ODD_SIZES = {"buildings": (256, 247), "denseresidential": (247, 256)}  # (h, w), as real
-_RSD46_ODD_SIZE = (224, 224)  # first image of every fifth RSD46 class
 
 # MLRSNet multi-labels: the category's own label first, then co-occurring labels by scene kind.
 _MLRS_PRIMARY = {
@@ -193,13 +189,58 @@ class _Member:
     labels: tuple[int, ...] = ()  # MLRSNet multi-label indices
 
 
-class _Corpus:
-    """One source being built: members by name, and the source's member-naming pattern."""
+def _tiff(pixels: np.ndarray) -> bytes:
+    return _encode(pixels, "TIFF")
 
-    def __init__(self, key: str, classes: tuple[str, ...], pattern: Callable[..., str],
-                 first: int, ext: str) -> None:
-        self.key, self.classes, self.pattern, self.ext = key, classes, pattern, ext
-        self.first = first
+
+@dataclass(frozen=True)
+class Layout:
+    """How the world lays out one corpus as its publisher does, and what it renders into it.
+
+    The corpus's facts (classes, files and mirrors, split lists or split folders, multi-label
+    names) come from its source class; what is here is what the real archives look like.
+    """
+
+    source: type[Source]
+    member: Callable[[str, int, str], str]  # (class, number, split) -> name without suffix
+    first: int = 1  # the number of a class's first image
+    ext: str = ".jpg"
+    encode: Callable[[np.ndarray], bytes] = _jpeg
+    # class -> (h, w) of its first image (of its first train image in the eval set): the
+    # real corpora are not all 256 x 256
+    odd_sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # the eval set: per_class + 2 images a class, split per class, so each class has test
+    # images to leak; other split lists are drawn over the whole corpus
+    eval_set: bool = False
+    packing: str = "zip"  # "zip": one archive (published, or the user's); "parquet": shards
+    extra: Mapping[str, bytes] = field(default_factory=dict)  # files beside the class folders
+
+
+LAYOUTS: dict[str, Layout] = {layout.source.kind: layout for layout in (  # in render order
+    Layout(Resisc45, lambda c, n, s: f"NWPU-RESISC45/{c}/{c}_{n:03d}"),
+    Layout(PatternNet, lambda c, n, s: f"PatternNet/images/{c}/{c}{n:03d}",
+           extra={"PatternNet/readme.txt": b"PatternNet: 38 classes, 800 images each.\n"}),
+    Layout(UCMerced, lambda c, n, s: f"UCMerced_LandUse/Images/{c}/{c}{n:02d}", first=0,
+           ext=".tif", encode=_tiff, eval_set=True,
+           odd_sizes={"buildings": (256, 247), "denseresidential": (247, 256)}),
+    Layout(MLRSNet, lambda c, n, s: f"{c}_{n:05d}", packing="parquet"),
+    Layout(RSD46, lambda c, n, s: f"RSD46-WHU/{s}/{c}/{n:04d}",  # sizes vary
+           odd_sizes=dict.fromkeys(RSD46.classes[2::5], (224, 224))),
+)}
+
+
+def user_archive(source: type[Source]) -> str:
+    """Where the world keeps a corpus with no public URL, as a user's own download."""
+    return f"user/{source.publication.name}.zip"  # type: ignore[union-attr]
+
+
+class _Corpus:
+    """One source being built: members by name, named as its layout says."""
+
+    def __init__(self, key: str, layout: Layout) -> None:
+        self.key, self.layout, self.source = key, layout, layout.source
+        self.classes = layout.source.classes
+        self.pattern, self.first, self.ext = layout.member, layout.first, layout.ext
         self.members: dict[str, _Member] = {}
         self._next: dict[str, int] = {}
 
@@ -230,13 +271,14 @@ class _Corpus:
                 "classes": len(self.classes), "per_class": per_class}
 
 
-def _mlrs_labels(category: str, rng: np.random.Generator) -> tuple[int, ...]:
+def _mlrs_labels(category: str, names: Sequence[str], rng: np.random.Generator
+                 ) -> tuple[int, ...]:
     """1-5 plausible MLRSNet label indices: the category's own label plus kind co-labels."""
     primary = _MLRS_PRIMARY.get(category, category.replace("_", " "))
     others = [x for x in _KIND_LABELS[scene_kind_for(category)] if x != primary]
     picked = rng.permutation(len(others))[: int(rng.integers(0, min(4, len(others)) + 1))]
-    names = [primary] + [others[i] for i in sorted(picked)]
-    return tuple(sorted(MLRSNET_LABELS.index(x) for x in names))
+    picked_names = [primary] + [others[i] for i in sorted(picked)]
+    return tuple(sorted(names.index(x) for x in picked_names))
 
 
 def _split_counts(n: int) -> tuple[int, int, int]:
@@ -260,20 +302,11 @@ class _Builder:
 
     def __init__(self, seed: int, per_class: int) -> None:
         self.seed, self.per_class = seed, per_class
-        self.corpora = {
-            "resisc45": _Corpus("resisc45", RESISC45_CLASSES,
-                                lambda c, n, s: f"NWPU-RESISC45/{c}/{c}_{n:03d}", 1, ".jpg"),
-            "patternnet": _Corpus("patternnet", PATTERNNET_CLASSES,
-                                  lambda c, n, s: f"PatternNet/images/{c}/{c}{n:03d}", 1, ".jpg"),
-            "ucmerced": _Corpus("ucmerced", UCMERCED_CLASSES,
-                                lambda c, n, s: f"UCMerced_LandUse/Images/{c}/{c}{n:02d}", 0,
-                                ".tif"),
-            "mlrsnet": _Corpus("mlrsnet", MLRSNET_CATEGORIES, lambda c, n, s: f"{c}_{n:05d}", 1,
-                               ".jpg"),
-            "rsd46": _Corpus("rsd46", RSD46_CLASSES,
-                             lambda c, n, s: f"RSD46-WHU/{s}/{c}/{n:04d}", 1, ".jpg"),
-        }
-        self.ucm_splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self.corpora = {key: _Corpus(key, layout) for key, layout in LAYOUTS.items()}
+        # the eval set's split lists, drawn class by class
+        self.listed: dict[str, dict[str, list[str]]] = {
+            key: {"train": [], "val": [], "test": []}
+            for key, layout in LAYOUTS.items() if layout.eval_set}
         self.exact: list[tuple[tuple[str, str], tuple[str, str]]] = []
         self.near: list[tuple[tuple[str, str], tuple[str, str], str]] = []
         self.contaminants: list[tuple[tuple[str, str], tuple[str, str], str]] = []
@@ -283,48 +316,48 @@ class _Builder:
         """An independent generator per image, so adding one image never shifts the others."""
         return np.random.default_rng([self.seed, *key])
 
-    def _labels(self, category: str, *key: int) -> tuple[int, ...]:
-        """MLRSNet labels for a row, seeded by the row's own key."""
-        return _mlrs_labels(category, self._rng(7, *key))
+    def _labels(self, corpus: _Corpus, category: str, *key: int) -> tuple[int, ...]:
+        """Multi-labels for a row of a multi-label corpus (else none), seeded by its key."""
+        names = corpus.source.multilabels
+        return _mlrs_labels(category, names, self._rng(7, *key)) if names else ()
 
     def render_base(self) -> None:
         """Render every source's own images in its published layout."""
-        for si, (key, corpus) in enumerate(self.corpora.items()):
+        for si, corpus in enumerate(self.corpora.values()):
+            folders = corpus.source.split_folders  # <split>/<class>/: ~2:1, first to last
             for ci, cls in enumerate(corpus.classes):
-                if key == "ucmerced":
-                    self._render_ucm_class(si, ci, cls)
+                if corpus.layout.eval_set:
+                    self._render_listed_class(si, ci, corpus, cls)
                     continue
-                n_train = -(-2 * self.per_class // 3)  # RSD46: ~2:1 train:test
+                n_train = -(-2 * self.per_class // 3)
                 for i in range(self.per_class):
-                    odd = key == "rsd46" and i == 0 and ci % 5 == 2
-                    pixels = render_scene(cls, self._rng(si, ci, i), _RSD46_ODD_SIZE if odd
-                                          else _SIZE)
-                    split = ("train" if i < n_train else "test") if key == "rsd46" else ""
-                    labels = self._labels(cls, ci, i) if key == "mlrsnet" else ()
-                    corpus.add(cls, _jpeg(pixels), split=split, labels=labels)
+                    size = corpus.layout.odd_sizes.get(cls, _SIZE) if i == 0 else _SIZE
+                    pixels = render_scene(cls, self._rng(si, ci, i), size)
+                    split = (folders[0] if i < n_train else folders[-1]) if folders else ""
+                    labels = self._labels(corpus, cls, ci, i)
+                    corpus.add(cls, corpus.layout.encode(pixels), split=split, labels=labels)
 
-    def _render_ucm_class(self, si: int, ci: int, cls: str) -> None:
-        """UC Merced: per_class + 2 TIFFs, split 60/20/20; one train image of odd size."""
+    def _render_listed_class(self, si: int, ci: int, corpus: _Corpus, cls: str) -> None:
+        """The eval set: per_class + 2 images, split 60/20/20; one train image of odd size."""
         n = self.per_class + 2
-        names = [self.corpora["ucmerced"].pattern(cls, i, "") + ".tif" for i in range(n)]
+        names = [corpus.pattern(cls, corpus.first + i, "") + corpus.ext for i in range(n)]
         splits = _split_names(names, self._rng(si, ci, 1000))
-        odd = splits["train"][0] if cls in _UCM_ODD_SIZES and splits["train"] else ""
+        odd_size = corpus.layout.odd_sizes.get(cls)
+        odd = splits["train"][0] if odd_size and splits["train"] else ""
         for i, name in enumerate(names):
-            size = _UCM_ODD_SIZES[cls] if name == odd else _SIZE
+            size = odd_size if name == odd else _SIZE
             split = next(s for s, members in splits.items() if name in members)
-            data = _encode(render_scene(cls, self._rng(si, ci, i), size), "TIFF")
-            self.corpora["ucmerced"].add(cls, data, split=split)
+            data = corpus.layout.encode(render_scene(cls, self._rng(si, ci, i), size))
+            corpus.add(cls, data, split=split)
         for s, members in splits.items():
-            self.ucm_splits[s] += members
+            self.listed[corpus.key][s] += members
 
     def _copy_into(self, dst: str, cls: str, data: bytes) -> tuple[str, str]:
-        """Store planted bytes as the next member of a class, with plausible MLRSNet labels."""
+        """Store planted bytes as the next member of a class (a split folder's first split)."""
         corpus = self.corpora[dst]
-        labels = ()
-        if dst == "mlrsnet":
-            labels = self._labels(cls, 500, len(corpus.members))
-        return dst, corpus.add(cls, data, split="train" if dst == "rsd46" else "",
-                               labels=labels)
+        labels = self._labels(corpus, cls, 500, len(corpus.members))
+        folders = corpus.source.split_folders
+        return dst, corpus.add(cls, data, split=folders[0] if folders else "", labels=labels)
 
     def plant_duplicates(self) -> None:
         """Plant exact and near duplicates from the plan tables."""
@@ -342,11 +375,11 @@ class _Builder:
 
     def plant_contaminants(self) -> None:
         """Copy UC Merced test-split images into the pretraining sources."""
-        ucm = self.corpora["ucmerced"]
+        ucm = self.corpora[EVAL_SET]
         for ucm_cls, dst, dst_cls, op in _CONTAMINANTS:
             name = next(m.name for m in ucm.valid() if m.cls == ucm_cls and m.split == "test")
             data = _transformed(_decode(ucm.members[name].data), op)
-            self.contaminants.append((("ucmerced", name), self._copy_into(dst, dst_cls, data),
+            self.contaminants.append(((EVAL_SET, name), self._copy_into(dst, dst_cls, data),
                                       op[0]))
 
     def plant_corrupt(self) -> None:
@@ -372,7 +405,7 @@ class _Builder:
         html = b"<html><body><h1>404 Not Found</h1></body></html>\n"  # a botched scrape
         mlrs = self.corpora["mlrsnet"]
         self._bad("mlrsnet", mlrs.add("mountain", html, bad="not_image",
-                                      labels=self._labels("mountain", 99)), "not_image")
+                                      labels=self._labels(mlrs, "mountain", 99)), "not_image")
 
     def _bad(self, source: str, name: str, kind: str) -> None:
         """Record a corrupt member."""
@@ -401,11 +434,6 @@ class WorldWriter:
             self.write(source, f"http/{mirror_path(url)}", data)
 
 
-def _zip_bytes(members: dict[str, _Member]) -> bytes:
-    """The corpus members as a deterministic zip."""
-    return zip_bytes({name: m.data for name, m in members.items()})
-
-
 def zip_bytes(members: dict[str, bytes]) -> bytes:
     """A deterministic zip: sorted names, directory entries, fixed timestamps and modes."""
     names = set(members)
@@ -432,10 +460,10 @@ def _split_file(names: list[str]) -> bytes:
     return "".join(f"{n.rsplit('/', 1)[-1]}\n" for n in sorted(names)).encode()
 
 
-def _hf_schema() -> pa.Schema:
+def _hf_schema(labels: Sequence[str]) -> pa.Schema:
     """The arrow schema HF ``datasets`` writes for an Image + Sequence(ClassLabel) dataset."""
     features = {"image": {"_type": "Image"},
-                "label": {"feature": {"names": list(MLRSNET_LABELS), "_type": "ClassLabel"},
+                "label": {"feature": {"names": list(labels), "_type": "ClassLabel"},
                           "_type": "Sequence"}}
     return pa.schema(
         [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
@@ -443,48 +471,44 @@ def _hf_schema() -> pa.Schema:
         metadata={"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _write_mlrsnet(writer: WorldWriter, corpus: _Corpus) -> dict[str, str]:
-    """Shard the rows (name order) into the three published parquet files.
+def _write_parquet(writer: WorldWriter, corpus: _Corpus) -> dict[tuple[str, str], str]:
+    """Shard the rows (name order) into the corpus's published parquet files.
 
     Returns:
-        Row name -> ground-truth member ``"<parquet file name>#<row index>"``.
+        ``(source, row name)`` -> ground-truth member ``"<parquet file name>#<row index>"``.
     """
     rows = [m for _, m in sorted(corpus.members.items())]
-    downloads = [d for _, d in sorted(PUBLICATIONS["mlrsnet"].downloads.items())]
+    downloads = [d for _, d in sorted(corpus.source.publication.downloads.items())]
+    schema = _hf_schema(corpus.source.multilabels)
     refs = {}
     for k, dl in enumerate(downloads):
         chunk = rows[len(rows) * k // len(downloads): len(rows) * (k + 1) // len(downloads)]
         table = pa.table({"image": [{"bytes": m.data, "path": m.name} for m in chunk],
-                          "label": [list(m.labels) for m in chunk]}, schema=_hf_schema())
+                          "label": [list(m.labels) for m in chunk]}, schema=schema)
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        writer.write_url("mlrsnet", dl.mirrors, buf.getvalue().to_pybytes())
-        refs.update({m.name: f"{dl.filename}#{i}" for i, m in enumerate(chunk)})
+        writer.write_url(corpus.key, dl.mirrors, buf.getvalue().to_pybytes())
+        refs.update({(corpus.key, m.name): f"{dl.filename}#{i}" for i, m in enumerate(chunk)})
     return refs
 
 
-def _write_all(b: _Builder, writer: WorldWriter) -> dict[str, dict]:
-    """Write every archive, split file and parquet shard; return per-source summaries."""
-    c = b.corpora
-    pubs = {k: PUBLICATIONS[k].downloads for k in ("resisc45", "patternnet", "ucmerced")}
-    for key in ("resisc45", "patternnet", "ucmerced"):
-        members = dict(c[key].members)
-        if key == "patternnet":  # the real zip carries extra files outside the class folders
-            readme = "PatternNet/readme.txt"
-            members[readme] = _Member(readme, b"PatternNet: 38 classes, 800 images each.\n", "")
-        writer.write_url(key, pubs[key]["archive"].mirrors, _zip_bytes(members))
-    # RESISC45's split is drawn over the whole corpus (3 images per class cannot be 60/20/20).
-    resisc_splits = _split_names([m.name for m in c["resisc45"].valid()], b._rng(0, 2000))
-    for key, splits in (("resisc45", resisc_splits), ("ucmerced", b.ucm_splits)):
+def _write_zip(b: _Builder, writer: WorldWriter, corpus: _Corpus) -> dict[str, int]:
+    """Write a corpus's archive and split lists; returns its images per split (if split)."""
+    source, downloads = corpus.source, corpus.source.publication.downloads
+    members = {**{n: m.data for n, m in corpus.members.items()}, **corpus.layout.extra}
+    if "archive" in downloads:
+        writer.write_url(corpus.key, downloads["archive"].mirrors, zip_bytes(members))
+    else:  # no public URL
+        writer.write(corpus.key, user_archive(source), zip_bytes(members))
+    if source.split_files:
+        # over the whole corpus outside the eval set (3 images a class cannot be 60/20/20)
+        splits = b.listed[corpus.key] if corpus.layout.eval_set else _split_names(
+            [m.name for m in corpus.valid()], b._rng(0, 2000))
         for s, names in splits.items():
-            writer.write_url(key, pubs[key][f"split_{s}"].mirrors, _split_file(names))
-    writer.write("rsd46", "user/RSD46-WHU.zip", _zip_bytes(c["rsd46"].members))
-    summaries = {k: corpus.summary() for k, corpus in c.items()}
-    summaries["resisc45"]["splits"] = {s: len(v) for s, v in resisc_splits.items()}
-    summaries["ucmerced"]["splits"] = {s: len(v) for s, v in b.ucm_splits.items()}
-    summaries["rsd46"]["splits"] = {
-        s: sum(1 for m in c["rsd46"].valid() if m.split == s) for s in ("train", "test")}
-    return summaries
+            writer.write_url(corpus.key, downloads[source.split_files[s]].mirrors,
+                             _split_file(names))
+        return {s: len(v) for s, v in splits.items()}
+    return {s: sum(1 for m in corpus.valid() if m.split == s) for s in source.split_folders}
 
 
 def build_corpora(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict:
@@ -521,12 +545,16 @@ def build_corpora(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict:
     b.plant_contaminants()
     b.plant_corrupt()
     writer = WorldWriter(Path(world_dir))
-    summaries = _write_all(b, writer)
-    mlrs_refs = _write_mlrsnet(writer, b.corpora["mlrsnet"])
+    summaries, refs = {}, {}
+    for key, corpus in b.corpora.items():
+        summaries[key] = corpus.summary()
+        if corpus.layout.packing == "parquet":
+            refs.update(_write_parquet(writer, corpus))
+        elif splits := _write_zip(b, writer, corpus):
+            summaries[key]["splits"] = splits
 
     def ref(r: tuple[str, str]) -> dict[str, str]:
-        source, name = r
-        return {"source": source, "member": mlrs_refs[name] if source == "mlrsnet" else name}
+        return {"source": r[0], "member": refs.get(r, r[1])}
 
     return {
         "sources": {k: {"files": dict(sorted(writer.files[k].items())), **summaries[k]}

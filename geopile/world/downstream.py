@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import tarfile
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import rasterio
@@ -22,8 +23,11 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from geopile.downstream import DOWNSTREAM
+from geopile.downstream import DownstreamSet
 from geopile.world.corpora import zip_bytes
+
+# a set's world copy: seed -> (files by published name, what the tests may check)
+Fixture = Callable[[int], tuple[dict[str, bytes], dict]]
 
 # 43-class names the world's patches carry, with (B04, B03, B02, B08) reflectance x 10^4 and a
 # texture. 'Burnt areas' has no 19-class label: torchgeo drops it, as it does for real patches.
@@ -128,10 +132,10 @@ def _tar_gz(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def build_bigearthnet(write_url, seed: int = 0) -> dict:  # noqa: ANN001 - (set, url, bytes)
-    """Write the world's BigEarthNet; returns its split sizes and per-split 43-class labels."""
+def build_bigearthnet(seed: int) -> tuple[dict[str, bytes], dict]:
+    """The world's BigEarthNet files; and its split sizes and per-split 43-class labels."""
     rng = np.random.default_rng([seed, 4200])
-    published = DOWNSTREAM["bigearthnet"].files
+    out: dict[str, bytes] = {}
     covers = list(_COVERS)
     files: dict[str, bytes] = {}
     truth: dict = {"splits": {}, "labels": {}}
@@ -158,11 +162,10 @@ def build_bigearthnet(write_url, seed: int = 0) -> dict:  # noqa: ANN001 - (set,
                     json.dumps(meta).encode()
                 rows.append(f"{s2},{s1}")
                 truth["labels"].setdefault(split, []).append(labels)
-            write_url("bigearthnet", published[f"split_{split}"].mirrors,
-                      ("\n".join(rows) + "\n").encode())
+            out[f"bigearthnet-{split}.csv"] = ("\n".join(rows) + "\n").encode()
             truth["splits"][split] = count
-    write_url("bigearthnet", published["s2"].mirrors, _tar_gz(files))
-    return truth
+    out["BigEarthNet-S2-v1.0.tar.gz"] = _tar_gz(files)
+    return out, truth
 
 
 # -- dense tasks: one scene renderer (Vaihingen's six classes) for all five sets ----------------
@@ -196,9 +199,30 @@ def _png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def build_vaihingen(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
-    """The two ISPRS zips: IRRG ``top/top_mosaic_09cm_areaN.tif`` and colour-coded labels."""
-    images, labels = {}, {}
+def erode_boundaries(classes: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Pixels within ``radius`` (a disc) of another class.
+
+    ISPRS's eroded ground truth blacks them out so that uncertain boundaries count for nothing.
+    """
+    h, w = classes.shape
+    padded = np.pad(classes, radius, mode="edge")
+    near = np.zeros((h, w), bool)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius:
+                shifted = padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+                near |= shifted != classes
+    return near
+
+
+def build_vaihingen(seed: int) -> tuple[dict[str, bytes], dict]:
+    """The three ISPRS zips: IRRG tiles, colour-coded labels, boundary-eroded labels.
+
+    ``top/top_mosaic_09cm_areaN.tif``, ``top_mosaic_09cm_areaN.tif`` and
+    ``top_mosaic_09cm_areaN_noBoundary.tif`` (boundaries black).
+    """
+    rng = np.random.default_rng([seed, 4300])
+    images, labels, eroded = {}, {}, {}
     areas = {"train": (1, 3, 5, 7), "test": (2, 4, 6)}  # names from torchgeo's split lists
     for split_areas in areas.values():
         for area in split_areas:
@@ -206,14 +230,20 @@ def build_vaihingen(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
             irrg = pixels[[3, 0, 1]].transpose(1, 2, 0).astype(np.uint8)  # NIR, R, G
             name = f"top_mosaic_09cm_area{area}.tif"
             images[f"top/{name}"] = _png(irrg, "TIFF")
-            labels[name] = _png(np.array(VAIHINGEN_COLOURS, np.uint8)[classes], "TIFF")
+            coloured = np.array(VAIHINGEN_COLOURS, np.uint8)[classes]
+            labels[name] = _png(coloured, "TIFF")
+            coloured[erode_boundaries(classes)] = 0
+            eroded[name.replace(".tif", "_noBoundary.tif")] = _png(coloured, "TIFF")
     files = {"ISPRS_semantic_labeling_Vaihingen.zip": zip_bytes(images),
-             "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip": zip_bytes(labels)}
+             "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip": zip_bytes(labels),
+             "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip":
+                 zip_bytes(eroded)}
     return files, {"splits": {k: len(v) for k, v in areas.items()}}
 
 
-def build_whu(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+def build_whu(seed: int) -> tuple[dict[str, bytes], dict]:
     """``whu-aerial.zip``: ``{train,val,test}/{image,label}/N.tif`` (label: building 255)."""
+    rng = np.random.default_rng([seed, 4301])
     files, counts = {}, {"train": 12, "val": 4, "test": 6}
     for split, count in counts.items():
         for i in range(count):
@@ -239,8 +269,9 @@ def _changed_pair(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return np.clip(before, 0, 255), np.clip(after, 0, 255), change
 
 
-def build_dsifn(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+def build_dsifn(seed: int) -> tuple[dict[str, bytes], dict]:
     """``DSIFN.zip``: ``{train,val,test}/{t1,t2}/N.jpg`` and ``mask/N.png`` (change 255)."""
+    rng = np.random.default_rng([seed, 4303])
     files, counts = {}, {"train": 12, "val": 3, "test": 4}
     for split, count in counts.items():
         for i in range(count):
@@ -256,8 +287,9 @@ _OSCD_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B
                "B11", "B12")
 
 
-def build_oscd(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+def build_oscd(seed: int) -> tuple[dict[str, bytes], dict]:
     """The three OSCD zips: 13 single-band uint16 TIFFs per date, ``dates.txt``, ``cm/cm.png``."""
+    rng = np.random.default_rng([seed, 4302])
     top = "Onera Satellite Change Detection dataset - "
     images, labels = {}, {"Train": {}, "Test": {}}
     cities = {"Train": ("aguasclaras", "bercy", "bordeaux"), "Test": ("brasilia", "chongqing")}
@@ -289,11 +321,12 @@ def _multiband_tif(arr: np.ndarray) -> bytes:
         return mem.read()
 
 
-def build_sn2(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
+def build_sn2(seed: int) -> tuple[dict[str, bytes], dict]:
     """Four SpaceNet2 training tarballs of 5 pairs each: 8-band MUL and RGB-PanSharpen.
 
     MUL (32 px) is the pan-sharpened scene (128 px, 11-bit) averaged over 4x4 blocks.
     """
+    rng = np.random.default_rng([seed, 4304])
     tarballs = {}
     for aoi, city in ((2, "Vegas"), (3, "Paris"), (4, "Shanghai"), (5, "Khartoum")):
         files = {}
@@ -312,28 +345,30 @@ def build_sn2(rng: np.random.Generator) -> tuple[dict[str, bytes], dict]:
     return tarballs, {"pairs": 20}
 
 
-_DENSE_BUILDERS = {"vaihingen": build_vaihingen, "whu": build_whu, "oscd": build_oscd,
-                   "dsifn": build_dsifn, "sn2": build_sn2}
-
-
 def user_path(filename: str) -> str:
     """Where the world keeps a file with no public URL (the user would download it by hand)."""
     return f"user/downstream/{filename}"
 
 
-def build_downstream(writer, seed: int = 0) -> dict:  # noqa: ANN001 - a corpora.WorldWriter
-    """Every downstream set, at its published URL's mirror path or (no URL) under ``user/``."""
-    truth = {"bigearthnet": build_bigearthnet(writer.write_url, seed=seed)}
-    for k, (name, builder) in enumerate(_DENSE_BUILDERS.items()):
-        files, summary = builder(np.random.default_rng([seed, 4300 + k]))
-        by_name = {item.filename: item for item in DOWNSTREAM[name].files.values()}
+def build_downstream(writer, sets: Mapping[str, tuple[DownstreamSet, Fixture]],  # noqa: ANN001
+                     seed: int = 0) -> dict:
+    """Every set at its published URL's mirror path or (no URL) under ``user/``.
+
+    ``sets``: each dataset's published files and the fixture that makes the world's copy (the
+    task files hold both). The truth records where each file went, for the params overlay.
+    """
+    truth = {}
+    for name, (published, fixture) in sets.items():
+        files, summary = fixture(seed)
+        by_name = {item.filename: (which, item) for which, item in published.files.items()}
+        placed = {}
         for filename, data in files.items():
-            item = by_name[filename]
+            which, item = by_name[filename]
             if item.mirrors:
+                placed[which] = {"mirrors": list(item.mirrors), "md5": bool(item.md5)}
                 writer.write_url(name, item.mirrors, data)
             else:
+                placed[which] = {"path": user_path(filename), "md5": bool(item.md5)}
                 writer.write(name, user_path(filename), data)
-        truth[name] = summary
-    for name in truth:
-        truth[name]["files"] = writer.files[name]
+        truth[name] = {**summary, "placed": placed, "files": writer.files[name]}
     return truth

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,20 @@ import boto3
 import yaml
 from botocore.config import Config
 
-from geopile.downstream import DOWNSTREAM
-from geopile.sources.published import PUBLICATIONS
+from geopile.downstream import DownstreamSet
 from geopile.world import servers
-from geopile.world.corpora import WorldWriter, build_corpora, live_mirrors, mirror_path
-from geopile.world.downstream import build_downstream, user_path
+from geopile.world.corpora import (
+    LAYOUTS,
+    WorldWriter,
+    build_corpora,
+    live_mirrors,
+    mirror_path,
+    user_archive,
+)
+from geopile.world.downstream import Fixture, build_downstream
 from geopile.world.naip import AZURE_PREFIX, build_naip
 
-WORLD_VERSION = 4  # bumped whenever build_world writes something new; older worlds are rebuilt
+WORLD_VERSION = 5  # bumped whenever build_world writes something new; older worlds are rebuilt
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
@@ -41,15 +48,21 @@ ENDPOINTS = "run/endpoints.json"
 WORLD_CREDENTIALS = {"aws_access_key_id": "world", "aws_secret_access_key": "world-secret"}
 
 
-def build_world(world_dir: Path, seed: int = 0, per_class: int = 3) -> dict[str, Any]:
-    """Generate the whole world into ``world_dir`` (replacing a previous one)."""
+def build_world(world_dir: Path, seed: int = 0, per_class: int = 3,
+                downstream: Mapping[str, tuple[DownstreamSet, Fixture]] | None = None,
+                ) -> dict[str, Any]:
+    """Generate the whole world into ``world_dir`` (replacing a previous one).
+
+    ``downstream``: each downstream set's published files and world fixture (the task files
+    hold both; ``pipelines.world.build`` passes the registry's). None: no downstream sets.
+    """
     world_dir = Path(world_dir)
     for sub in ("http", "user", "stac", "run"):
         shutil.rmtree(world_dir / sub, ignore_errors=True)
     world_dir.mkdir(parents=True, exist_ok=True)
     truth = build_corpora(world_dir, seed=seed, per_class=per_class)
     truth["naip"] = build_naip(world_dir, seed=seed)
-    truth["downstream"] = build_downstream(WorldWriter(world_dir), seed=seed)
+    truth["downstream"] = build_downstream(WorldWriter(world_dir), downstream or {}, seed=seed)
     truth["seed"] = seed
     truth["version"] = WORLD_VERSION
     tmp = world_dir / f".{GROUND_TRUTH}.tmp"
@@ -106,23 +119,24 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
         files.update(source["files"])
     root = f"{s3}/{BUCKET}"
     sources: dict[str, Any] = {}
-    for name, pub in PUBLICATIONS.items():
+    for name, layout in LAYOUTS.items():  # the corpora the world serves, by their published files
+        source = layout.source
         md5s = {which: files["http/" + mirror_path(live_mirrors(d.mirrors)[0])]["md5"]
-                if d.md5 else None for which, d in pub.downloads.items()}
+                if d.md5 else None for which, d in source.publication.downloads.items()}
         sources[name] = {"mirror_root": root, "md5s": md5s} if md5s else {}
+        if source.user_input:  # no public URL: the user's own copy
+            sources[name][source.user_input] = str((world_dir / user_archive(source)).resolve())
     downstream = {}
-    for name, published in DOWNSTREAM.items():
-        got = truth["downstream"][name]["files"]
+    for name, made in truth["downstream"].items():  # where build_downstream put each file
         urls, md5s = {}, {}
-        for which, item in published.files.items():
-            if item.mirrors:  # served by the world's S3 at the twin of each live mirror
-                rel = "http/" + mirror_path(live_mirrors(item.mirrors)[0])
+        for which, place in made["placed"].items():
+            if "mirrors" in place:  # served by the world's S3 at the twin of each live mirror
+                rel = "http/" + mirror_path(live_mirrors(place["mirrors"])[0])
             else:  # no public URL: a local file, as a user's own download would be
-                rel = user_path(item.filename)
+                rel = place["path"]
                 urls[which] = str(world_dir / rel)
-            md5s[which] = got[rel]["md5"] if item.md5 else None
+            md5s[which] = made["files"][rel]["md5"] if place["md5"] else None
         downstream[name] = {"mirror_root": root, "urls": urls, "md5s": md5s}
-    sources["rsd46"]["archive"] = str((world_dir / "user" / "RSD46-WHU.zip").resolve())
     naip = truth["naip"]
     sources["naip"] = {
         "stac_url": stac,
