@@ -530,9 +530,12 @@ class Run:
         return score
 
     def load_best(self) -> None:
-        """Put the best validation checkpoint's weights back (if one was written)."""
+        """Put the best validation checkpoint's weights back (if this run recorded one).
+
+        A ``best.pt`` without a recorded best is another run's (other settings): left alone.
+        """
         path = self.root / BEST
-        if path.exists():
+        if self.best is not None and path.exists():
             self.model.load_state_dict(torch.load(path, map_location="cpu",
                                                   weights_only=False)["model"])
 

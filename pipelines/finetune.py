@@ -65,8 +65,11 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     recipe = settings.model_dump(exclude=VOLATILE | {"dense"})
     if task.family == "dense":
         recipe = settings.dense.model_dump(exclude=VOLATILE_DENSE)
+    override = settings.tasks.get(task.name)  # e.g. Vaihingen's ground truth
     stamp = fingerprint(task=task.name, recipe=recipe, weights=file_digest(encoder.file),
-                        window=window, seed=seed, world=where.world, **prepared.identity)
+                        window=window, seed=seed, world=where.world,
+                        override=override.model_dump() if override else None,
+                        **prepared.identity)
     run = Run(root, where, prepared.model, prepared.optimizer, prepared.scheduler,
               prepared.batches, prepared.loop, stamp, prepared.columns,
               desc=f"finetune {task.name} ({encoder.name})", tag="finetune",
