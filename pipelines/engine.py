@@ -246,7 +246,7 @@ class StreamBatches:
 
     def __iter__(self) -> Iterator[Any]:
         loader = DataLoader(self.dataset, batch_size=self.batch_size,
-                            sampler=_Unsized(lambda: self._positions(self.consumed)),
+                            sampler=self._positions(self.consumed),
                             num_workers=self.workers,
                             generator=torch.Generator().manual_seed(self.seed))
         for batch in loader:
@@ -260,16 +260,6 @@ class StreamBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after ``state["consumed"]`` samples."""
         self.consumed = state["consumed"]
-
-
-class _Unsized:
-    """An endless sampler (a DataLoader only iterates it)."""
-
-    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
-        self.make = make
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.make()
 
 
 class Endless:

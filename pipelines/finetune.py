@@ -33,10 +33,6 @@ from pipelines.engine import (
 from pipelines.tasks import get_task
 
 log = logging.getLogger(__name__)
-# what a run may change between resumes: more epochs or iterations continue it on the longer
-# schedule; loader workers and evaluation frequency do not change what is learnt
-VOLATILE = {"workers", "epochs", "tasks", "imagenet22k", "pretrained"}
-VOLATILE_DENSE = {"workers", "iterations", "eval_every"}
 
 
 def run_dir(params: dict[str, Any], task: str, init_name: str) -> Path:
@@ -62,11 +58,8 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     seed_everything(seed)
     splits = rank0_first(where, lambda: task.splits(params))
     prepared = task.prepare(settings, splits, encoder, where, seed, length)
-    recipe = settings.model_dump(exclude=VOLATILE | {"dense"})
-    if task.family == "dense":
-        recipe = settings.dense.model_dump(exclude=VOLATILE_DENSE)
     override = settings.tasks.get(task.name)  # e.g. Vaihingen's ground truth
-    stamp = fingerprint(task=task.name, recipe=recipe, weights=file_digest(encoder.file),
+    stamp = fingerprint(task=task.name, weights=file_digest(encoder.file),
                         window=window, seed=seed, world=where.world,
                         override=override.model_dump() if override else None,
                         **prepared.identity)

@@ -19,6 +19,7 @@ A run directory (``paths.runs``/BUILD) holds::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -63,8 +64,6 @@ LOSSES = ["loss", "mim", "feat"]
 
 def model_config(settings: Pretrain) -> GfmConfig:
     """The model configuration, with the teacher's name overridden if asked."""
-    import dataclasses
-
     config = get_config(settings.model)
     if settings.teacher.name:
         config = dataclasses.replace(

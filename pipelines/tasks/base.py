@@ -23,12 +23,9 @@ from torch.utils.data import Dataset
 from geopile.downstream import DownstreamSet, fetched_root
 from geopile.params import path_of
 from geopile.settings import Finetune
+from geopile.world.downstream import Fixture
 from pipelines.encoders import Init
 from pipelines.engine import Dist, Loop, Resumable
-
-# A world fixture: the seed in; the set's files (by published file name) and what the tests
-# may check about them out
-Fixture = Callable[[int], tuple[dict[str, bytes], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class Prepared:
     columns: list[str]  # what ``step`` returns, ``loss`` first
     step: Callable[[nn.Module, Any], dict[str, torch.Tensor]]
     evaluate: Callable[[nn.Module, str], dict[str, float]]  # (model, split) -> scores
-    identity: dict[str, Any]  # what, beyond the settings, a checkpoint must match
+    identity: dict[str, Any]  # the recipe and geometry a checkpoint must match
     config: dict[str, Any]  # what config.json records beyond the common keys
     files: dict[str, Any] = field(default_factory=dict)  # extra JSON outputs by file name
 
@@ -87,10 +84,6 @@ class Task:
         img = override.img_size if override and override.img_size else self.img_size
         window = override.window_size if override and override.window_size else self.window_size
         return img, window
-
-    def recipe_length(self, settings: Finetune) -> int:
-        """The run's length in the family's unit (epochs or iterations), from params."""
-        raise NotImplementedError
 
     def prepare(self, settings: Finetune, splits: dict[str, Dataset], init: Init, where: Dist,
                 seed: int, length: int | None) -> Prepared:

@@ -78,10 +78,6 @@ class ClassificationTask(Task):
     vflip: bool = False  # vertical flips too (overhead imagery has no up)
     family: ClassVar[str] = "classification"
 
-    def recipe_length(self, settings: Finetune) -> int:
-        """Epochs."""
-        return settings.epochs
-
     def transform(self, size: int, train: bool) -> v2.Compose:
         """0..255 (through the task's own scaling), resize or augment, ImageNet normalisation."""
         ops: list[Any] = [v2.ToDtype(torch.float32, scale=False)]
@@ -192,7 +188,10 @@ class ClassificationTask(Task):
                  checkpoint_every=per_epoch, eval_every=per_epoch, clip_grad=settings.clip_grad,
                  images_per_step=batch * where.world, select=self.select),
             ["loss"], step, evaluate,
-            identity={"img_size": size},
+            # what a resume must match: the recipe less what may change (more epochs continue
+            # a run on the longer schedule; workers do not change what is learnt)
+            identity={"img_size": size, "recipe": settings.model_dump(exclude={
+                "workers", "epochs", "tasks", "imagenet22k", "pretrained", "dense"})},
             config={"batch_size": batch, "steps": epochs * per_epoch, "train": len(train),
                     "val": len(evaluation["val"]), "test": len(evaluation["test"])},
             files=files)

@@ -153,10 +153,6 @@ class DenseTask(Task):
         return (image - mean) / std
 
     # -- the family's part of the engine
-    def recipe_length(self, settings: Finetune) -> int:
-        """Iterations."""
-        return settings.dense.iterations
-
     def evaluate(self, model: nn.Module, dataset: Dataset, crop: int,
                  device: torch.device) -> dict[str, float]:
         """The task's metrics over whole images, predicted by sliding windows."""
@@ -211,7 +207,8 @@ class DenseTask(Task):
                  eval_every=recipe.eval_every if has_val else None,
                  images_per_step=batch * where.world, select=self.select if has_val else None),
             ["loss"], step, evaluate,
-            identity={"crop": crop},
+            identity={"crop": crop, "recipe": recipe.model_dump(exclude={
+                "workers", "iterations", "eval_every"})},
             config={"crop": crop, "batch_size": batch, "train": len(train),
                     "val": len(splits["val"]) if has_val else None, "test": len(splits["test"]),
                     "selection": "best validation" if has_val else "last"})
