@@ -49,7 +49,18 @@ test: $(BIN)/geopile $(REAL)
 	PYTHONPATH=$(CURDIR)/tests/freshboot$${PYTHONPATH:+:$$PYTHONPATH} GEOPILE_FAKE_UPTIME_S=60 \
 		$(BIN)/python -m pytest
 
-bench: $(BIN)/geopile $(REAL)
+# the loader benchmark's peers: litdata as an extra; mosaicml-streaming 0.13 pins numpy<2.2,
+# xxhash<4 and transformers<5, which would downgrade this environment, so it goes in without
+# them (its other requirements by name), and runs with the newer versions
+PEERS := $(VENV)/.bench-peers
+$(PEERS): $(BIN)/geopile
+	$(BIN)/pip install --quiet -e '.[dev,world,bench]'
+	$(BIN)/pip install --quiet azure-identity azure-storage-blob azure-storage-file-datalake \
+		Brotli catalogue google-cloud-storage oci paramiko python-snappy zstd 'transformers>=5'
+	$(BIN)/pip install --quiet --no-deps 'mosaicml-streaming==0.13.0'
+	touch $@
+
+bench: $(BIN)/geopile $(REAL) $(PEERS)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.dedup
 	$(BIN)/python -m bench.neardup_eval

@@ -1,46 +1,62 @@
-"""Loader throughput per core, all pipelines on the same images in one run.
+"""Loader throughput per core: GeoPile beside MosaicML streaming and litdata, same images.
 
-    .venv/bin/python -m bench.loader [--per-class 20] [--batch 64] [--epochs 3]
+    .venv/bin/python -m bench.loader [--per-class 20] [--batch 64] [--rounds 10]
+
+Every pipeline reads the same JPEGs (the offline world's four scene corpora, 256 px), one epoch
+per run, each run in its own process pinned to one core with torch on one thread and no
+workers: images per second per core. Runs are interleaved in rounds (noise on this shared
+machine hits all alike) and the table gives medians over the rounds.
 
 (a) decode only with the fastest decoder here (simplejpeg, libjpeg-turbo): the limit;
-(b) GeoPile's pipeline (geopile.stream + geopile.augment through pipelines.loader) from local
-    shards: read, parse, decode, RandomResizedCrop(192, 0.67-1), flip, SimMIM mask, batch, uint8
-    out (ImageNet normalisation is done on the device, not here);
-(c) the same from the offline world's S3 server (SeaweedFS on loopback);
+(b) GeoPile (geopile.stream + geopile.augment through pipelines.loader) from local shards: read,
+    check each sample's xxh3, parse, decode, RandomResizedCrop(192, 0.67-1), flip, SimMIM mask,
+    batch, uint8 out (ImageNet normalisation is done on the device, not here);
+(c) the same from the offline world's S3 server (SeaweedFS on loopback), default settings;
 (d) the reference GFM loader: torchvision ImageFolder over the same images as loose files,
     RandomResizedCrop + flip + ToTensor + Normalize + SimMIM mask generator;
 (e) a plain webdataset pipeline over the same shards with (d)'s transforms;
-(f) (b) with its per-sample xxh3 verification turned off, and (g) (c) likewise: their ratios
-    to (b) and (c) are what verification costs (target: at most 3%, i.e. a ratio >= 0.97);
-    the xxh3 of every sample's bytes alone, timed on its own, bounds it without the noise.
-Everything runs in the main process (num_workers=0): images per second per core. Memory: the
-process's RSS after each of ``--epochs`` epochs of (b).
+(f) (b) and (g) (c) without the xxh3 check: (b)/(f) and (c)/(g) are what verification costs
+    (target: at most 3%); (h) the xxh3 of every sample alone, its share of (b)'s time per image;
+(i) MosaicML StreamingDataset (MDS shards), local, and (j) from the same S3 server;
+(k) litdata StreamingDataset (optimized chunks), local, and (l) from the same S3 server.
+The peers get GeoPile's own decode + augmentation (geopile.augment.GfmTransform) per sample and
+its SimMIM masks per batch, so they differ from (b) and (c) only in how they store, read,
+shuffle and batch. Each S3 run starts with an empty cache (a fresh process and directory); the
+S3 server (SeaweedFS) runs on the other cores, so the figures are the client's core alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import simplejpeg
-import torch
-import webdataset as wds
-import xxhash
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+NAMES = {
+    "a": "(a) decode only, simplejpeg",
+    "b": "(b) GeoPile, local shards",
+    "c": "(c) GeoPile, loopback S3",
+    "d": "(d) reference: ImageFolder + torchvision",
+    "e": "(e) plain webdataset + torchvision",
+    "f": "(f) (b) without xxh3 verification",
+    "g": "(g) (c) without xxh3 verification",
+    "h": "(h) xxh3 of each sample alone",
+    "i": "(i) MosaicML streaming, local MDS",
+    "j": "(j) MosaicML streaming, loopback S3",
+    "k": "(k) litdata, local chunks",
+    "l": "(l) litdata, loopback S3",
+}
+PEERS = "ijkl"
 
-from bench.common import ingest_jpegs, running_world, shard_config
-from geopile.shards import write_build
-from geopile.stream import read_index, sample_refs
-from geopile.world.world import upload_tree
-from pipelines.loader import GeoPileLoader
 
-torch.set_num_threads(1)
+# ---------------------------------------------------------------------------------------------
+# one pipeline, one epoch (a child process)
 
 
 class SimMIMMask:
@@ -53,150 +69,231 @@ class SimMIMMask:
         self.count = self.side**2
         self.masked = int(math.ceil(self.count * ratio))
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self):  # noqa: ANN204
+        import numpy as np
+
         idx = np.random.permutation(self.count)[: self.masked]
         mask = np.zeros(self.count, dtype=int)
         mask[idx] = 1
         return mask.reshape(self.side, self.side).repeat(self.scale, 0).repeat(self.scale, 1)
 
 
-REFERENCE = transforms.Compose([
-    transforms.RandomResizedCrop(192, scale=(0.67, 1.0), ratio=(3 / 4, 4 / 3)),
-    transforms.RandomHorizontalFlip(),
-    transforms.ToTensor(),
-    transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-])
-MASK = SimMIMMask()
+def _reference_item():  # noqa: ANN202
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(192, scale=(0.67, 1.0), ratio=(3 / 4, 4 / 3)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    mask = SimMIMMask()
+    return lambda img: (transform(img), mask())
 
 
-def reference_item(img):  # noqa: ANN001, ANN201
-    """(d)/(e)'s per-image work: the torchvision transforms and a mask."""
-    return REFERENCE(img), MASK()
+def _count(batches, masks=None) -> int:  # noqa: ANN001
+    """Images in an epoch of ``batches``; ``masks(n)`` draws a batch's masks (the peers)."""
+    n = 0
+    for batch in batches:
+        # GeoPile batches are dicts; the others give [images (, masks)], labels
+        size = len(batch["key"]) if isinstance(batch, dict) else len(batch[-1])
+        if masks is not None:
+            masks(n, size)
+        n += size
+    return n
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process."""
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def run_one(key: str, data: Path, batch: int) -> dict:
+    """One epoch of pipeline ``key``: images per second and the process's peak RSS."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from geopile.augment import GfmTransform
+
+    s3 = (data / "s3.txt").read_text().strip()
+    transform = GfmTransform()
+    # every import before the clock (MosaicML's pulls in transformers): runs time their
+    # pipeline's construction (index reads, S3 clients) and one epoch, not Python's imports
+    import boto3  # noqa: F401
+
+    import pipelines.loader  # noqa: F401
+    if key in PEERS:
+        import litdata  # noqa: F401
+        import streaming  # noqa: F401
+    start = time.perf_counter()
+    if key == "a":
+        import simplejpeg
+
+        blobs = [p.read_bytes() for p in sorted((data / "folder").rglob("*.jpg"))]
+        start = time.perf_counter()
+        for blob in blobs:
+            simplejpeg.decode_jpeg(blob)
+        n = len(blobs)
+    elif key == "h":
+        import xxhash
+
+        from geopile.stream import read_index, sample_refs
+
+        index = read_index(str(data / "shards"))
+        tars = [(data / "shards" / s["name"]).read_bytes() for s in index["shards"]]
+        samples = [(tars[r.shard][r.start:r.end], r.xxh3) for r in sample_refs(index)]
+        start = time.perf_counter()
+        for blob, digest in samples:
+            if xxhash.xxh3_64_hexdigest(blob) != digest:
+                raise RuntimeError("a freshly written sample fails its xxh3")
+        n = len(samples)
+    elif key in "bcfg":
+        from pipelines.loader import GeoPileLoader
+
+        url = str(data / "shards") if key in "bf" else f"{s3}/shards"
+        n = _count(GeoPileLoader(url, batch_size=batch, workers=0, verify=key in "bc"))
+    elif key == "d":
+        from torch.utils.data import DataLoader
+        from torchvision import datasets
+
+        n = _count(DataLoader(datasets.ImageFolder(str(data / "folder"),
+                                                   transform=_reference_item()),
+                              batch_size=batch, num_workers=0, shuffle=True))
+    elif key == "e":
+        import webdataset as wds
+        from torch.utils.data import DataLoader
+
+        urls = [str(p) for p in sorted((data / "shards").glob("*.tar"))]
+        n = _count(DataLoader(wds.WebDataset(urls, shardshuffle=False).shuffle(1000)
+                              .decode("pil").to_tuple("jpg", "cls")
+                              .map_tuple(_reference_item(), int),
+                              batch_size=batch, num_workers=0))
+    else:
+        from bench.peers import litdata_batches, mds_batches
+
+        def augment(jpeg: bytes, index: int) -> np.ndarray:
+            return transform(jpeg, "jpg", 0, index)
+
+        def masks(first: int, size: int) -> None:
+            transform.masks(0, np.arange(first, first + size))
+
+        make = mds_batches if key in "ij" else litdata_batches
+        fmt = "mds" if key in "ij" else "litdata"
+        src = str(data / fmt) if key in "ik" else f"{s3}/{fmt}"
+        with tempfile.TemporaryDirectory(dir=data) as cache:
+            n = _count(make(src, Path(cache), batch, augment), masks)
+    seconds = time.perf_counter() - start
+    # VmHWM: this process's peak (ru_maxrss would carry the parent's over the fork)
+    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
+    return {"images": n, "images_per_s": n / seconds, "rss_mib": int(status.split()[0]) / 1024}
 
 
-def per_second(n: int, start: float) -> float:
-    """Rate since ``start``."""
-    return n / (time.perf_counter() - start)
+# ---------------------------------------------------------------------------------------------
+# the data, the rounds, the table
 
 
-def run_loader(loader, epochs: int = 1) -> tuple[float, list[float]]:  # noqa: ANN001
-    """Best images/s over ``epochs`` epochs, and RSS after each."""
-    rates, rss = [], []
-    for _ in range(epochs):
-        start, n = time.perf_counter(), 0
-        for batch in loader:
-            # GeoPile batches are dicts; (d) and (e) give [(images, masks), labels]
-            n += len(batch["key"]) if isinstance(batch, dict) else len(batch[-1])
-        rates.append(per_second(n, start))
-        rss.append(rss_mib())
-    return max(rates), rss
+def prepare(root: Path, per_class: int, endpoint: str, world: Path) -> int:
+    """Every store of the same JPEGs under ``root`` (and on S3); how many images."""
+    from bench.common import ingest_jpegs, shard_config
+    from bench.peers import write_litdata, write_mds
+    from geopile.shards import write_build
+    from geopile.world.world import upload_tree
+
+    table = ingest_jpegs(world, root / "data")
+    records = table.to_pylist()
+    blobs = [(root / "data" / r["path"]).read_bytes() for r in records]
+    write_build(table, root / "data", root / "shards", "bench", 0, shard_config(max_samples=500))
+    for r, blob in zip(records, blobs, strict=True):
+        target = root / "folder" / r["source"] / (r["key"].split("/", 1)[1] + ".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob)
+    labels = [r["label_id"] if r["label_id"] is not None else -1 for r in records]
+    samples = list(zip([r["key"] for r in records], blobs, labels, strict=True))
+    write_mds(samples, root / "mds")
+    write_litdata(samples, root / "litdata")
+    for name in ("shards", "mds", "litdata"):
+        url = upload_tree(endpoint, root / name, f"bench/{name}")
+    (root / "s3.txt").write_text(url.rsplit("/", 1)[0])
+    return len(blobs)
+
+
+def _child(key: str, root: Path, batch: int, core: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "bench.loader", "--one", key, "--data",
+                           str(root), "--batch", str(batch)], env=env, capture_output=True,
+                          text=True, check=False, preexec_fn=lambda: os.sched_setaffinity(
+                              0, {core}))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{NAMES[key]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict[str, list[dict]], n: int, batch: int) -> None:
+    """The table of medians, and the ratios the targets are set on."""
+    rate = {k: statistics.median(r["images_per_s"] for r in runs) for k, runs in results.items()}
+    rounds = len(next(iter(results.values())))
+    print(f"\n{n} JPEGs (256 px), batch {batch}, one core each, median of {rounds} rounds")
+    print(f"{'pipeline':<44} {'img/s':>8} {'vs (a)':>7} {'peak RSS MiB':>13}")
+    for key, name in NAMES.items():
+        if key in rate:
+            rss = statistics.median(r["rss_mib"] for r in results[key])
+            print(f"{name:<44} {rate[key]:>8.0f} {rate[key] / rate['a']:>7.2f} {rss:>13.0f}")
+
+    def paired(x: str, y: str) -> str:
+        each = [a["images_per_s"] / b["images_per_s"] for a, b in zip(results[x], results[y],
+                                                                        strict=True)]
+        return f"{rate[x] / rate[y]:.2f} (rounds {min(each):.2f}-{max(each):.2f})"
+
+    if {"i", "k"} & set(rate):
+        peer = max({"i", "k"} & set(rate), key=rate.get)
+        print(f"\nlocal: (b)/(a) {paired('b', 'a')} target >= 0.8; (b)/best peer ({peer}) "
+              f"{paired('b', peer)} target >= 1.2")
+    if "c" in rate:
+        print(f"S3: (c)/(b) {paired('c', 'b')} target >= 0.9", end="")
+        if {"j", "l"} & set(rate):
+            peer = max({"j", "l"} & set(rate), key=rate.get)
+            print(f"; (c)/best peer ({peer}) {paired('c', peer)} target >= 1.2", end="")
+        print()
+    if {"d", "e"} <= set(rate):
+        print(f"reference: (b)/(d) {rate['b'] / rate['d']:.2f}   "
+              f"(b)/(e) {rate['b'] / rate['e']:.2f}")
+    if {"f", "g", "h"} <= set(rate):
+        print(f"verification: (b)/(f) {paired('b', 'f')}   (c)/(g) {paired('c', 'g')} "
+              f"target >= 0.97; xxh3 alone {1e6 / rate['h']:.1f} us a sample = "
+              f"{100 * rate['b'] / rate['h']:.2f}% of (b)'s {1e6 / rate['b']:.0f} us "
+              f"(target <= 3%)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--per-class", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=20, help="images per class and source")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of (b) for memory")
-    parser.add_argument("--block", type=int, default=16, help="samples per ranged read")
-    parser.add_argument("--window", type=int, default=64, help="blocks shuffled together")
-    parser.add_argument("--rounds", type=int, default=3, help="best of this many runs each")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--only", default="".join(NAMES), help="pipelines to run, e.g. abik")
+    parser.add_argument("--core", type=int, default=0, help="the core every run is pinned to")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.data, args.batch)))
+        return
+    from bench.common import running_world
+
+    # this process, the world's servers it starts and their S3 traffic stay off the runs' core
+    others = os.sched_getaffinity(0) - {args.core}
+    if others:
+        os.sched_setaffinity(0, others)
+    keys = [k for k in NAMES if k in set(args.only) | {"a", "b"}]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with running_world(root, args.per_class) as (world, endpoints):
-            table = ingest_jpegs(world, root / "data")
-            records = table.to_pylist()
-            blobs = [(root / "data" / r["path"]).read_bytes() for r in records]
-            write_build(table, root / "data", root / "shards", "bench", 0,
-                        shard_config(max_samples=500))
-            folder = root / "folder"
-            for r, blob in zip(records, blobs, strict=True):
-                target = folder / r["source"] / (r["key"].split("/", 1)[1] + ".jpg")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(blob)
-            s3_url = upload_tree(endpoints["s3"], root / "shards", "bench")
             os.environ.update(AWS_ENDPOINT_URL=endpoints["s3"], AWS_ACCESS_KEY_ID="geopile",
                               AWS_SECRET_ACCESS_KEY="offline-world")
-            n = len(blobs)
-
-            def decode_only() -> float:
-                start = time.perf_counter()
-                for blob in blobs:
-                    simplejpeg.decode_jpeg(blob)
-                return per_second(n, start)
-
-            index = read_index(str(root / "shards"))
-            tars = [(root / "shards" / s["name"]).read_bytes() for s in index["shards"]]
-            samples = [(tars[r.shard][r.start:r.end], r.xxh3) for r in sample_refs(index)]
-
-            def hash_only() -> float:
-                start = time.perf_counter()
-                for data, digest in samples:
-                    if xxhash.xxh3_64_hexdigest(data) != digest:
-                        raise RuntimeError("a freshly written sample fails its xxh3")
-                return per_second(len(samples), start)
-
-            urls = [str(p) for p in sorted((root / "shards").glob("*.tar"))]
-            plan = {"batch_size": args.batch, "workers": 0, "block": args.block,
-                    "window": args.window}
-            local = GeoPileLoader(str(root / "shards"), **plan)
-            remote = GeoPileLoader(s3_url, **plan, read_ahead=8)
-            local_unverified = GeoPileLoader(str(root / "shards"), **plan, verify=False)
-            remote_unverified = GeoPileLoader(s3_url, **plan, read_ahead=8, verify=False)
-            runners = {
-                "a": decode_only,
-                "b": lambda: run_loader(local)[0],
-                "f": lambda: run_loader(local_unverified)[0],
-                "c": lambda: run_loader(remote)[0],
-                "g": lambda: run_loader(remote_unverified)[0],
-                "h": hash_only,
-                "d": lambda: run_loader(DataLoader(
-                    datasets.ImageFolder(str(folder), transform=reference_item),
-                    batch_size=args.batch, num_workers=0, shuffle=True))[0],
-                "e": lambda: run_loader(DataLoader(
-                    wds.WebDataset(urls, shardshuffle=False).shuffle(1000).decode("pil")
-                    .to_tuple("jpg", "cls").map_tuple(reference_item, int),
-                    batch_size=args.batch, num_workers=0))[0],
-            }
-            # rounds interleave the pipelines so that noise on this shared machine hits all
-            results = {k: 0.0 for k in runners}
-            for _ in range(args.rounds):
-                for key, run in runners.items():
-                    results[key] = max(results[key], run())
-            _, rss = run_loader(local, args.epochs)
-    names = {
-        "a": "(a) decode only, simplejpeg",
-        "b": "(b) GeoPile, local shards",
-        "c": "(c) GeoPile, loopback S3",
-        "d": "(d) reference: ImageFolder + torchvision",
-        "e": "(e) plain webdataset + torchvision",
-        "f": "(f) (b) without xxh3 verification",
-        "g": "(g) (c) without xxh3 verification",
-        "h": "(h) xxh3 of each sample alone",
-    }
-    print(f"\n{n} JPEGs (256 px), batch {args.batch}, one core each, best of {args.rounds}")
-    print(f"{'pipeline':<44} {'img/s':>8}")
-    for key, name in names.items():
-        print(f"{name:<44} {results[key]:>8.0f}")
-    b = results["b"]
-    print(f"\n(b)/(d) {b / results['d']:.2f} (target >= 4)   (b)/(a) {b / results['a']:.2f} "
-          f"(target >= 0.8)   (c)/(b) {results['c'] / b:.2f} (target >= 0.9)   "
-          f"(b)/(e) {b / results['e']:.2f}")
-    # verification's cost: end to end (noisy on a shared machine), and the hashing alone as a
-    # share of (b)'s time per sample (its upper bound: nothing else changes)
-    print(f"verification: (b)/(f) {b / results['f']:.3f}   (c)/(g) "
-          f"{results['c'] / results['g']:.3f} (target >= 0.97)   xxh3 alone "
-          f"{1e6 / results['h']:.1f} us a sample = {100 * b / results['h']:.2f}% of (b)'s "
-          f"{1e6 / b:.0f} us (target <= 3%)")
-    print("RSS after each epoch of (b), MiB: " + ", ".join(f"{r:.0f}" for r in rss))
+            n = prepare(root, args.per_class, endpoints["s3"], world)
+            results: dict[str, list[dict]] = {k: [] for k in keys}
+            for r in range(args.rounds):
+                for key in keys:
+                    results[key].append(_child(key, root, args.batch, args.core))
+                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                    f"{k} {v[-1]['images_per_s']:.0f}" for k, v in results.items()), flush=True)
+    report(results, n, args.batch)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,21 @@
 """Stream a GeoPile build from its ``index.json``: shuffled, evenly split, resumable, local or S3.
 
-The epoch order is planned from the index alone, before any byte is read:
+The epoch order is planned from the index alone, before any byte is read, and does not depend
+on how many ranks or workers read it:
 
 1. the build's samples are cut into *blocks* of ``block`` consecutive samples of one shard (one
    ranged read each), and the blocks are permuted with ``(seed, epoch)``;
 2. consecutive runs of ``window`` blocks are pooled and their samples permuted, so any stretch
    of the stream mixes samples from ``window`` blocks drawn from all over the build;
-3. the order is cut (``drop``) or wrapped (``pad``) to a multiple of
-   ``ranks x workers x batch_size`` and rank ``r`` takes the ``r``-th equal contiguous part;
-4. inside a rank, each worker reads its own contiguous part (whole blocks, few reads) and
-   torch's DataLoader takes the workers' batches in turn, so the trainer sees a fixed
-   sequence (:func:`delivery`); ``consumed`` (samples the trainer has taken) and the worker
-   layout are all a resume needs.
+3. the order is cut (``drop``, fewer than ``ranks x batch_size`` samples left out: the last
+   ones) or wrapped (``pad``) to whole batches on every rank, and rank ``r`` takes the
+   ``r``-th equal contiguous part;
+4. inside a rank, each worker delivers a contiguous run of whole batches (whole blocks, few
+   reads); the trainer counts the batches it took from each worker.
 
-With ``drop`` no sample appears twice in an epoch across ranks; with ``pad`` every sample
-appears at least once and a few twice. A resume with another number of workers continues with
-the very next samples of the plan; the rest of that epoch is then split across the new workers
-in whole batches, as evenly as they go.
+Those counts say exactly which positions of the order were delivered, so a checkpoint resumes
+with any number of ranks and workers (:class:`Leg`, :func:`undelivered`): the epoch's
+undelivered positions are dealt out again by the same rules, none repeated, none lost.
 
 Every sample is checked against its xxh3-64 in the index as it is read (local and S3 alike): a
 sample whose bytes changed since the build is set aside like an unreadable one, and a shard with
@@ -461,69 +460,124 @@ def epoch_order(block_ids: np.ndarray, config: StreamConfig, epoch: int) -> np.n
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def rank_length(n: int, config: StreamConfig, world: int, workers: int) -> int:
-    """Samples per rank in an epoch of ``n``: cut or wrapped to whole worker batches."""
-    unit = world * max(1, workers) * config.batch_size
-    units = n // unit if config.remainder == "drop" else -(-n // unit)
-    return units * unit // world
+Spans = tuple[tuple[int, int], ...]  # [start, end) runs of positions in an epoch's order
 
 
-def rank_plan(order: np.ndarray, config: StreamConfig, rank: int, world: int,
-              workers: int) -> np.ndarray:
-    """The rank's equal part of the epoch order (see :func:`rank_length`)."""
-    per_rank = rank_length(len(order), config, world, workers)
-    plan = np.resize(order, per_rank * world) if len(order) else order
-    return plan[rank * per_rank:(rank + 1) * per_rank]
+@dataclass(frozen=True)
+class Leg:
+    """What an epoch still owes, as runs of positions in its order (the whole order at first).
 
-
-def delivery(length: int, batch_size: int, workers: int) -> np.ndarray:
-    """Plan positions in the order the trainer receives them.
-
-    Each of ``workers`` workers delivers its contiguous part of the plan, and the loader takes
-    their batches in turn.
+    A leg is dealt out for one layout (world size, workers); a resume with another layout
+    starts a new leg from the positions the old one had not delivered (:func:`undelivered`).
+    This is the whole of the elastic resume: the order never depends on the layout, so the
+    positions delivered, and therefore those owed, are known from the per-worker counts alone.
     """
-    w = max(1, workers)
-    part = length // w
-    k = np.arange(length // batch_size)
-    starts = (k % w) * part + (k // w) * batch_size
-    return (starts[:, None] + np.arange(batch_size)).ravel()
+
+    epoch: int
+    spans: Spans
+
+    @classmethod
+    def whole(cls, epoch: int, samples: int) -> Leg:
+        """A fresh epoch of ``samples`` samples."""
+        return cls(epoch, ((0, samples),) if samples else ())
+
+    def positions(self) -> np.ndarray:
+        """The owed positions, in order."""
+        if not self.spans:
+            return np.empty(0, np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.spans])
 
 
-def worker_positions(length: int, config: StreamConfig, worker: int, workers: int,
-                     consumed: int = 0, layout: int | None = None) -> np.ndarray:
-    """Plan positions that ``worker`` of ``workers`` delivers.
+def spans_of(positions: np.ndarray) -> Spans:
+    """Runs of consecutive positions (the compact form a checkpoint stores)."""
+    if not len(positions):
+        return ()
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(positions)]])
+    return tuple((int(positions[a]), int(positions[b - 1]) + 1)
+                 for a, b in zip(starts, ends, strict=True))
 
-    They continue an epoch laid out for ``layout`` workers (default: ``workers``) after the
-    trainer consumed ``consumed`` samples of it.
+
+def rank_batches(owed: int, config: StreamConfig, world: int) -> int:
+    """Batches per rank for ``owed`` samples: ranks get equal counts, whatever the workers.
+
+    ``drop`` leaves out fewer than ``world x batch_size`` samples (the last of the order);
+    ``pad`` wraps round to the leg's first samples instead.
     """
-    rest = delivery(length, config.batch_size, layout or workers)[consumed:]
-    batch = np.arange(len(rest)) // config.batch_size
-    return rest[batch % max(1, workers) == worker]
+    unit = world * config.batch_size
+    return owed // unit if config.remainder == "drop" else -(-owed // unit)
+
+
+def rank_part(positions: np.ndarray, config: StreamConfig, rank: int, world: int) -> np.ndarray:
+    """The rank's contiguous share of a leg's positions (whole blocks: few reads)."""
+    per_rank = rank_batches(len(positions), config, world) * config.batch_size
+    dealt = np.resize(positions, per_rank * world) if len(positions) else positions
+    return dealt[rank * per_rank:(rank + 1) * per_rank]
+
+
+def worker_batches(batches: int, worker: int, workers: int) -> range:
+    """The batches (of a rank's share) that ``worker`` delivers: a contiguous run of them.
+
+    Runs differ by at most one batch; torch's DataLoader takes the workers' batches in turn, and
+    the trainer counts them per worker, so what was delivered is known for any interleaving.
+    """
+    k = max(1, workers)
+    return range(worker * batches // k, (worker + 1) * batches // k)
+
+
+def worker_part(positions: np.ndarray, config: StreamConfig, rank: int, world: int,
+                worker: int, workers: int) -> np.ndarray:
+    """The positions ``worker`` of ``rank`` delivers in a leg, in its delivery order."""
+    mine = rank_part(positions, config, rank, world)
+    run = worker_batches(len(mine) // config.batch_size, worker, workers)
+    return mine[run.start * config.batch_size:run.stop * config.batch_size]
+
+
+def undelivered(leg: Leg, config: StreamConfig, world: int, workers: int,
+                taken: list[int]) -> Leg:
+    """The rest of ``leg`` after every rank took ``taken[k]`` batches from worker ``k``.
+
+    All ranks deal identical runs to their workers, so one rank's counts are every rank's.
+    What the leg left out (the remainder under ``drop``) is owed too; padding repeats are not.
+    """
+    positions = leg.positions()
+    delivered = []
+    for rank in range(world):
+        for worker, count in enumerate(taken):
+            part = worker_part(positions, config, rank, world, worker, workers)
+            delivered.append(part[:count * config.batch_size])
+    done = np.concatenate(delivered) if delivered else np.empty(0, np.int64)
+    return Leg(leg.epoch, spans_of(positions[~np.isin(positions, done)]))
 
 
 # ---------------------------------------------------------------------------------------------
 # reading
 
 
-def parse_members(data: bytes) -> dict[str, bytes]:
+def parse_members(data: bytes | memoryview, want: tuple[str, ...] | None = None,
+                  trusted: bool = False) -> dict[str, bytes | memoryview]:
     """The members of one sample from its tar bytes: ``{extension: payload}``.
 
     Parsed by hand: ``tarfile`` costs about 0.4 ms a sample to set up, as much as decoding
-    the JPEG. Only what GeoPile's writer produces is accepted (USTAR regular files); every
-    header's checksum is verified, so a damaged sample is refused, not misread.
+    the JPEG. Only what GeoPile's writer produces is accepted (USTAR regular files). ``want``
+    stops at the first member with one of these extensions, and returns views into ``data``
+    (no copy); otherwise payloads are bytes. Each header's checksum is verified unless
+    ``trusted`` (the sample's bytes already matched their xxh3, which covers the headers).
     """
-    members: dict[str, bytes] = {}
+    members: dict[str, bytes | memoryview] = {}
     pos, end = 0, len(data)
     while pos + TAR_BLOCK <= end:
-        header = data[pos:pos + TAR_BLOCK]
-        if header.count(0) == TAR_BLOCK:
+        header = bytes(data[pos:pos + TAR_BLOCK])
+        if header[0] == 0 and header.count(0) == TAR_BLOCK:
             break  # the archive's end blocks
         try:
-            stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
             size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            if not trusted:
+                stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
         except ValueError as err:
             raise tarfile.ReadError(f"unparsable header at byte {pos}") from err
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+        if not trusted and stored != sum(header[:148]) + 256 + sum(header[156:]):
             raise tarfile.ReadError(f"bad header checksum at byte {pos}")
         name = header[:100].split(b"\0", 1)[0].decode()
         prefix = header[345:500].split(b"\0", 1)[0].decode()
@@ -533,7 +587,11 @@ def parse_members(data: bytes) -> dict[str, bytes]:
         if body + size > end:
             raise tarfile.ReadError(f"member {name!r} is truncated")
         full = f"{prefix}/{name}" if prefix else name
-        members[full.rsplit("/", 1)[-1].split(".", 1)[1]] = data[body:body + size]
+        ext = full.rsplit("/", 1)[-1].split(".", 1)[1]
+        payload = data[body:body + size]
+        members[ext] = payload if want is not None else bytes(payload)
+        if want is not None and ext in want:
+            return members
         pos = body + -(-size // TAR_BLOCK) * TAR_BLOCK
     if not members:
         raise tarfile.ReadError("no members")
@@ -547,7 +605,7 @@ class RawSample:
     index: int  # into the build's samples: with the epoch, it seeds the augmentation
     epoch: int
     key: str
-    members: dict[str, bytes]  # empty when the sample could not be read or failed its xxh3
+    members: dict[str, bytes | memoryview]  # none when unreadable or failing its xxh3
     error: str = ""  # why ``members`` is empty
 
 
@@ -566,6 +624,7 @@ class ShardStream:
         shard_of = np.fromiter((r.shard for r in self.refs), np.int64, len(self.refs))
         self.shard_bounds = np.searchsorted(shard_of, np.arange(len(self.index["shards"]) + 1))
         self.bad: dict[int, int] = {}  # shard -> samples failing their xxh3 (once audited)
+        self._order: tuple[int, np.ndarray] | None = None  # the last epoch's order
         if config.verify and any(r.xxh3 is None for r in self.refs) \
                 and url not in _warned_unverified:
             _warned_unverified.add(url)
@@ -583,21 +642,33 @@ class ShardStream:
         self.__dict__.update(state)
         self.storage, _ = open_storage(self.url, self.cache_dir, self.cache_bytes)
 
-    def epoch_length(self, workers: int) -> int:
-        """Samples this rank delivers in one epoch with ``workers`` workers."""
-        return rank_length(len(self.refs), self.config, self.world, workers)
+    def batches_per_epoch(self) -> int:
+        """Batches this rank delivers in a whole epoch (the same for any number of workers)."""
+        return rank_batches(len(self.refs), self.config, self.world)
 
-    def plan(self, epoch: int, workers: int) -> np.ndarray:
-        """The rank's plan for an epoch: indices into ``refs``."""
-        order = epoch_order(self.block_ids, self.config, epoch)
-        return rank_plan(order, self.config, self.rank, self.world, workers)
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's order of the build's samples (the same on every rank and worker)."""
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.block_ids, self.config, epoch))
+        return self._order[1]
 
-    def _read_group(self, indices: list[int]) -> list[bytes]:
+    def worker_indices(self, leg: Leg, worker: int = 0, workers: int = 1) -> np.ndarray:
+        """The samples (indices into ``refs``) that ``worker`` of this rank delivers in ``leg``."""
+        part = worker_part(leg.positions(), self.config, self.rank, self.world, worker, workers)
+        return self.order(leg.epoch)[part]
+
+    def samples(self, epoch: int, worker: int = 0, workers: int = 1,
+                leg: Leg | None = None) -> Iterator[RawSample]:
+        """The worker's samples of an epoch (or of what ``leg`` still owes of it)."""
+        leg = leg or Leg.whole(epoch, len(self.refs))
+        return self.read(self.worker_indices(leg, worker, workers), leg.epoch)
+
+    def _read_group(self, indices: list[int]) -> list[memoryview]:
         """One ranged read over samples of one block; split into per-sample bytes."""
         refs = [self.refs[i] for i in indices]
         name = self.index["shards"][refs[0].shard]["name"]
         lo, hi = min(r.start for r in refs), max(r.end for r in refs)
-        data = self.storage.read_range(name, lo, hi)
+        data = memoryview(self.storage.read_range(name, lo, hi))  # slices, not copies
         return [data[r.start - lo:r.end - lo] for r in refs]
 
     def _audit(self, shard: int) -> None:
@@ -625,35 +696,34 @@ class ShardStream:
                 f"samples fail their xxh3 checksum, more than max_bad_per_shard="
                 f"{self.config.max_bad_per_shard}: the shard is damaged; {_fix(self.url)}")
 
-    def _unpack(self, i: int, blob: bytes) -> tuple[dict[str, bytes], str]:
+    def _unpack(self, i: int, blob: memoryview,
+                want: tuple[str, ...] | None) -> tuple[dict[str, bytes | memoryview], str]:
         """A sample's members, or none and why: its bytes changed, or do not parse."""
         ref = self.refs[i]
-        if self.config.verify and ref.xxh3 is not None:
+        checked = self.config.verify and ref.xxh3 is not None
+        if checked:
             digest = xxhash.xxh3_64_hexdigest(blob)
             if digest != ref.xxh3:
                 self._audit(ref.shard)  # raises when the shard has too many
                 return {}, (f"its bytes have xxh3 {digest}, index.json says {ref.xxh3} "
                             f"(changed since the build)")
         try:
-            return parse_members(blob), ""
+            return parse_members(blob, want, trusted=checked), ""
         except (tarfile.TarError, IndexError, EOFError, KeyError) as err:
             return {}, f"unparsable tar member ({err})"
 
-    def samples(self, epoch: int, worker: int = 0, workers: int = 1, consumed: int = 0,
-                layout: int | None = None) -> Iterator[RawSample]:
-        """The worker's samples of the epoch, after ``consumed`` (see :func:`worker_positions`).
+    def read(self, indices: np.ndarray, epoch: int,
+             want: tuple[str, ...] | None = None) -> Iterator[RawSample]:
+        """The samples ``indices`` in that order (``want``: only up to these members).
 
-        The positions are read a chunk (``window x block`` samples) at a time: the samples of a
-        chunk that share a block come in one ranged read, and the next chunk's reads are in
-        flight while this one is consumed. A sample that fails its xxh3 or does not parse comes
-        with no members and an ``error`` (the caller substitutes it); a shard with more than
+        They are read a chunk (``window x block`` samples) at a time: the samples of a chunk
+        that share a block come in one ranged read, and the next chunk's reads are in flight
+        while this one is consumed. A sample that fails its xxh3 or does not parse comes with
+        no members and an ``error`` (the caller substitutes it); a shard with more than
         ``max_bad_per_shard`` failing samples raises :class:`StreamError`.
         """
-        plan = self.plan(epoch, layout or workers)
-        positions = worker_positions(len(plan), self.config, worker, workers, consumed, layout)
-        wanted = plan[positions]
         size = self.config.window * self.config.block
-        chunks = [wanted[i:i + size] for i in range(0, len(wanted), size)]
+        chunks = [indices[i:i + size] for i in range(0, len(indices), size)]
         # local files come from the page cache: threads would only add GIL hand-offs
         threads = 0 if isinstance(self.storage, LocalStorage) else self.config.read_ahead
         with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -680,7 +750,7 @@ class ShardStream:
                     if i not in blobs:
                         future, members = current[i]
                         blobs.update(zip(members, future.result(), strict=True))  # StreamError
-                    parsed, error = self._unpack(i, blobs.pop(i))
+                    parsed, error = self._unpack(i, blobs.pop(i), want)
                     if error:
                         shard = self.index["shards"][self.refs[i].shard]["name"]
                         error = f"{self.storage.where(shard)}: {error}"

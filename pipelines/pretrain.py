@@ -286,8 +286,10 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                                   cycle_limit=1, t_in_epochs=False)
     # the loader has read and parsed the build's index: its digest identifies the shards
     index_digest = hashlib.sha256(json.dumps(loader.stream.index, sort_keys=True).encode())
-    stamp = fingerprint(settings=settings.model_dump(exclude=VOLATILE), seed=seed,
-                        world=where.world, index=index_digest.hexdigest())
+    # the global batch, not the world size: a run resumes on another number of processes
+    # when world x accumulate stays the same (the loader deals the epoch's rest out again)
+    stamp = fingerprint(settings=settings.model_dump(exclude=VOLATILE | {"accumulate"}),
+                        seed=seed, global_batch=sched.global_batch, index=index_digest.hexdigest())
     run = Run(root, where, model, optimizer, scheduler, Endless(loader),
               Loop(steps=sched.total, steps_per_epoch=sched.per_epoch,
                    log_every=settings.log_every, checkpoint_every=settings.checkpoint_every,

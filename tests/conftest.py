@@ -17,12 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(args: list[str], procs: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node PROCS -m pipelines.cli ARGS`` (gloo on the CPU)."""
+def torchrun(args: list[str], procs: int = 2, timeout: int = 300,
+             module: str = "pipelines.cli") -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node PROCS -m MODULE ARGS`` (gloo on the CPU)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-         "--standalone", "-m", "pipelines.cli", *args],
+         "--standalone", "-m", module, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 

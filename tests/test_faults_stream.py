@@ -23,7 +23,7 @@ import xxhash
 from geopile import stream
 from geopile.augment import GfmTransform
 from geopile.shards import INDEX
-from geopile.stream import S3Storage, ShardStream, StreamConfig, StreamError, parse_members
+from geopile.stream import Leg, S3Storage, ShardStream, StreamConfig, StreamError, parse_members
 from pipelines.loader import GeoPileLoader
 from tests.httpserver import FlakyServer
 from tests.test_stream import BATCH, _epoch, shards  # noqa: F401 - `shards` is a fixture
@@ -53,11 +53,11 @@ def _index(build: Path) -> dict:
     return json.loads((build / INDEX).read_text())
 
 
-def _planned(build: Path, shard: int, count: int, workers: int = 1) -> list[int]:
+def _planned(build: Path, shard: int, count: int) -> list[int]:
     """The first ``count`` samples of ``shard`` that epoch 0 delivers (``drop`` cuts a few)."""
     probe = ShardStream(str(build), StreamConfig(batch_size=BATCH))
     first = next(i for i, r in enumerate(probe.refs) if r.shard == shard)
-    planned = set(probe.plan(0, workers).tolist())
+    planned = set(probe.worker_indices(Leg.whole(0, len(probe.refs))).tolist())
     return [i - first for i in range(first, len(probe.refs))
             if probe.refs[i].shard == shard and i in planned][:count]
 

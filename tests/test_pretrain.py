@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,37 @@ def test_torchrun_two_processes_on_gloo(paper, tmp_path):
     assert len(seen) == len(set(seen))
     config = json.loads((tmp_path / "paper" / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch"] == 16
+
+
+def test_resume_on_another_world_size_with_the_same_global_batch(paper, tmp_path):
+    """Killed at 2 processes, resumed on 1 with accumulate 2: the run continues, not restarts."""
+    params = _params(paper, tmp_path, workers=1, checkpoint_every=2)
+    overlay = tmp_path / "params.yaml"
+    overlay.write_text(yaml.safe_dump(params))
+    args = ["pretrain", "paper", "--steps", "8", "--shards", str(shards_dir(paper) / "paper"),
+            "--params", str(overlay), "--no-progress", "--resume"]
+    # preempted as a cluster does it: SIGTERM to torchrun, which stops its workers (they run in
+    # sessions of their own, so a SIGKILL to its group would leave them training)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--standalone", "-m", "pipelines.cli", *args], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "paper" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    stopped = torch.load(tmp_path / "paper" / "checkpoints" / "last.pt", weights_only=False)
+    assert 2 <= stopped["step"] < 8
+
+    overlay.write_text(yaml.safe_dump(_params(paper, tmp_path, workers=1, accumulate=2)))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming {tmp_path / 'paper' / 'checkpoints' / 'last.pt'} at step " \
+           f"{stopped['step']}" in proc.stderr
+    assert [int(r["step"]) for r in _losses(tmp_path / "paper")] == list(range(1, 9))
+    config = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert config["world_size"] == 1 and config["global_batch"] == 16

@@ -12,6 +12,7 @@ from geopile.stream import CachedStorage, S3Storage, StreamError
 from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader, decode_on_device
 from pipelines.shard import run_shard, shards_dir
+from tests.conftest import torchrun
 from tests.httpserver import FlakyServer
 
 BATCH = 8
@@ -46,25 +47,58 @@ def test_batches(shards):
     assert batch["mask"].float().mean().item() == pytest.approx(22 / 36)
 
 
-@pytest.mark.parametrize("before,after", [(2, 2), (2, 0), (0, 3)])
-def test_resume_mid_epoch_is_exact(shards, before, after):
-    full = GeoPileLoader(str(shards), batch_size=BATCH, workers=before, seed=3)
-    full.load_state_dict({**full.state_dict(), "epoch": 1})
+def _start_at(loader: GeoPileLoader, epoch: int) -> GeoPileLoader:
+    """``loader`` set to begin ``epoch`` (as a checkpoint at an epoch's start would)."""
+    state = loader.state_dict()
+    loader.load_state_dict({**state, "epoch": epoch, "leg": state["owed"]})
+    return loader
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_resume_mid_epoch_with_the_same_workers_is_exact(shards, workers):
+    """Same layout: the very batches, pixels and masks the uninterrupted run had."""
+    full = _start_at(GeoPileLoader(str(shards), batch_size=BATCH, workers=workers, seed=3), 1)
     keys, images = _epoch(full)
     assert len(keys) == len(full) * BATCH and len(set(keys)) == len(keys)
 
-    first = GeoPileLoader(str(shards), batch_size=BATCH, workers=before, seed=3)
-    first.load_state_dict({**first.state_dict(), "epoch": 1})
+    first = _start_at(GeoPileLoader(str(shards), batch_size=BATCH, workers=workers, seed=3), 1)
     head_keys, _ = _epoch(first, stop_after=5)
     state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint stores it
-    assert state["consumed"] == 5 * BATCH
+    assert sum(state["taken"]) == 5
 
-    resumed = GeoPileLoader(str(shards), batch_size=BATCH, workers=after, seed=3)
+    resumed = GeoPileLoader(str(shards), batch_size=BATCH, workers=workers, seed=3)
     resumed.load_state_dict(state)
     tail_keys, tail_images = _epoch(resumed)
     assert head_keys + tail_keys == keys
     assert all(np.array_equal(a, b) for a, b in zip(tail_images, images[5:], strict=True))
-    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["consumed"] == 0
+    assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["owed"] == [
+        [0, resumed.state_dict()["samples"]]]
+
+
+@pytest.mark.parametrize("before,after", [(2, 0), (0, 3), (3, 2)])
+def test_resume_with_other_workers_delivers_exactly_the_rest(shards, before, after):
+    first = _start_at(GeoPileLoader(str(shards), batch_size=BATCH, workers=before, seed=3), 1)
+    n = len(first)
+    head_keys, _ = _epoch(first, stop_after=5)
+    resumed = GeoPileLoader(str(shards), batch_size=BATCH, workers=after, seed=3)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail_keys, _ = _epoch(resumed)
+    every = head_keys + tail_keys
+    assert len(every) == len(set(every)) == n * BATCH  # none repeated, and one world: none lost
+    assert set(every) == set(_epoch(_start_at(GeoPileLoader(
+        str(shards), batch_size=BATCH, workers=after, seed=3), 1))[0])
+
+
+def test_workers_persist_across_epochs(shards):
+    loader = GeoPileLoader(str(shards), batch_size=BATCH, workers=2, seed=3)
+    first = _epoch(loader)[0]
+    pids = {w.pid for w in loader._loader._iterator._workers}
+    second = _epoch(loader)[0]
+    assert {w.pid for w in loader._loader._iterator._workers} == pids
+    # the kept workers read epoch 1, as new ones would
+    assert second == _epoch(_start_at(GeoPileLoader(str(shards), batch_size=BATCH, workers=2,
+                                                    seed=3), 1))[0] != first
+    assert loader.state_dict()["epoch"] == 2
 
 
 def test_ranks_split_evenly(shards):
@@ -160,3 +194,31 @@ def test_corrupt_sample_is_skipped_and_counted(shards, tmp_path):
     assert len(keys) == len(clean_keys)
     assert loader.state.skipped == 1
     assert shard["keys"][3] not in keys
+
+
+def _run(shards: Path, out: Path, world: int, workers: int, take: int | None = None,
+         resume: Path | None = None) -> list[list[str]]:
+    args = [str(shards), str(out), "--batch", str(BATCH), "--workers", str(workers)]
+    args += ["--take", str(take)] if take is not None else []
+    args += ["--resume", str(resume)] if resume else []
+    proc = torchrun(args, procs=world, module="tests.elastic_loader")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads((out / f"keys-{r}.json").read_text()) for r in range(world)]
+    assert {r["epoch"] for r in runs} == {0}
+    return [r["keys"] for r in runs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before,after", [((2, 2), (1, 2)), ((1, 2), (2, 2)), ((2, 2), (4, 1)),
+                                          ((2, 1), (2, 3))])
+def test_elastic_resume_under_torchrun(shards, tmp_path, before, after):
+    """A checkpoint of (W1 ranks, K1 workers) resumed with (W2, K2): exactly the epoch's rest."""
+    (w1, k1), (w2, k2) = before, after
+    total = sum(len(s["keys"]) for s in json.loads((shards / INDEX).read_text())["shards"])
+    head = _run(shards, tmp_path / "head", w1, k1, take=3)
+    assert len({len(k) for k in head}) == 1 and len(head[0]) == 3 * BATCH
+    tail = _run(shards, tmp_path / "tail", w2, k2, resume=tmp_path / "head" / "state.json")
+    assert len({len(k) for k in tail}) == 1, "ranks got unequal counts"
+    every = [k for keys in head + tail for k in keys]
+    assert len(every) == len(set(every)), "a sample came twice"
+    assert total - len(every) < w2 * BATCH, f"{total - len(every)} samples lost"
