@@ -235,8 +235,8 @@ class GeoPileLoader:
     """
 
     def __init__(self, url: str, *, batch_size: int, workers: int = 0, rank: int = 0,
-                 world: int = 1, seed: int = 0, remainder: str = "drop", block: int = 16,
-                 window: int = 64, read_ahead: int = 4, transform: GfmTransform | None = None,
+                 world: int = 1, seed: int = 0, remainder: str = "drop", block: int = 64,
+                 window: int = 16, read_ahead: int = 8, transform: GfmTransform | None = None,
                  cache_dir: str | None = None, cache_bytes: int = 0,
                  device_decode: bool = False, pin_memory: bool = False, verify: bool = True,
                  max_bad_per_shard: int = 3) -> None:
