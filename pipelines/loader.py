@@ -2,8 +2,8 @@
 
 ``GeoPileLoader`` joins :class:`geopile.stream.ShardStream` (what each rank and worker reads)
 and :class:`geopile.augment.GfmTransform` (what it becomes) to torch's DataLoader, and counts
-what the trainer has taken so that ``state_dict()`` can resume mid-epoch exactly, even with
-another number of workers.
+what the trainer has taken from each worker so that ``state_dict()`` resumes mid-epoch
+exactly, with any number of ranks and workers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "png", "tif")
 
 
-def _image_member(members: dict[str, bytes]) -> tuple[str, bytes]:
+def _image_member(members: dict[str, bytes | memoryview]) -> tuple[str, bytes | memoryview]:
     for ext in IMAGE_EXTS:
         if ext in members:
             return ext, members[ext]
@@ -137,7 +137,8 @@ class _Batches(IterableDataset):
             out["image"] = images.permute(0, 3, 1, 2)
         return out
 
-    def _encoded(self, ext: str, data: bytes, epoch: int, index: int) -> dict[str, Any]:
+    def _encoded(self, ext: str, data: bytes | memoryview, epoch: int,
+                 index: int) -> dict[str, Any]:
         """The bytes and the drawn crop and flip, for decoding on the device."""
         if ext != "jpg":
             raise DecodeError(f"device decoding needs JPEG, got .{ext}")
