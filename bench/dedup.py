@@ -14,12 +14,21 @@ that are within the radii (1.0: the search is exact). Then, on real tiles (the L
 bench/neardup_set.py), the per-image descriptor cost (computed once, at ingest) and the cost
 of aligning one candidate pair on pixels, which give the whole stage for 600k images:
 search + candidates x alignment. Target: under 10 minutes on 2 cores.
+
+Part 3 (how far one process goes): the crop search at 600k, 2M and 6M random crop hashes in
+both band layouts (geopile.dedup.CROP_LAYOUTS), sharded by band as curate runs it. Each band's
+index is built for real over all n images; the queries of a systematic sample of images
+(--sample images, in three interleaved parts whose spread is shown) are timed and scaled to all
+images (random hashes make every query cost alike), marked "~". 60M is projected from a per-query
+cost fitted on those rows (a + b n: probes are fixed, bucket occupancy grows with n), and its
+memory from one band index of 60M entries built for real plus the bytes per image.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import time
 from pathlib import Path
@@ -27,7 +36,18 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from geopile.dedup import FLIP_H, FLIP_V, PERM_TABLES, _symmetry, crop_pairs, near_pairs
+from geopile.dedup import (
+    CROP_BANDS,
+    CROP_LAYOUTS,
+    FLIP_H,
+    FLIP_V,
+    PERM_TABLES,
+    _symmetry,
+    _word_index,
+    crop_band_rows,
+    crop_pairs,
+    near_pairs,
+)
 from geopile.imagestats import CROP_BOXES
 
 
@@ -161,6 +181,95 @@ def real_costs(images: Path, radius: int, total: int, limit: int = 300) -> dict[
             "align_distinct": timed(distinct), "candidates": len(candidates)}
 
 
+def _scale_child(n: int, bands: int, radius: int, total: int, sample: int, conn) -> None:  # noqa: ANN001
+    warm = np.random.default_rng(1).integers(0, 2**63, size=(3000, len(CROP_BOXES), 2),
+                                             dtype=np.uint64)
+    crop_pairs(warm, radius, total, bands=bands)  # compile outside the timing
+    hashes = np.random.default_rng(0).integers(0, 2**63, size=(n, len(CROP_BOXES), 2),
+                                               dtype=np.uint64)
+    word2 = np.ascontiguousarray(hashes[:, 0, 1])
+    workers = mp.cpu_count()
+    start = time.perf_counter()
+    for band in range(bands):  # index only: one query per band
+        crop_band_rows(hashes, word2, radius, total, bands, band, workers, step=n)
+    build = time.perf_counter() - start
+    step = max(1, n // sample)
+    parts, rows = [], 0
+    for offset in range(3):  # three interleaved samples: their spread shows the noise
+        start = time.perf_counter()
+        for band in range(bands):
+            got = crop_band_rows(hashes, word2, radius, total, bands, band, workers,
+                                 step=3 * step, offset=offset * step)
+            rows += len(got)
+        query = time.perf_counter() - start - build
+        parts.append(build + query * 3 * step)  # all images' queries, this part scaled up
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    conn.send((build, parts, rows * step, peak, step))
+    conn.close()
+
+
+def _index_child(n: int, bits: int, conn) -> None:  # noqa: ANN001
+    words = np.random.default_rng(0).integers(0, 2**63, size=n, dtype=np.uint64)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    start = time.perf_counter()
+    index = _word_index(words, 0, bits)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    conn.send((seconds, peak, peak - before, sum(a.nbytes for a in index)))
+    conn.close()
+
+
+def _spawned(target, *args):  # noqa: ANN001, ANN202
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(*args, child))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def scaling(sizes: list[int], radius: int, total: int, sample: int, project: int) -> None:
+    """Part 3: the crop search's time and memory by n and layout, and the projection."""
+    boxes = len(CROP_BOXES)
+    print(f"scaling (one process, {mp.cpu_count()} cores, sharded by band): search s = index "
+          f"builds + all queries, '~' = queries of a {sample}-image sample scaled up "
+          "(min..max over 3 interleaved parts); GiB = peak RSS incl. the hashes "
+          f"({boxes * 2 * 8} B/image); candidates scaled likewise; * = crop_pairs' default layout")
+    print(f"{'images':>10} {'layout':>7} {'search s':>10} {'spread s':>15} {'build s':>8} "
+          f"{'GiB':>6} {'candidates':>11} {'load':>5}")
+    fits: dict[int, list[tuple[int, float, float]]] = {b: [] for b in CROP_LAYOUTS}
+    for n in sizes:
+        for bands, bits in CROP_LAYOUTS.items():
+            build, parts, cands, peak, step = _spawned(_scale_child, n, bands, radius, total,
+                                                       sample)
+            est = float(np.mean(parts))
+            fits[bands].append((n, (est - build) / (n * boxes * 8), build / n))
+            mark = "~" if step > 1 else " "
+            pick = "*" if bands == CROP_BANDS else " "
+            print(f"{n:>10} {bands}x{bits:<2}{pick:>2} {mark}{est:>9.0f} "
+                  f"{min(parts):>7.0f}..{max(parts):<6.0f} {build:>8.1f} {peak:>6.2f} "
+                  f"{mark}{cands:>10} {os.getloadavg()[0]:>5.1f}")  # others share the cores
+    index_s, index_peak, index_delta, index_bytes = _spawned(_index_child, project, 16)
+    word_b, index_b = 8, index_bytes / project
+    hashes_gb = project * boxes * 2 * 8 / 2**30
+    for bands, bits in CROP_LAYOUTS.items():
+        ns, per_query, per_image = map(np.asarray, zip(*fits[bands], strict=True))
+        b, a = np.polyfit(ns, per_query, 1)  # seconds per query = a + b n
+        queries = project * boxes * 8 * (a + b * project)
+        build = bands * float(np.mean(per_image)) * project
+        print(f"{project:>10} {bands}x{bits:<2}{'*' if bands == CROP_BANDS else ' ':>2} "
+              f"P{queries + build:>9.0f} (= {project * boxes * 8:.2e} queries x "
+              f"({a * 1e6:.2f} + {b * 1e12:.3f}e-6 n) us + {build:.0f} s index builds)")
+    word_gb, held_gb = word_b * project / 2**30, index_delta + word_b * project / 2**30
+    print(f"{project:>10} memory P: one band index built for real: {index_s:.1f} s, "
+          f"{index_bytes / 2**30:.2f} GiB held, {index_delta:.2f} GiB RSS growth while built "
+          f"(argsort keys included); plus word 2 ({word_gb:.2f} GiB) and the crop hashes "
+          f"({hashes_gb:.1f} GiB): in RAM {held_gb + hashes_gb:.1f} GiB, memory-mapped .npy "
+          f"{held_gb:.1f} GiB + page cache; all bands' indexes at once (before sharding): "
+          f"{4 * index_b * project / 2**30:.1f} GiB; peak of that process {index_peak:.2f} GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,7 +281,17 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=Path("build/neardup"),
                         help="real tiles for the per-image and per-pair costs "
                              "(python -m bench.neardup_set makes them)")
+    parser.add_argument("--scale-sizes", type=int, nargs="+",
+                        default=[600_000, 2_000_000, 6_000_000])
+    parser.add_argument("--sample", type=int, default=9_000,
+                        help="images whose queries are timed per scaling row")
+    parser.add_argument("--project", type=int, default=60_000_000, help="projected size")
+    parser.add_argument("--only-scaling", action="store_true", help="skip parts 1 and 2")
     args = parser.parse_args()
+    if args.only_scaling:
+        scaling(args.scale_sizes, args.crop_radius, args.total_radius, args.sample,
+                args.project)
+        return
     print(f"radius {args.radius}; each search in its own process, on every core; "
           "peak = that process's maximum RSS (interpreter and libraries included)")
     print(f"{'hashes':>8} {'ours s':>8} {'ours GiB':>9} {'faiss s':>8} {'faiss GiB':>10} "
@@ -214,6 +333,8 @@ def main() -> None:
         print(f"{n:>8} {seconds:>9.1f} {peak:>6.2f} {seconds / phash_s[n]:>8.1f}x {rows:>7} "
               f"{recall:>7.4f} {align_s:>8.1f} {seconds + align_s:>8.1f} {busy:>7.0f} "
               f"{'<600 s' if n >= 600_000 else '':>7}")
+    print()
+    scaling(args.scale_sizes, args.crop_radius, args.total_radius, args.sample, args.project)
 
 
 if __name__ == "__main__":

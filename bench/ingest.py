@@ -1,18 +1,28 @@
 """Ingest throughput per source on this machine, against a decode-only baseline in the same run.
 
-    .venv/bin/python -m bench.ingest [--per-class 20] [--naip-count 200] [--workers 1]
+    .venv/bin/python -m bench.ingest [--per-class 20] [--naip-count 200] [--workers 1] [--engines]
 
 Builds a fresh offline world, starts it, and for every source times a full ingest (download,
 verify, extract, decode, hash, entropy, write) into an empty data directory. Baselines, timed on
 the same images in the same run: for labeled sources, PIL decode of the extracted files on one
 core (the limit of any ingest that must decode); for NAIP, the same windows read from the local
 COG files with rasterio (no HTTP, no hashing).
+
+``--engines`` adds a row per engine and node count for RESISC45 and NAIP: the local pool, then
+``ingest.engine: ray`` on a loopback Ray cluster of one and of two nodes (one CPU each) started
+here, with img/s and the ratio to the local engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +64,79 @@ def naip_baseline(world: Path, truth: dict, rows: list[dict]) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_node(args: list[str]) -> subprocess.Popen:
+    """``ray start --block`` (one CPU) in its own process group, stopped by killing the group."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    return subprocess.Popen(
+        [str(ray_bin), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+         "--disable-usage-stats", "--node-manager-port", str(_free_port()),
+         "--object-manager-port", str(_free_port()), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_cpus(address: str, n: int) -> None:
+    import ray
+
+    deadline = time.perf_counter() + 120
+    while time.perf_counter() < deadline:
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False)
+            if ray.cluster_resources().get("CPU", 0) >= n:
+                return
+        except ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the Ray cluster at {address} never reached {n} CPUs")
+
+
+def engine_rows(params: dict, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:
+    """(source, engine, nodes, images, img/s) for local, Ray with 1 node, Ray with 2 nodes."""
+    import ray
+
+    rows = []
+
+    def run(engine: str, nodes: int, address: str | None) -> None:
+        for name in ["resisc45", "naip"]:
+            data = tmp / f"engine-{name}-{engine}-{nodes}"
+            threads = naip_threads if name == "naip" else workers
+            source = create_source(name, params["sources"][name], data, progress=False)
+            summary = ingest(source, workers=threads, progress=False, engine=engine,
+                             ray_address=address)
+            rows.append((name, engine, nodes, summary.images, summary.images / summary.seconds))
+
+    run("local", 1, None)
+    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: unix socket paths
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    procs = [_ray_node(["--head", "--port", str(port), "--include-dashboard=false",
+                        "--ray-client-server-port", str(_free_port()),
+                        "--temp-dir", str(temp)])]
+    try:
+        _wait_cpus(address, 1)
+        run("ray", 1, address)
+        procs.append(_ray_node(["--address", address]))
+        _wait_cpus(address, 2)
+        run("ray", 2, address)
+    finally:
+        ray.shutdown()
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,6 +145,8 @@ def main() -> None:
     parser.add_argument("--naip-count", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1, help="ingest workers (1 = per core)")
     parser.add_argument("--naip-threads", type=int, default=4)
+    parser.add_argument("--engines", action="store_true",
+                        help="also time the local engine against Ray with 1 and 2 nodes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world"
@@ -83,12 +168,21 @@ def main() -> None:
                 else:
                     base, what = decode_baseline(data, [r["path"] for r in records]), "PIL decode"
                 rows_out.append((name, summary.images, threads, ours, base, what))
+            engines = engine_rows(params, Path(tmp), args.workers, args.naip_threads) \
+                if args.engines else []
         finally:
             world_down(world)
     print(f"\n{'source':<11} {'images':>7} {'workers':>7} {'img/s':>8} {'baseline/s':>10} "
           f"{'ratio':>6}  baseline")
     for name, n, w, ours, base, what in rows_out:
         print(f"{name:<11} {n:>7} {w:>7} {ours:>8.1f} {base:>10.1f} {ours / base:>6.2f}  {what}")
+    if engines:
+        local = {name: rate for name, engine, _, _, rate in engines if engine == "local"}
+        print(f"\n{'source':<11} {'engine':>7} {'nodes':>5} {'images':>7} {'img/s':>8} "
+              f"{'x local':>7}")
+        for name, engine, nodes, n, rate in engines:
+            print(f"{name:<11} {engine:>7} {nodes:>5} {n:>7} {rate:>8.1f} "
+                  f"{rate / local[name]:>7.2f}")
     print("\nimg/s: a whole ingest (download + verify + extract + decode + hashes + entropy + "
           "write) per wall second; NAIP: windows per second over loopback S3 (threads).")
 

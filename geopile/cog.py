@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +61,7 @@ class CogReadError(OSError):
 class Patch:
     """Pixels of one window (bands first, as rasterio returns them) and where they lie."""
 
-    pixels: np.ndarray  # (bands, rows, cols) uint8
+    pixels: np.ndarray  # (bands, rows, cols), the COG's dtype (uint8 NAIP, uint16 Sentinel-2)
     crs: str
     transform: tuple[float, ...]  # affine of the patch at its own resolution
     bounds: tuple[float, float, float, float]
@@ -81,8 +81,12 @@ def read_window(
     retries: int = 5,
     backoff_s: float = 0.5,
     env: Mapping[str, object] | None = None,
+    resampling: Resampling = Resampling.average,
 ) -> Patch:
-    """Read ``window`` of the COG at unsigned ``href``, resampled to ``out_size`` px (average)."""
+    """Read ``window`` of the COG at unsigned ``href``, resampled to ``out_size`` px.
+
+    ``resampling``: average for reflectance; nearest for class rasters (Sentinel-2's SCL).
+    """
     settings = {**REMOTE_COG_ENV, **(env or {})}
     for attempt in range(retries + 1):
         try:
@@ -90,7 +94,7 @@ def read_window(
                 pixels = src.read(
                     window=window,
                     out_shape=(src.count, out_size, out_size),
-                    resampling=Resampling.average,
+                    resampling=resampling,
                 )
                 scale = window.width / out_size
                 affine = window_transform(window, src.transform) @ rasterio.Affine.scale(scale)
@@ -118,12 +122,15 @@ def read_window(
     raise AssertionError("unreachable")
 
 
-def encode_geotiff(patch: Patch) -> bytes:
-    """A small lossless GeoTIFF of the patch: all bands, CRS and transform kept."""
+def encode_geotiff(patch: Patch, band_names: Sequence[str] | None = None) -> bytes:
+    """A small lossless GeoTIFF of the patch: all bands in their dtype, CRS and transform kept.
+
+    ``band_names`` become the band descriptions (how a reader tells B04 from B8A).
+    """
     bands, rows, cols = patch.pixels.shape
     profile = {
         "driver": "GTiff",
-        "dtype": "uint8",
+        "dtype": patch.pixels.dtype.name,
         "count": bands,
         "height": rows,
         "width": cols,
@@ -137,4 +144,6 @@ def encode_geotiff(patch: Patch) -> bytes:
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             dst.write(patch.pixels)
+            if band_names is not None:
+                dst.descriptions = tuple(band_names)
         return bytes(mem.read())

@@ -34,7 +34,7 @@ from PIL import Image
 
 from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
-from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, decode, luma
+from geopile.imagestats import CROP_BOXES, band_names, crop_hashes, decode, luma, rgb_preview
 
 log = logging.getLogger(__name__)
 REASONS = ("low_entropy", "nodata", "contaminated")
@@ -103,21 +103,38 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
 
 
 def _grey(path: Path) -> np.ndarray:
-    """The stored image's luma, as hashes and alignment see it."""
-    return luma(decode(path.read_bytes())[0])
+    """The stored image's luma, as hashes and alignment see it (of its rgb_preview)."""
+    data = path.read_bytes()
+    pixels, names = decode(data)[0], band_names(data)
+    return luma(pixels if pixels.dtype == np.uint8 and not names else rgb_preview(pixels, names))
 
 
-def _crop_hashes(rows: dict[str, list], data_dir: Path) -> np.ndarray:
-    """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now."""
-    out = np.zeros((len(rows["key"]), len(CROP_BOXES), 2), np.uint64)
-    missing = sum(words is None for words in rows["crop_hashes"])
+def _crop_hashes(column: pa.ChunkedArray, paths: list[str], data_dir: Path) -> np.ndarray:
+    """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now.
+
+    Read from the column's buffers, not as Python ints (about 1.5 KB a record): this array
+    (304 bytes a record) is all the near-duplicate search holds besides one band's index.
+    """
+    n, width = len(column), 2 * len(CROP_BOXES)
+    out = np.zeros((n, len(CROP_BOXES), 2), np.uint64)
+    flat = out.reshape(n, width)
+    missing = column.null_count if not pa.types.is_null(column.type) else n
     if missing:
         log.warning("%d records have no crop hashes (ingested by an earlier GeoPile): hashing "
                     "them now from their stored images, about 2-3 ms each", missing)
-    for idx, words in enumerate(rows["crop_hashes"]):
-        if words is None:
-            words = crop_hashes(_grey(data_dir / rows["path"][idx]))
-        out[idx] = np.asarray(words, np.uint64).reshape(-1, 2)
+    row = 0
+    for chunk in column.chunks:
+        valid = np.zeros(len(chunk), bool)
+        if not pa.types.is_null(chunk.type):
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            values = pc.list_flatten(chunk).to_numpy(zero_copy_only=False)
+            if values.size != valid.sum() * width:
+                raise ValueError(f"records column crop_hashes: expected {width} words per "
+                                 f"record, got {values.size} for {valid.sum()} records")
+            flat[row:row + len(chunk)][valid] = values.reshape(-1, width)
+        for k in np.flatnonzero(~valid):
+            flat[row + k] = crop_hashes(_grey(data_dir / paths[row + k]))
+        row += len(chunk)
     return out
 
 
@@ -142,7 +159,7 @@ def curate(
         mask = pc.is_in(table["split"], pa.array(list(splits), pa.string()))
         frames.append(table.filter(mask).select(cols))
     every = pa.concat_tables(frames) if frames else pa.table({c: [] for c in cols})
-    rows = every.to_pydict()
+    rows = every.drop_columns(["crop_hashes"]).to_pydict()  # hashes: read as numpy
     n = every.num_rows
     n_pretrain = sum(t.num_rows for t in pretrain.values())
     is_eval = np.arange(n) >= n_pretrain
@@ -159,7 +176,8 @@ def curate(
 
     ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
     exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
-    found = crop_pairs(_crop_hashes(rows, data_dir), config.radius, config.total_radius)
+    found = crop_pairs(_crop_hashes(every["crop_hashes"], rows["path"], data_dir),
+                       config.radius, config.total_radius)  # sharded by band
     geo = np.asarray([s is not None for s in rows["stac_item"]])
     candidates = [
         (a, b, c, s) for a, b, c, s, _ in found.tolist()
@@ -248,8 +266,9 @@ def curate(
 
 
 def rgb_thumbnail(path: Path, size: int) -> Image.Image:
-    """An RGB thumbnail of a stored image (first three bands), for contact sheets."""
-    img = Image.fromarray(as_rgb(decode(path.read_bytes())[0]))
+    """An RGB thumbnail of a stored image (its rgb_preview), for contact sheets."""
+    data = path.read_bytes()
+    img = Image.fromarray(rgb_preview(decode(data)[0], band_names(data)))
     img.thumbnail((size, size))
     return img
 

@@ -217,24 +217,34 @@ def _symmetry(word, s, tables, flip_h, flip_v):  # noqa: ANN001, ANN202
     return word
 
 
+# Band layouts of word 1 for the crop search: bands -> bits per band. Both are exact (pigeonhole:
+# a word within ``radius`` bits agrees on some band within ``radius // bands``); fewer, wider
+# bands probe more buckets (4 x 16 at radius 7: 68 probes; 3 x 21: 696) that each hold fewer
+# images (n / 2^16 against n / 2^21). In theory 3 x 21 wins from a few million images; measured
+# (bench/dedup.py, 2 cores) it stays 1.4-2.2x slower up to 20M: each of its probes is a cache
+# miss in a 16 MB bucket table and a random bucket, while 4 x 16 scans long buckets in order.
+CROP_LAYOUTS = {4: 16, 3: 21}
+CROP_BANDS = 4  # the default layout: fastest at every size measured (600k to 20M)
+
+
 @numba.njit(nogil=True, cache=True)
-def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, flip_h, flip_v, r1,
-                  total, band_radius, lo, hi):  # noqa: ANN001, ANN202
-    """Rows (i, j, crop, symmetry, distance) for the images ``i`` in ``lo..hi``.
+def _search_crops(hashes, word2, band, band_bits, sorted1, order, start, masks, tables, flip_h,
+                  flip_v, r1, total, band_radius, lo, hi, step):  # noqa: ANN001, ANN202
+    """Rows (i, j, crop, symmetry, distance) for the images ``i`` in ``range(lo, hi, step)``.
 
     A symmetry of crop ``crop`` of image ``i`` hashes within ``r1`` (word 1) and ``total``
     (both words) of image ``j`` whole. ``sorted1``, ``order`` and ``start`` index word 1 of
-    every whole image by its 16-bit ``band``; a (query, j) is reported by the first band whose
-    key is within ``band_radius``, so once over all bands. Queries are made here, in the order
-    of their images, so they are read sequentially and never stored: sorting them by bucket
-    (tried) cost more in cache misses on the queries than it saved on the index.
+    every whole image by its ``band_bits``-bit ``band``; a (query, j) is reported by the first
+    band whose key is within ``band_radius``, so once over all bands. Queries are made here, in
+    the order of their images, so they are read sequentially and never stored: sorting them by
+    bucket (tried) cost more in cache misses on the queries than it saved on the index.
     """
     cap = 1024
     out = np.empty((cap, 5), np.int64)
     n_out = 0
-    band_mask = np.uint64(0xFFFF)
-    shift = np.uint64(16 * band)
-    for i in range(lo, hi):
+    band_mask = (np.uint64(1) << np.uint64(band_bits)) - np.uint64(1)
+    shift = np.uint64(band_bits * band)
+    for i in range(lo, hi, step):
         for c in range(hashes.shape[1]):
             for s in range(8):
                 q0 = _symmetry(hashes[i, c, 0], s, tables[0], flip_h[0], flip_v[0])
@@ -251,7 +261,7 @@ def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, fli
                             continue
                         first = True
                         for earlier in range(band):
-                            if _popcount((x >> np.uint64(16 * earlier)) & band_mask) <= \
+                            if _popcount((x >> np.uint64(band_bits * earlier)) & band_mask) <= \
                                     band_radius:
                                 first = False
                                 break
@@ -275,41 +285,90 @@ def _search_crops(hashes, word2, band, sorted1, order, start, masks, tables, fli
     return out[:n_out]
 
 
-def crop_pairs(hashes: np.ndarray, radius: int, total: int,
-               workers: int | None = None) -> np.ndarray:
+def _word_index(words: np.ndarray, band: int, bits: int) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    """``words`` sorted by their ``bits``-bit ``band`` key: (order, sorted words, bucket starts).
+
+    16 bytes per image (int64 order and the sorted word) plus 8 bytes per bucket: the only
+    index in memory at a time while the crop search goes band by band.
+    """
+    keys = ((words >> np.uint64(bits * band)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    counts = np.bincount(keys, minlength=1 << bits)
+    del keys
+    start = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    return order, words[order], start
+
+
+def _masks(bits: int, band_radius: int) -> np.ndarray:
+    """Every XOR mask of at most ``band_radius`` set bits among ``bits``: the probes of a key."""
+    masks = [0]
+    for k in range(1, band_radius + 1):
+        for chosen in combinations(range(bits), k):
+            masks.append(sum(1 << b for b in chosen))
+    return np.asarray(masks, dtype=np.uint64)
+
+
+def crop_band_rows(hashes: np.ndarray, word2: np.ndarray, radius: int, total: int, bands: int,
+                   band: int, workers: int, step: int = 1, offset: int = 0) -> np.ndarray:
+    """The rows of one band shard: build that band's index, search it, drop it.
+
+    Queries are the images ``offset, offset + step, ...`` (``step > 1``: a sample, which
+    bench/dedup.py times and scales up); ``hashes`` may be a memory map, read sequentially.
+    """
+    bits = CROP_LAYOUTS[bands]
+    band_radius = radius // bands
+    masks = _masks(bits, band_radius)
+    n = len(hashes)
+    order, sorted1, start = _word_index(np.ascontiguousarray(hashes[:, 0, 0]), band, bits)
+    chunks = max(1, min(n // step, n // 4096, 64 * workers))
+    bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
+    lows = [int(lo) + (offset - int(lo)) % step for lo in bounds[:-1]]  # same phase everywhere
+    with ThreadPoolExecutor(workers) as pool:  # the kernel releases the GIL
+        parts = list(pool.map(
+            lambda k: _search_crops(hashes, word2, band, bits, sorted1, order, start, masks,
+                                    PERM_TABLES, FLIP_H, FLIP_V, radius, total, band_radius,
+                                    lows[k], bounds[k + 1], step),
+            range(chunks)))
+    return np.concatenate(parts) if parts else np.empty((0, 5), np.int64)
+
+
+def crop_pairs(hashes: np.ndarray, radius: int, total: int, workers: int | None = None,
+               bands: int | None = None) -> np.ndarray:
     """Candidate near copies: rows ``(i, j, crop, symmetry, distance)``, one per ordered pair.
 
     Image ``j`` whole is matched against every crop of image ``i`` (``hashes[i]``, shape
     (boxes, 2): see :func:`geopile.imagestats.crop_hashes`) under all eight symmetries of the
     square; word 1 must be within ``radius`` bits (searched by multi-index hashing, exact) and
     both words within ``total``. Of the matches of one ordered pair the closest is kept.
+
     Queries are 8 per crop box (152 per image) against one entry per image; each probes the
-    index's buckets within ``radius // 4`` bits of its four 16-bit bands, so the cost grows as
-    queries times the bucket occupancy (n squared over 65,536), not as all pairs
-    (bench/dedup.py: 600,000 images in about two minutes on two cores).
+    buckets within ``radius // bands`` bits of its bands' keys, so the cost grows as queries
+    times probes times bucket occupancy: n squared over 2^bits. ``bands`` (default
+    CROP_BANDS) picks 4 x 16 or 3 x 21 bits; the rows are the same either way. The
+    search is sharded by band: one band's index (16 bytes per image) is in memory at a time
+    besides word 2 of every image (8 bytes) and ``hashes``, which may be a memory-mapped .npy
+    that each band reads through once (bench/dedup.py: times and memory to 60M images).
     """
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    hashes = np.asarray(hashes)
+    if hashes.dtype != np.uint64 or not hashes.flags.c_contiguous:
+        hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(hashes)
     if not 0 <= radius < 64:
         raise ValueError(f"radius must be in [0, 63], got {radius}")
+    bands = bands or CROP_BANDS
+    if bands not in CROP_LAYOUTS:
+        raise ValueError(f"bands must be one of {sorted(CROP_LAYOUTS)}, got {bands}")
     if n == 0:
         return np.empty((0, 5), np.int64)
-    band_radius = radius // BANDS
-    masks = _band_masks(band_radius)
     workers = workers or os.cpu_count() or 1
-    bounds = np.linspace(0, n, max(1, min(n, n // 4096, 64 * workers)) + 1).astype(np.int64)
-    index = [_band_index(np.ascontiguousarray(hashes[:, 0, 0]), band) for band in range(BANDS)]
     word2 = np.ascontiguousarray(hashes[:, 0, 1])
-    jobs = [(band, k) for band in range(BANDS) for k in range(len(bounds) - 1)]
-    with ThreadPoolExecutor(workers) as pool:  # the kernel releases the GIL
-        parts = list(pool.map(
-            lambda job: _search_crops(hashes, word2, job[0], index[job[0]][1], index[job[0]][0],
-                                      index[job[0]][2], masks, PERM_TABLES, FLIP_H, FLIP_V,
-                                      radius, total, band_radius, bounds[job[1]],
-                                      bounds[job[1] + 1]),
-            jobs))
-    rows = np.concatenate(parts) if parts else np.empty((0, 5), np.int64)
-    rows = rows[np.lexsort((rows[:, 4], rows[:, 1], rows[:, 0]))]
+    parts = [crop_band_rows(hashes, word2, radius, total, bands, band, workers)
+             for band in range(bands)]
+    rows = np.concatenate(parts)
+    # closest first; ties to the lowest crop, then symmetry, so the layout cannot change a row
+    rows = rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 4], rows[:, 1], rows[:, 0]))]
     first = np.ones(len(rows), bool)
     first[1:] = (rows[1:, 0] != rows[:-1, 0]) | (rows[1:, 1] != rows[:-1, 1])
     return rows[first]

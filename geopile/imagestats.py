@@ -10,6 +10,7 @@ Entropy definitions (the paper reports "mean image entropy" without one, FACTS.m
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
 
@@ -174,6 +175,69 @@ def as_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+# true-colour preview of Sentinel-2 L2A: B04, B03, B02 with a fixed 0..3000 DN stretch (titiler's
+# and the Planetary Computer explorer's usual rescale), so the same ground looks the same in
+# every patch, whatever its histogram
+S2_RGB = ("B04", "B03", "B02")
+S2_STRETCH = 3000.0
+
+
+def rgb_preview(pixels: np.ndarray, band_names: Sequence[str] | None = None) -> np.ndarray:
+    """A uint8 HxWx3 view of any stored patch, for hashes, entropy, thumbnails and sheets.
+
+    Sentinel-2 bands (named B04, B03, B02): true colour, 0..3000 DN stretched to 0..255. Other
+    uint8 images: :func:`as_rgb`. Other dtypes: the first three bands (or the one) stretched
+    over their own 0..max.
+    """
+    names = list(band_names or ())
+    if all(b in names for b in S2_RGB) and pixels.ndim == 3:
+        rgb = pixels[..., [names.index(b) for b in S2_RGB]].astype(np.float32)
+        return np.ascontiguousarray(np.clip(rgb * (255.0 / S2_STRETCH) + 0.5, 0, 255)
+                                    .astype(np.uint8))
+    if pixels.dtype == np.uint8:
+        return as_rgb(pixels)
+    rgb = as_rgb(pixels).astype(np.float32)
+    top = float(rgb.max()) or 1.0
+    return np.ascontiguousarray(np.clip(rgb * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
+
+
+def band_stats(pixels: np.ndarray, nodata: int = 0) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over valid pixels (not ``nodata`` in every band), stored units."""
+    pix = pixels if pixels.ndim == 3 else pixels[..., None]
+    valid = ~(pix == nodata).all(axis=2)
+    if not valid.any():
+        return [0.0] * pix.shape[2], [0.0] * pix.shape[2]
+    vals = pix[valid].astype(np.float64)
+    return vals.mean(axis=0).tolist(), vals.std(axis=0).tolist()
+
+
+def band_names(data: bytes) -> list[str] | None:
+    """A GeoTIFF's band descriptions (None for other formats or undescribed bands)."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(data) as mem, mem.open() as src:
+        names = list(src.descriptions)
+    return names if all(names) else None
+
+
+def _decode_tiff(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarray, str]:
+    """Multi-band or 16-bit GeoTIFFs PIL cannot decode (Sentinel-2 patches), with rasterio."""
+    from rasterio.errors import RasterioIOError
+    from rasterio.io import MemoryFile
+
+    try:
+        with MemoryFile(data) as mem, mem.open() as src:
+            check_size(src.width, src.height, max_pixels=max_pixels, min_side=min_side)
+            if src.dtypes[0] not in ("uint8", "uint16"):
+                raise BadImage(f"unsupported pixel type {src.dtypes[0]}")
+            pixels = np.moveaxis(src.read(), 0, -1)
+    except RasterioIOError as err:
+        raise BadImage(f"corrupt or truncated image: {err}") from err
+    return (pixels[..., 0] if pixels.shape[2] == 1 else pixels), "tiff"
+
+
 def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS,
                min_side: int = MIN_SIDE) -> None:
     """Raise :class:`BadImage` for a size outside the limits (from the header, before decoding)."""
@@ -197,6 +261,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS,
     """
     if not data:
         raise BadImage("empty file")
+    tiff = data[:4] in (b"II*\x00", b"MM\x00*")
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             check_size(*img.size, max_pixels=max_pixels, min_side=min_side)
@@ -205,9 +270,13 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS,
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             if img.mode not in ("L", "RGB", "RGBA", "CMYK"):
+                if tiff:  # 16-bit or many bands: rasterio's
+                    return _decode_tiff(data, max_pixels, min_side)
                 raise BadImage(f"unsupported image mode {img.mode}")
             pixels = np.asarray(img.convert("RGB") if img.mode == "CMYK" else img)
     except UnidentifiedImageError as err:
+        if tiff:  # PIL reads no TIFF of more than 4 bands
+            return _decode_tiff(data, max_pixels, min_side)
         raise BadImage("not an image (no decoder recognises the bytes)") from err
     except Image.DecompressionBombError as err:  # past PIL's backstop (2 x MAX_IMAGE_PIXELS)
         raise BadImage(f"image too large: {err}") from err

@@ -184,8 +184,15 @@ def ingest(
     chunk_size: int = 64,
     flush_every: int = 512,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> IngestSummary:
-    """Fetch ``source``, decide every candidate, and write its records and rejects atomically."""
+    """Fetch ``source``, decide every candidate, and write its records and rejects atomically.
+
+    ``engine="ray"`` decides the candidates as Ray tasks on the cluster at ``ray_address``
+    (:class:`geopile.cluster.RayMapper`); everything else, and so every byte written, stays as
+    with the local pool.
+    """
     ctx = source.ctx
     started = time.perf_counter()
     source.fetch()
@@ -227,9 +234,15 @@ def ingest(
     bar = tqdm(
         total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img", disable=not progress
     )
+    if engine == "ray":
+        from geopile.cluster import RayMapper
+
+        mapper = RayMapper(source, ray_address, threads=max(1, workers))
+        pool_cls, pool_kw, workers = ThreadPoolExecutor, {}, 1  # the pool below stays idle
     with pool_cls(max_workers=max(1, workers), **pool_kw) as pool:
+        map_ordered = mapper.map if engine == "ray" else lambda c: pool.map(_decide, c)
         for chunk in _chunks(_todo(candidates, parts.done, quotas, accepted), chunk_size):
-            for cand, result, reason, unreadable in pool.map(_decide, chunk):
+            for cand, result, reason, unreadable in map_ordered(chunk):
                 if quotas is not None:
                     if accepted[cand.stratum] >= quotas[cand.stratum]:
                         continue  # a surplus draw of a stratum filled earlier in this chunk

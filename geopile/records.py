@@ -58,6 +58,13 @@ RECORD_FIELDS: list[pa.Field] = [
     pa.field("bounds", _list(pa.float64())),  # left, bottom, right, top in crs
     pa.field("year", pa.string()),
     pa.field("state", pa.string()),
+    # multi-band STAC patches (sources of type stac, e.g. Sentinel-2 L2A); null elsewhere
+    pa.field("band_names", _list(pa.string())),  # the GeoTIFF's band descriptions, in order
+    pa.field("dtype", pa.string()),  # stored pixel type: uint8 / uint16
+    pa.field("band_mean", _list(pa.float32())),  # per band over valid (non-nodata) pixels
+    pa.field("band_std", _list(pa.float32())),
+    pa.field("cloud_fraction", pa.float32()),  # share of SCL pixels in cloud classes
+    pa.field("datetime", pa.string()),  # the STAC item's datetime
 ]
 RECORD_SCHEMA = pa.schema(RECORD_FIELDS, metadata=_META)
 REJECT_SCHEMA = pa.schema(

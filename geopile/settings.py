@@ -192,6 +192,10 @@ class Ingest(Block):
     """``ingest:`` shared by every source."""
 
     workers: int = Field(ge=1, description="decode/hash processes")
+    engine: Literal["local", "ray"] = Field(
+        description="local: a pool on this machine; ray: Ray tasks (ingest and shard)")
+    ray_address: str | None = Field(
+        None, description="the Ray cluster: null starts one here; auto, host:port, ray://...")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +247,58 @@ class NaipSettings(SourceSettings):
         ge=0, le=1, description="share of unreadable windows that stops the ingest")
     page_size: int = Field(ge=1, description="STAC items per page")
     seed: Omit[int] = Field(None, ge=0, description="overrides the top-level seed for NAIP")
+    backoff_s: Omit[Number] = Field(None, ge=0, description="seconds before the first retry")
+    gdal_env: Omit[dict[str, str | int | float | bool]] = Field(
+        None, description="GDAL configuration options for the COG reads")
+
+
+def _query(value: Any) -> Any:
+    """The STAC query extension's ``{property: {op: value}}``, checked like the source does."""
+    from geopile.sources.stac import QUERY_OPS  # noqa: PLC0415 - the operators live there
+
+    if value is None:
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"expected {{property: {{op: value}}}}, got {value!r}")
+    for prop, cond in value.items():
+        for op in cond if isinstance(cond, dict) else ():
+            if op not in QUERY_OPS:
+                raise ValueError(f"{prop}: unknown operator {op!r}; use one of "
+                                 f"{', '.join(QUERY_OPS)}")
+    return value
+
+
+class StacSettings(SourceSettings):
+    """``type: stac``: multi-band patches of any STAC collection (geopile/sources/stac.py)."""
+
+    stac_url: Annotated[str, Field(pattern=r"^https?://")] = Field(
+        description="the STAC API's URL")
+    collection: Text = Field(description="the STAC collection")
+    signer: Annotated[str | None, BeforeValidator(_signer)] = Field(
+        description="signs asset hrefs at read time")
+    bbox: Annotated[list[float] | None, BeforeValidator(_bbox)] = Field(
+        description="search area, EPSG:4326")
+    datetime: Annotated[str | None, BeforeValidator(_datetime)] = Field(
+        description="STAC datetime interval")
+    query: Annotated[dict[str, Any] | None, BeforeValidator(_query)] = Field(
+        description="item property filters (STAC query extension: eq/neq/lt/lte/gt/gte/in)")
+    assets: list[Text] = Field(min_length=1, description="asset keys stacked as bands, in order")
+    strata: list[Annotated[str, Field(pattern=r"^(month|year|grid:[0-9.]+|[A-Za-z0-9:_.-]+)$")]
+                 ] = Field(description="item properties, month, year or grid:<degrees>")
+    count: int = Field(ge=1, description="a patch count")
+    patch_size: int = Field(ge=1, description="patch side in pixels")
+    target_gsd: Number = Field(gt=0, description="metres per output pixel")
+    max_nodata: Number = Field(ge=0, le=1, description="a fraction of nodata pixels")
+    min_entropy: Number = Field(ge=0, le=8, description="bits of preview grayscale entropy")
+    max_cloud: Number | None = Field(ge=0, le=1, description="a fraction of cloud pixels")
+    cloud_asset: str | None = Field(description="scene classification asset (SCL); null: none")
+    cloud_classes: list[int] = Field(description="cloud_asset classes counted as cloud")
+    max_draws_factor: int = Field(ge=1, description="draws per stratum, x its quota")
+    retries: int = Field(ge=0, description="retries of a failed window read")
+    page_size: int = Field(ge=1, description="STAC items per page")
+    requester_pays: bool = Field(False, description="S3 requester-pays buckets")
+    aws_profile: Omit[Text] = Field(None, description="AWS profile for requester-pays reads")
+    seed: Omit[int] = Field(None, ge=0, description="overrides the top-level seed")
     backoff_s: Omit[Number] = Field(None, ge=0, description="seconds before the first retry")
     gdal_env: Omit[dict[str, str | int | float | bool]] = Field(
         None, description="GDAL configuration options for the COG reads")
@@ -303,7 +359,7 @@ _KIND_FIELDS: dict[str, dict[str, Any]] = {
 
 # the kinds with settings of their own; every other kind downloads published files
 SOURCE_SETTINGS: dict[str, type[SourceSettings]] = {
-    "naip": NaipSettings, "rsd46": Rsd46Settings, "folder": FolderSettings,
+    "naip": NaipSettings, "stac": StacSettings, "rsd46": Rsd46Settings, "folder": FolderSettings,
     **{kind: _archive_model(kind) for kind, cls in SOURCES.items()
        if cls.publication is not None and cls.publication.downloads},
 }
@@ -404,6 +460,9 @@ class Pretrain(Block):
     teacher: Weights = Field(description="the frozen teacher")
     alpha: Number = Field(ge=0, description="weight of L_feat")
     distill_stage: int = Field(ge=1, le=4, description="the distilled stage")
+    bands: list[Text] | None = Field(min_length=1, description="band names; null: RGB")
+    teacher_bands: list[Text] | None = Field(
+        min_length=3, max_length=3, description="the teacher's 3 bands; null: bands[:3]")
     batch_size: int = Field(ge=1, description="images per process")
     accumulate: int = Field(ge=1, description="gradient accumulation steps")
     epochs: int = Field(ge=1, description="passes over the build")

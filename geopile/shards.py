@@ -43,6 +43,8 @@ JSON_FIELDS = (
     "height", "bands", "format", "entropy_global", "entropy_local", "nodata_fraction", "licence",
     "origin", "stac_item", "asset_href", "window", "crs", "bounds", "year", "state",
 )
+# the multi-band STAC contract's fields, in the .json only when the record sets them
+BAND_FIELDS = ("band_names", "dtype", "band_mean", "band_std", "cloud_fraction", "datetime")
 
 
 class BuildError(ValueError):
@@ -242,19 +244,71 @@ def _sample_json(record: Mapping[str, Any]) -> bytes:
     meta = {f: record.get(f) for f in JSON_FIELDS}
     meta["xxh3_pixels"] = record["xxh3_pixels"]
     meta["phash"] = f"{record['phash']:016x}"
+    # multi-band fields (the STAC contract) only when set: other sources' JSON stays byte-identical
+    for f in BAND_FIELDS:
+        if record.get(f) is not None:
+            value = record[f]
+            meta[f] = [float(v) for v in value] if f in ("band_mean", "band_std") else value
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def is_multiband(record: Mapping[str, Any]) -> bool:
+    """Whether a record is kept as its lossless GeoTIFF: not uint8, or more than 4 bands."""
+    dtype = record.get("dtype")
+    return record["format"] != "jpeg" and (
+        (dtype is not None and dtype != "uint8") or (record["bands"] or 0) > 4)
+
+
+def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The build's per-band ``mean``/``std`` pooled over its multi-band records, or ``None``.
+
+    Each record's ``band_mean``/``band_std`` is weighted by its valid pixel count
+    (``width * height * (1 - nodata_fraction)``), so the pooled values equal numpy's over all
+    valid pixels when every band's nodata is the same pixels. Records with other band names are
+    counted under ``mixed`` and left out (a loader selects bands by name per sample).
+    """
+    names: list[str] | None = None
+    total = 0.0
+    s1: np.ndarray | None = None
+    s2: np.ndarray | None = None
+    mixed = 0
+    for r in records:
+        if r.get("band_names") is None or r.get("band_mean") is None or r.get("band_std") is None:
+            continue
+        if names is None:
+            names = list(r["band_names"])
+            s1, s2 = np.zeros(len(names)), np.zeros(len(names))
+        if list(r["band_names"]) != names:
+            mixed += 1
+            continue
+        w = float(r["width"] * r["height"]) * (1.0 - float(r.get("nodata_fraction") or 0.0))
+        mean = np.asarray(r["band_mean"], dtype=np.float64)
+        std = np.asarray(r["band_std"], dtype=np.float64)
+        s1 += w * mean
+        s2 += w * (std**2 + mean**2)
+        total += w
+    if names is None or total <= 0:
+        return None
+    mean = s1 / total
+    std = np.sqrt(np.maximum(s2 / total - mean**2, 0.0))
+    summary: dict[str, Any] = {"names": names, "mean": mean.tolist(), "std": std.tolist(),
+                               "weight": "valid_pixels"}
+    if mixed:
+        summary["mixed"] = mixed
+    return summary
 
 
 def encode_sample(record: Mapping[str, Any], data_dir: Path, config: ShardConfig) -> dict:
     """The tar members of one sample.
 
     JPEG bytes are copied; other images become JPEG, except NAIP's 4 bands when ``naip_bands``
-    is 4 (then its GeoTIFF bytes are copied).
+    is 4 and multi-band patches (:func:`is_multiband`: not uint8, or more than 4 bands), whose
+    lossless GeoTIFF bytes are copied, never re-encoded.
     """
     data = (data_dir / record["path"]).read_bytes()
     if record["format"] == "jpeg":
         ext, payload = "jpg", data
-    elif record["bands"] == 4 and config.naip_bands == 4:
+    elif is_multiband(record) or (record["bands"] == 4 and config.naip_bands == 4):
         ext, payload = "tif", data
     else:
         pixels, _ = decode(data)
@@ -299,6 +353,46 @@ def _digests(path: Path, offsets: list[int]) -> tuple[str, list[str]]:
     return sha256, xxh3
 
 
+def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, int]]:
+    """Shard boundaries ``[(start, end), ...]`` over samples of these member sizes.
+
+    The same rule :func:`write_build` fills shards by, for engines that write shards apart.
+    """
+    bounds: list[tuple[int, int]] = []
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= config.max_samples or used + size > config.max_bytes):
+            bounds.append((start, i))
+            start, used = i, 0
+        used += size
+    if start < len(sizes):
+        bounds.append((start, len(sizes)))
+    return bounds
+
+
+def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, out_dir: Path, name: str,
+                config: ShardConfig) -> dict[str, Any]:
+    """Write one whole shard (temp name, then renamed); returns its index entry."""
+    keys: list[str] = []
+    offsets: list[int] = []
+    used = 0
+    tmp = out_dir / f"{name}.tmp"
+    with open(tmp, "wb") as f:
+        sink = wds.TarWriter(f, encoder=False, mtime=config.mtime)
+        for record in records:
+            sample = encode_sample(record, data_dir, config)
+            offsets.append(used)
+            keys.append(sample["__key__"])
+            sink.write(sample)
+            used += _member_bytes(sample)
+        sink.close()
+    final = out_dir / name
+    os.replace(tmp, final)
+    sha256, xxh3 = _digests(final, offsets)
+    return {"name": name, "samples": len(keys), "bytes": final.stat().st_size, "sha256": sha256,
+            "keys": keys, "offsets": offsets, "xxh3": xxh3}
+
+
 def write_build(
     selection: pa.Table,
     data_dir: Path,
@@ -308,6 +402,8 @@ def write_build(
     config: ShardConfig,
     progress: Callable[[int], Any] | None = None,
     curation: Mapping[str, Mapping[str, Any]] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/shard-NNNNNN.tar`` and ``out_dir/index.json``; returns the index.
 
@@ -321,7 +417,8 @@ def write_build(
     ``xxh3`` (hex xxh3-64 of each sample's byte range, checked by the reader on every read; see
     :func:`_digests` for the range). ``curation`` (:attr:`Selection.curation`), when given, is
     stored as the index's ``curation`` block: what curation and deduplication left out of this
-    build, per source, and any shortfall.
+    build, per source, and any shortfall. ``engine="ray"`` writes the shards as Ray tasks on the
+    cluster at ``ray_address`` (:func:`geopile.cluster.write_shards`), byte for byte the same.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stray in out_dir.glob("*.tmp"):
@@ -343,7 +440,14 @@ def write_build(
         })
         state.clear()
 
-    for record in records:
+    if engine == "ray":  # one Ray task per shard (geopile/cluster.py); same bytes
+        from geopile.cluster import write_shards
+
+        shards = write_shards(records, data_dir, out_dir, config, ray_address, progress)
+        records_left: list[dict[str, Any]] = []
+    else:
+        records_left = records
+    for record in records_left:
         sample = encode_sample(record, data_dir, config)
         size = _member_bytes(sample)
         if state and (len(state["keys"]) >= config.max_samples
@@ -378,6 +482,8 @@ def write_build(
         "naip_bands": config.naip_bands,
         "shards": shards,
     }
+    if (bands := band_summary(records)) is not None:  # multi-band builds: loader normalisation
+        index["bands"] = bands
     if curation is not None:
         index["curation"] = {s: dict(c) for s, c in curation.items()}
     tmp_index = out_dir / f"{INDEX}.tmp"

@@ -216,3 +216,89 @@ def search_tiles(
     except Exception as err:  # noqa: BLE001 - pystac-client raises whatever its stack raised
         what, check = _diagnose(err, timeout_s, setting, collection)
         raise StacError(f"STAC search at {url} failed: {what}. Check {check}.") from None
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    """One asset's grid, from the item (Sentinel-2: each band has its own 10/20/60 m grid)."""
+
+    href: str  # unsigned
+    gsd: float
+    shape: tuple[int, int]  # rows, cols
+    transform: tuple[float, ...]  # affine, six numbers
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What generic STAC sampling needs of one item: properties and the grids of its assets."""
+
+    item_id: str
+    datetime: str
+    epsg: int
+    bbox: tuple[float, ...]  # EPSG:4326
+    properties: dict[str, Any]
+    assets: dict[str, AssetRef]
+
+
+def _asset_ref(item: Any, key: str) -> AssetRef:
+    """An asset's grid: its own proj:shape/proj:transform/gsd, else the item's."""
+    asset = item.assets[key]
+    fields = {**item.properties, **asset.extra_fields}
+    transform = tuple(float(v) for v in fields["proj:transform"][:6])
+    return AssetRef(
+        href=strip_secrets(asset.href),
+        gsd=float(fields.get("gsd", abs(transform[0]))),
+        shape=(int(fields["proj:shape"][0]), int(fields["proj:shape"][1])),
+        transform=transform,
+    )
+
+
+def search_items(
+    url: str,
+    *,
+    collection: str,
+    bbox: Sequence[float] | None,
+    datetime: str | None,
+    assets: Sequence[str],
+    keep: Callable[[dict[str, Any]], bool] = lambda props: True,
+    page_size: int = 1000,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    setting: str = "stac_url",
+) -> Iterator[ItemRef]:
+    """Items of ``collection`` in ``bbox``/``datetime`` whose properties pass ``keep``.
+
+    ``keep`` (the query filter) runs here, not on the server: rustac ignores ``query``
+    (FACTS.md §4) and the result must not depend on which server answers.
+
+    Raises:
+        StacError: the API could not be searched, or an item lacks one of ``assets`` or its grid.
+    """
+    try:
+        client = Client.open(url, timeout=timeout_s)
+        search = client.search(collections=[collection], bbox=list(bbox) if bbox else None,
+                               datetime=datetime, limit=page_size)
+        for item in search.items():
+            if not keep(item.properties):
+                continue
+            try:
+                refs = {key: _asset_ref(item, key) for key in assets}
+                epsg = _epsg(item.properties)
+            except (KeyError, TypeError, ValueError, IndexError) as err:
+                raise StacError(
+                    f"STAC item {item.id!r} of collection {collection!r} at {url} lacks asset "
+                    f"or grid {err} (needs assets {list(assets)} with proj:shape and "
+                    f"proj:transform). Check {setting}, the collection and its assets setting"
+                ) from None
+            yield ItemRef(
+                item_id=item.id,
+                datetime=str(item.properties.get("datetime")),
+                epsg=epsg,
+                bbox=tuple(float(v) for v in item.bbox),
+                properties=dict(item.properties),
+                assets=refs,
+            )
+    except StacError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pystac-client raises whatever its stack raised
+        what, check = _diagnose(err, timeout_s, setting, collection)
+        raise StacError(f"STAC search at {url} failed: {what}. Check {check}.") from None

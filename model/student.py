@@ -41,9 +41,10 @@ class MaskedSwin(nn.Module):
     as (N, C', h, w), both channels-first.
     """
 
-    def __init__(self, spec: SwinSpec, distill_stage: int = 3) -> None:
+    def __init__(self, spec: SwinSpec, distill_stage: int = 3, in_chans: int = 3) -> None:
         super().__init__()
-        self.encoder = create_swin(spec, drop_path_rate=0.0)
+        # in_chans: the bands the student sees (multi-band pretraining); RGB by default
+        self.encoder = create_swin(spec, drop_path_rate=0.0, in_chans=in_chans)
         if not 1 <= distill_stage <= len(self.encoder.layers):
             raise ValueError(f"distill_stage must be 1..{len(self.encoder.layers)}")
         self.distill_stage = distill_stage

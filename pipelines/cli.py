@@ -47,6 +47,14 @@ EPILOG = """examples:
 """
 
 
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """``--engine``/``--ray-address``: override ``ingest.engine``/``ingest.ray_address``."""
+    parser.add_argument("--engine", choices=["local", "ray"],
+                        help="local pool or Ray tasks (default: ingest.engine)")
+    parser.add_argument("--ray-address", help="Ray cluster: auto, host:port, ray://... "
+                        "(default: ingest.ray_address; none starts a local one)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="geopile",
@@ -82,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("sources", nargs="*", help="source names under `sources:` in params")
     ingest.add_argument("--all", action="store_true", help="every enabled source")
     ingest.add_argument("--workers", type=int, help="parallel workers (default from params)")
+    _add_engine_args(ingest)
     add_params_arg(ingest)
 
     summary = sub.add_parser("summary", help="per-source table of what ingest recorded")
@@ -115,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("builds", nargs="*", metavar="BUILD", help="build names under `builds:`")
     shard.add_argument("--all", action="store_true", help="every build")
+    _add_engine_args(shard)
     add_params_arg(shard)
 
     push = sub.add_parser(
@@ -322,7 +332,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not names:
             raise ParamsError("name at least one source, or pass --all")
         ingest_stage.run_ingest(
-            params, names, data, workers=args.workers, progress=not args.no_progress
+            params, names, data, workers=args.workers, progress=not args.no_progress,
+            engine=args.engine, ray_address=args.ray_address,
         )
         print(ingest_stage.summary_table(data, names))
         return 0
@@ -338,7 +349,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         names = shard_stage.build_names(params) if args.all else args.builds
         if not names:
             raise ParamsError("name at least one build, or pass --all")
-        indexes = [shard_stage.run_shard(params, b, data, progress=not args.no_progress)
+        indexes = [shard_stage.run_shard(params, b, data, progress=not args.no_progress,
+                                         engine=args.engine, ray_address=args.ray_address)
                    for b in names]
         print(shard_stage.shard_table(indexes))
         return 0

@@ -29,9 +29,12 @@ def enabled_sources(params: dict[str, Any]) -> list[str]:
 
 
 def run_ingest(
-    params: dict[str, Any], names: list[str], data: Path, *, workers: int | None, progress: bool
+    params: dict[str, Any], names: list[str], data: Path, *, workers: int | None, progress: bool,
+    engine: str | None = None, ray_address: str | None = None,
 ) -> list[IngestSummary]:
-    """Ingest each named source in turn."""
+    """Ingest each named source in turn; ``engine``/``ray_address`` override ``ingest:``."""
+    engine = engine or params["ingest"].get("engine") or "local"
+    ray_address = ray_address or params["ingest"].get("ray_address")
     summaries = []
     for name in names:
         sp = source_params(params, name)
@@ -48,7 +51,8 @@ def run_ingest(
             continue
         n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
         source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
-        summaries.append(ingest(source, workers=n_workers, progress=progress))
+        summaries.append(ingest(source, workers=n_workers, progress=progress, engine=engine,
+                                ray_address=ray_address))
     return summaries
 
 

@@ -8,6 +8,7 @@ exactly, with any number of ranks and workers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,16 @@ import simplejpeg
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from geopile.augment import IMAGENET_MEAN, IMAGENET_STD, DecodeError, GfmTransform
+from geopile.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    STRETCH_K,
+    STRETCH_MEAN,
+    STRETCH_STD,
+    BandError,
+    DecodeError,
+    GfmTransform,
+)
 from geopile.stream import Leg, RawSample, ShardStream, StreamConfig, StreamError, undelivered
 
 log = logging.getLogger(__name__)
@@ -92,7 +102,7 @@ class _Batches(IterableDataset):
         if self.device_decode:
             made: list[dict[str, Any] | None] = [None] * n
         else:
-            images = torch.empty((n, size, size, 3), dtype=torch.uint8)
+            images = torch.empty((n, size, size, self.transform.channels), dtype=torch.uint8)
             if get_worker_info() is not None:
                 images.share_memory_()  # written in place, handed over without a copy
             pixels = images.numpy()
@@ -104,6 +114,10 @@ class _Batches(IterableDataset):
                     made[i] = self._encoded(ext, data, epoch, raw.index)
                 else:
                     self.transform.into(pixels[i], data, ext, epoch, raw.index)
+            except BandError as err:  # the config asks what the build lacks: stop, clearly
+                shard = self.stream.index["shards"][self.stream.refs[raw.index].shard]["name"]
+                raise BandError(f"{self.stream.storage.where(shard)} sample {raw.key}: "
+                                f"{err}") from err
             except (DecodeError, KeyError) as err:
                 log.warning("skipping corrupt sample %s: %s", raw.key, raw.error or err)
                 bad.append(i)
@@ -165,8 +179,14 @@ def _jpeg_batch(made: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
             "flip": torch.tensor([m["flip"] for m in made])}
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float ImageNet-normalised, on whatever device ``images`` is on."""
+def normalize(images: torch.Tensor, stretched: bool = False) -> torch.Tensor:
+    """uint8 NCHW -> float ImageNet-normalised, on whatever device ``images`` is on.
+
+    ``stretched``: multi-band images stretched per band by the loader (``bands``); each channel
+    is then standardised with the stretch's own mean and std (any channel count).
+    """
+    if stretched:
+        return (images.float() / 255 - STRETCH_MEAN) / STRETCH_STD
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
     return (images.float() - mean) / std
@@ -194,6 +214,32 @@ def decode_on_device(
         crop = resized_crop(image, top, left, h, w, [size, size], antialias=False)
         out.append(crop.flip(-1) if flip else crop)
     return torch.stack(out)
+
+
+def with_bands(transform: GfmTransform, bands: list[str], index: dict[str, Any],
+               url: str) -> GfmTransform:
+    """``transform`` streaming ``bands``, stretched by the build's pooled per-band stats.
+
+    A build without ``index.json`` ``bands`` (JPEG/RGB builds, or one written before
+    multi-band shards) or without one of the names fails here, naming the build and band.
+    """
+    summary = index.get("bands")
+    if not summary:
+        raise BandError(f"{url}: the build holds no multi-band samples (its index.json has no "
+                        f"'bands'), so it cannot stream bands {bands}: set pretrain.bands to "
+                        "null (RGB) or use a multi-band build such as sentinel2")
+    names = summary["names"]
+    missing = [b for b in bands if b not in names]
+    if missing:
+        raise BandError(f"{url}: the build has no band {', '.join(missing)} (its bands: "
+                        f"{names})")
+    at = [names.index(b) for b in bands]
+    mean = [summary["mean"][i] for i in at]
+    std = [summary["std"][i] for i in at]
+    return dataclasses.replace(
+        transform, bands=tuple(bands),
+        lo=tuple(m - STRETCH_K * s for m, s in zip(mean, std, strict=True)),
+        hi=tuple(m + STRETCH_K * s for m, s in zip(mean, std, strict=True)))
 
 
 @dataclass
@@ -240,13 +286,17 @@ class GeoPileLoader:
                  window: int = 16, read_ahead: int = 8, transform: GfmTransform | None = None,
                  cache_dir: str | None = None, cache_bytes: int = 0,
                  device_decode: bool = False, pin_memory: bool = False, verify: bool = True,
-                 max_bad_per_shard: int = 3) -> None:
+                 max_bad_per_shard: int = 3, bands: list[str] | None = None) -> None:
         config = StreamConfig(seed=seed, block=block, window=window, batch_size=batch_size,
                               remainder=remainder, read_ahead=read_ahead, verify=verify,
                               max_bad_per_shard=max_bad_per_shard)
         self.stream = ShardStream(url, config, rank=rank, world=world, cache_dir=cache_dir,
                                   cache_bytes=cache_bytes)
         self.transform = transform or GfmTransform(seed=seed)
+        if bands is not None:
+            self.transform = with_bands(self.transform, bands, self.stream.index, url)
+            if device_decode:
+                raise ValueError("device_decode decodes JPEG only: it cannot stream bands")
         self.batch_size, self.workers = batch_size, workers
         self.device_decode, self.pin_memory = device_decode, pin_memory
         self.state = self._fresh(0)

@@ -123,19 +123,25 @@ def make_optimizer(model: torch.nn.Module, settings: Pretrain,
 
 
 def gfm_step(teacher: torch.nn.Module, device: torch.device,
-             keys: list[str] | None = None) -> Callable[[torch.nn.Module, dict], dict]:
+             keys: list[str] | None = None, *, stretched: bool = False,
+             teacher_channels: list[int] | None = None
+             ) -> Callable[[torch.nn.Module, dict], dict]:
     """GFM's step: a batch of the stream in, ``loss``, ``mim`` and ``feat`` out.
 
-    ``keys`` (when tracing) collects each batch's sample keys.
+    ``keys`` (when tracing) collects each batch's sample keys. ``stretched``: the loader
+    streams bands stretched per band (``pretrain.bands``); ``teacher_channels``: the 3 of the
+    batch's channels the RGB teacher sees (None: all of them, i.e. RGB).
     """
     def step(student: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = normalize(batch["image"].to(device, non_blocking=True)
-                           .contiguous(memory_format=torch.channels_last))
+                           .contiguous(memory_format=torch.channels_last), stretched)
         mask = batch["mask"].to(device, non_blocking=True)
         if keys is not None:
             keys.extend(batch["key"])
         with torch.no_grad():
-            target = teacher(images)
+            target = teacher(images if teacher_channels is None
+                             else images[:, teacher_channels].contiguous(
+                                 memory_format=torch.channels_last))
         return student(images, mask, target)
     return step
 
@@ -248,6 +254,23 @@ VOLATILE = {"workers", "log_every", "checkpoint_every", "stream", "energy", "com
             "launcher"}
 
 
+def teacher_channels(settings: Pretrain) -> list[int] | None:
+    """Which of ``pretrain.bands`` the RGB teacher sees (None: the batch is its 3 channels)."""
+    if settings.bands is None:
+        if settings.teacher_bands is not None:
+            raise ValueError("pretrain.teacher_bands is set but pretrain.bands is null (RGB): "
+                             "set pretrain.bands too, or teacher_bands to null")
+        return None
+    chosen = settings.teacher_bands or settings.bands[:3]
+    missing = [b for b in chosen if b not in settings.bands]
+    if len(chosen) != 3 or missing:
+        raise ValueError(f"pretrain.teacher_bands: the RGB teacher needs 3 of pretrain.bands "
+                         f"{settings.bands}, got {chosen}"
+                         + (f" ({', '.join(missing)} not among them)" if missing else ""))
+    at = [settings.bands.index(b) for b in chosen]
+    return None if at == [0, 1, 2] and len(settings.bands) == 3 else at
+
+
 def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
                  out: Path | None = None, shards: str | None = None) -> dict[str, Any]:
@@ -264,12 +287,14 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  "pretrain.stream.url" if settings.stream.url else "paths.shards")
     seed_everything(seed)
     cuda = where.device.type == "cuda"
+    to_teacher = teacher_channels(settings)
+    in_chans = 3 if settings.bands is None else len(settings.bands)
 
     # the frozen teacher, the student with its SimMIM decoder, the stream of masked images
     teacher = FrozenTeacher(config.teacher, file=settings.teacher.file,
                             distill_stage=settings.distill_stage).to(where.device)
     model = GFM(config, teacher_features=teacher.distill_features, alpha=settings.alpha,
-                distill_stage=settings.distill_stage).to(where.device)
+                distill_stage=settings.distill_stage, in_chans=in_chans).to(where.device)
     transform = GfmTransform(size=config.img_size, mask_patch=config.mask_patch,
                              model_patch=config.model_patch, mask_ratio=config.mask_ratio,
                              seed=seed)
@@ -277,7 +302,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                            rank=where.rank, world=where.world, seed=seed, transform=transform,
                            cache_dir=settings.stream.cache_dir,
                            cache_bytes=settings.stream.cache_bytes, pin_memory=cuda,
-                           max_bad_per_shard=settings.stream.max_bad_per_shard)
+                           max_bad_per_shard=settings.stream.max_bad_per_shard,
+                           bands=settings.bands)
     sched = make_schedule(settings, len(loader), where.world)
     optimizer = make_optimizer(model, settings, sched.lr)
     # the reference's schedule: timm's per-step cosine with linear warm-up
@@ -288,7 +314,9 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     index_digest = hashlib.sha256(json.dumps(loader.stream.index, sort_keys=True).encode())
     # the global batch, not the world size: a run resumes on another number of processes
     # when world x accumulate stays the same (the loader deals the epoch's rest out again)
-    stamp = fingerprint(settings=settings.model_dump(exclude=VOLATILE | {"accumulate"}),
+    # RGB runs leave the band settings out: their fingerprints stay those of older runs
+    rgb_only = {"bands", "teacher_bands"} if settings.bands is None else set()
+    stamp = fingerprint(settings=settings.model_dump(exclude=VOLATILE | {"accumulate"} | rgb_only),
                         seed=seed, global_batch=sched.global_batch, index=index_digest.hexdigest())
     run = Run(root, where, model, optimizer, scheduler, Endless(loader),
               Loop(steps=sched.total, steps_per_epoch=sched.per_epoch,
@@ -317,7 +345,8 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
                  sched.global_batch, where.device)
     teacher_fn = torch.compile(teacher) if settings.compile and cuda else teacher
     keys: list[str] | None = [] if settings.trace else None
-    last = run.fit(gfm_step(teacher_fn, where.device, keys),
+    last = run.fit(gfm_step(teacher_fn, where.device, keys, stretched=settings.bands is not None,
+                            teacher_channels=to_teacher),
                    after_step=_tracer(root, where, model, keys) if keys is not None else None)
 
     metrics: dict[str, Any] = {}

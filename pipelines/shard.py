@@ -20,7 +20,14 @@ from tqdm import tqdm
 from geopile.card import BOUNDARY_PLOT, CARD, render_card
 from geopile.params import ParamsError, path_of
 from geopile.records import read_records
-from geopile.shards import ShardConfig, select, shortfall_message, write_build
+from geopile.shards import (
+    ALLOW_SHORT,
+    BuildError,
+    ShardConfig,
+    select,
+    shortfall_message,
+    write_build,
+)
 from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 
@@ -57,7 +64,31 @@ def _copy_boundary_plot(params: dict[str, Any], out: Path) -> str | None:
     return BOUNDARY_PLOT
 
 
-def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool) -> dict:
+def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
+                  curated: set[str] | None = None) -> None:
+    """Fail naming the setting when a source of the build is disabled or was never ingested.
+
+    Optional sources (``sentinel2``) are off by default; their build then says how to get them
+    rather than that the curated table lacks them. ``curated``: the curated table's sources
+    (None: check only that the sources are enabled).
+    """
+    sources = params.get("sources") or {}
+    for source in spec:
+        if source == ALLOW_SHORT:
+            continue
+        block = sources.get(source) or {}
+        if not block.get("enabled", True):
+            raise BuildError(f"build {build!r} needs sources.{source}, which is disabled: set "
+                             f"sources.{source}.enabled: true in params.yaml, then run `geopile "
+                             f"ingest {source}` and `geopile curate`")
+        if curated is not None and source not in curated:
+            raise BuildError(f"build {build!r} needs sources.{source}, which has no curated "
+                             f"images: run `geopile ingest {source}` and `geopile curate` "
+                             f"(sources.{source} enabled)")
+
+
+def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
+              engine: str | None = None, ray_address: str | None = None) -> dict:
     """Select (one image per duplicate cluster), shuffle and write one build; returns its index.
 
     Raises :class:`geopile.shards.BuildError` naming every source that falls short of its cap,
@@ -67,6 +98,7 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     if build not in builds:
         raise ParamsError(f"no build {build!r} under 'builds:' (known: {', '.join(builds)})")
     config = ShardConfig.from_params(params["shard"])
+    check_sources(params, build, builds[build])  # a disabled source: say so before anything
     path = curated_path(data)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
@@ -74,7 +106,9 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     reports = reports_dir(params)
     report = _read_json(reports / REPORT)
     duplicates = _read_json(reports / DUPLICATES) or {}
-    chosen = select(read_records(path), build, builds[build], seed, config.cap_scale,
+    curated = read_records(path)
+    check_sources(params, build, builds[build], set(curated["source"].to_pylist()))
+    chosen = select(curated, build, builds[build], seed, config.cap_scale,
                     priority=params["curate"]["priority"],
                     pairs=duplicates.get("pairs") or (),
                     curate_counts=(report or {}).get("counts"))
@@ -82,7 +116,10 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool)
     with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
               disable=not progress) as bar:
         index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
-                            curation=chosen.curation)
+                            curation=chosen.curation,
+                            # the pipeline's one cluster setting (ingest.engine), or the CLI's
+                            engine=engine or params["ingest"].get("engine") or "local",
+                            ray_address=ray_address or params["ingest"].get("ray_address"))
     plot = _copy_boundary_plot(params, out)
     atomic_write_text(out / CARD, render_card(index, params, report, boundary_plot=plot))
     if chosen.shortfall:

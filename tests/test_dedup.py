@@ -57,7 +57,8 @@ def _symmetric(word: np.ndarray, w: int, s: int) -> np.ndarray:
     return out
 
 
-def test_crop_pairs_match_brute_force():
+@pytest.mark.parametrize("bands", [4, 3])
+def test_crop_pairs_match_brute_force(bands):
     rng = np.random.default_rng(5)
     n, radius, total = 400, 7, 24
     hashes = rng.integers(0, 2**63, size=(n, 19, 2), dtype=np.uint64)
@@ -69,7 +70,7 @@ def test_crop_pairs_match_brute_force():
             noise = rng.choice(63, size=k % 12, replace=False)
             hashes[j, 0, w] = _symmetric(hashes[i, c, w], w, s) ^ np.uint64(
                 sum(1 << int(b) for b in noise))
-    rows = crop_pairs(hashes, radius, total, workers=2)
+    rows = crop_pairs(hashes, radius, total, workers=2, bands=bands)
     variants = np.stack([np.stack([_symmetric(hashes[:, :, w], w, s) for s in range(8)], -1)
                          for w in range(2)], -1)  # (n, 17, 8, 2)
     d1 = np.bitwise_count(variants[:, :, :, None, 0] ^ hashes[None, None, None, :, 0, 0]
@@ -85,21 +86,70 @@ def test_crop_pairs_match_brute_force():
     assert got == want
     for i, j, c, s, dist in rows:  # the reported crop and symmetry give the reported distance
         assert d[i, c, s, j] == dist
+        ties = np.argwhere(d[i, :, :, j] == dist)  # and are the lowest (crop, symmetry) tied
+        assert (c, s) == tuple(ties[np.lexsort((ties[:, 1], ties[:, 0]))[0]])
 
 
-def test_symmetries_of_the_hash_are_those_of_the_image():
+def _planted_crops(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**63, size=(n, 19, 2), dtype=np.uint64)
+    for k in range(n // 10):
+        i, j = rng.choice(n, 2, replace=False)
+        c, s = rng.integers(0, 19), rng.integers(0, 8)
+        for w in range(2):
+            noise = rng.choice(63, size=k % 10, replace=False)
+            hashes[j, 0, w] = _symmetric(hashes[i, c, w], w, s) ^ np.uint64(
+                sum(1 << int(b) for b in noise))
+    return hashes
+
+
+def test_crop_layouts_give_the_same_rows_from_a_memory_map(tmp_path):
+    hashes = _planted_crops(3000, 11)
+    np.save(tmp_path / "crops.npy", hashes)
+    mapped = np.load(tmp_path / "crops.npy", mmap_mode="r")
+    narrow = crop_pairs(hashes, 7, 24, workers=2, bands=4)
+    wide = crop_pairs(mapped, 7, 24, workers=2, bands=3)
+    assert len(narrow) > 100
+    assert np.array_equal(narrow, wide)
+
+
+def test_a_sample_of_queries_finds_exactly_its_images_rows():
+    """bench/dedup.py scales sampled queries up: a sample must search exactly like the whole."""
+    from geopile.dedup import crop_band_rows
+
+    hashes = _planted_crops(2000, 3)
+    word2 = np.ascontiguousarray(hashes[:, 0, 1])
+    full = np.concatenate([crop_band_rows(hashes, word2, 7, 24, 3, b, 2) for b in range(3)])
+    sample = np.concatenate([crop_band_rows(hashes, word2, 7, 24, 3, b, 2, step=7, offset=2)
+                             for b in range(3)])
+    assert len(sample) > 5
+    assert (sample[:, 0] % 7 == 2).all()
+    key = np.lexsort(full.T[::-1])
+    want = full[key][full[key][:, 0] % 7 == 2]
+    assert np.array_equal(sample[np.lexsort(sample.T[::-1])], want)
+
+
+def test_bad_bands_are_refused():
+    with pytest.raises(ValueError, match="bands"):
+        crop_pairs(np.zeros((3, 19, 2), np.uint64), 7, 24, bands=5)
+
+
+def test_curate_reads_crop_hashes_from_arrow_and_hashes_missing_ones(tmp_path):
+    import pyarrow as pa
+    from PIL import Image
+
+    from geopile.curate import _crop_hashes, _grey
     from geopile.imagestats import crop_hashes
 
-    rng = np.random.default_rng(0)
-    field = rng.normal(size=(16, 16))
-    image = np.kron(field, np.ones((8, 8)))  # 128 px, structure at every DCT frequency used
-    image = np.clip(128 + 40 * image + rng.normal(size=image.shape), 0, 255).astype(np.uint8)
-    words = np.asarray(crop_hashes(image), np.uint64).reshape(-1, 2)[0]
-    transforms = {  # DIHEDRAL order: (transpose first, mirror left-right, mirror top-bottom)
-        0: image, 1: image[::-1], 2: image[:, ::-1], 3: image[::-1, ::-1],
-        4: image.T, 5: image.T[::-1], 6: image.T[:, ::-1], 7: image.T[::-1, ::-1],
-    }
-    for s, pixels in transforms.items():
-        seen = np.asarray(crop_hashes(np.ascontiguousarray(pixels)), np.uint64).reshape(-1, 2)[0]
-        for w in range(2):
-            assert np.bitwise_count(seen[w] ^ _symmetric(words[w], w, s)) <= 1, (s, w)
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    words = [rng.integers(0, 2**63, 38, dtype=np.uint64).tolist() for _ in range(3)]
+    column = pa.chunked_array([pa.array([words[0], None], pa.list_(pa.uint64())),
+                               pa.array([words[1], words[2]], pa.list_(pa.uint64()))])
+    got = _crop_hashes(column, ["x.png", "a.png", "y.png", "z.png"], tmp_path)
+    assert got.shape == (4, 19, 2) and got.dtype == np.uint64
+    for row, want in zip((0, 2, 3), words, strict=True):
+        assert got[row].ravel().tolist() == want
+    assert got[1].ravel().tolist() == list(crop_hashes(_grey(tmp_path / "a.png")))
+    with pytest.raises(ValueError, match="crop_hashes"):
+        _crop_hashes(pa.chunked_array([pa.array([[1, 2]], pa.list_(pa.uint64()))]), ["p"], tmp_path)

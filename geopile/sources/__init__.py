@@ -17,10 +17,12 @@ from geopile.sources.naip import Naip
 from geopile.sources.patternnet import PatternNet
 from geopile.sources.resisc45 import Resisc45
 from geopile.sources.rsd46 import RSD46
+from geopile.sources.stac import StacSource
 from geopile.sources.ucmerced import UCMerced
 
 SOURCES: dict[str, type[Source]] = {
-    cls.kind: cls for cls in (Naip, RSD46, MLRSNet, Resisc45, PatternNet, UCMerced, FolderSource)
+    cls.kind: cls for cls in (Naip, StacSource, RSD46, MLRSNet, Resisc45, PatternNet,
+                         UCMerced, FolderSource)
 }
 
 

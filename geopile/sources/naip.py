@@ -1,6 +1,8 @@
 """NAIP patches sampled from a STAC API (the Planetary Computer's, or any with NAIP-shaped items).
 
-Sampling is planned from catalog metadata alone (item shape, transform, GSD) and a seed, so the
+One configuration of :class:`geopile.sources.stac.StacSource` (its round-robin plan, signer and
+quotas), with NAIP's own strata, tile search and window reads. Sampling is planned from catalog
+metadata alone (item shape, transform, GSD) and a seed, so the
 plan is the same on every run against the same catalog: a killed ingest resumes by key and ends
 with the same records. Strata are (state, year) pairs, each with an equal share of ``count``;
 within a stratum, windows are drawn uniformly over items and positions. Windows are read (never
@@ -11,8 +13,7 @@ comes from ``sources.naip`` in ``params.yaml``, which holds the only defaults.
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,10 +22,10 @@ from rasterio.windows import Window
 
 from geopile.cog import encode_geotiff, read_window
 from geopile.imagestats import BadImage, pixel_stats
-from geopile.records import make_key
-from geopile.sources.base import Candidate, Processed, Source
+from geopile.sources.base import Candidate, Processed
 from geopile.sources.published import Publication
-from geopile.stac import StacError, TileRef, resolve_signer, search_tiles
+from geopile.sources.stac import StacSource, split_quota
+from geopile.stac import StacError, TileRef, search_tiles
 from geopile.urls import strip_secrets
 
 
@@ -38,14 +39,16 @@ class WindowTask:
     size: int  # native pixels per side
 
 
-def split_quota(count: int, strata: list[str]) -> dict[str, int]:
-    """``count`` spread evenly over ``strata``, the remainder to the first ones (sorted)."""
-    base, extra = divmod(count, len(strata))
-    return {s: base + (i < extra) for i, s in enumerate(sorted(strata))}
+__all__ = ["Naip", "WindowTask", "split_quota"]
 
 
-class Naip(Source):
-    """NAIP (R, G, B, NIR) patches, stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``."""
+class Naip(StacSource):
+    """NAIP (R, G, B, NIR) patches, stored as lossless GeoTIFF, keyed ``naip/<st>_<yr>_N``.
+
+    The stac source's plan with strata ``naip:state`` + ``naip:year``, the ``image`` asset and a
+    native-GSD filter; windows are drawn in tile pixels (not on a ground grid) and the records
+    keep NAIP's columns (state, year), so they are the same as before the generalisation.
+    """
 
     kind = "naip"
     # no files to download: windows of the COGs a STAC search finds are read on demand
@@ -76,11 +79,6 @@ class Naip(Source):
         return {"stac_api": [str(self.params["stac_url"])]}
 
     @cached_property
-    def signer(self):  # noqa: ANN201 - a Signer
-        """The URL signer named by ``signer`` (``planetary_computer`` for the real NAIP)."""
-        return resolve_signer(self.params["signer"])
-
-    @cached_property
     def tiles(self) -> dict[str, list[TileRef]]:
         """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
         p = self.params
@@ -108,16 +106,6 @@ class Naip(Source):
             )
         return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
 
-    @property
-    def patch_size(self) -> int:
-        """Output patch side in pixels at ``target_gsd``."""
-        return int(self.params["patch_size"])
-
-    @property
-    def target_gsd(self) -> float:
-        """Output ground sample distance in metres."""
-        return float(self.params["target_gsd"])
-
     def quotas(self) -> Mapping[str, int]:
         """Patches to accept per (state, year) stratum."""
         return split_quota(int(self.params["count"]), list(self.tiles))
@@ -137,23 +125,9 @@ class Naip(Source):
             tile, int(rng.integers(cols - size + 1)), int(rng.integers(rows - size + 1)), size
         )
 
-    def candidates(self) -> Iterator[Candidate]:
-        """Windows drawn round-robin over strata, at most ``max_draws_factor`` x quota each."""
-        seed = int(self.params.get("seed", self.ctx.seed))
-        quotas = self.quotas()
-        factor = int(self.params["max_draws_factor"])
-        rngs = {s: np.random.default_rng([seed, zlib.crc32(s.encode())]) for s in quotas}
-        for draw in range(max(quotas.values()) * factor):
-            for stratum in quotas:
-                if draw >= quotas[stratum] * factor:
-                    continue
-                task = self._draw(stratum, rngs[stratum])
-                if task is None:
-                    continue
-                key = make_key(self.ctx.name, stratum, f"{draw:07d}")
-                yield Candidate(
-                    key=key, stratum=stratum, task=task, fields={"origin": task.tile.href}
-                )
+    def _origin(self, task: WindowTask) -> str:
+        """The tile's unsigned href."""
+        return task.tile.href
 
     def process(self, cand: Candidate) -> Processed:
         """Read, filter (nodata, entropy), encode and measure one window."""

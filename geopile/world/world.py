@@ -35,8 +35,9 @@ from geopile.world.corpora import (
 )
 from geopile.world.downstream import Fixture, build_downstream
 from geopile.world.naip import AZURE_PREFIX, build_naip
+from geopile.world.sentinel2 import S2_PREFIX, build_sentinel2
 
-WORLD_VERSION = 5  # bumped whenever build_world writes something new; older worlds are rebuilt
+WORLD_VERSION = 6  # bumped whenever build_world writes something new; older worlds are rebuilt
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
@@ -62,6 +63,7 @@ def build_world(world_dir: Path, seed: int = 0, per_class: int = 3,
     world_dir.mkdir(parents=True, exist_ok=True)
     truth = build_corpora(world_dir, seed=seed, per_class=per_class)
     truth["naip"] = build_naip(world_dir, seed=seed)
+    truth["sentinel2"] = build_sentinel2(world_dir, seed=seed)
     truth["downstream"] = build_downstream(WorldWriter(world_dir), downstream or {}, seed=seed)
     truth["seed"] = seed
     truth["version"] = WORLD_VERSION
@@ -150,6 +152,20 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
         "max_nodata": 0.05,
         "workers": 4,
     }
+    s2 = truth["sentinel2"]
+    dates = sorted(i["datetime"][:10] for i in s2["item_truth"])
+    # on in the world (off in params.yaml): 64 px patches of the partly cloudy and clear items
+    sources["sentinel2"] = {
+        "enabled": True,
+        "stac_url": stac,
+        "signer": "none",
+        "bbox": s2["bbox"],
+        "datetime": f"{dates[0]}/{dates[-1]}",
+        "query": {"eo:cloud_cover": {"lt": 50}},  # drops the overcast date
+        "count": 24,
+        "patch_size": 64,
+        "workers": 4,
+    }
     # the paper's builds at about 1/2500 of their size, several small shards each
     shard = {"cap_scale": 0.0004, "max_samples": 64}
     # the `tiny` model, its teacher from the world's file, streamed from the world's S3; the
@@ -194,14 +210,16 @@ def world_up(world_dir: Path) -> dict[str, str]:
     s3 = servers.start_s3(run, run / "s3data")
     try:
         upload_tree(s3.url, world_dir / "http")
-        items = json.loads((world_dir / truth["naip"]["items"]).read_text())
-        for item in items["features"]:
-            for asset in item["assets"].values():
-                if asset["href"].startswith(AZURE_PREFIX):
-                    asset["href"] = f"{s3.url}/{BUCKET}/{mirror_path(asset['href'])}"
-        (run / "items.json").write_text(json.dumps(items))
-        collection = world_dir / truth["naip"]["collection"]
-        stac = servers.start_stac(run, [collection, run / "items.json"])
+        hrefs = []
+        for name, out in (("naip", "items.json"), ("sentinel2", "sentinel2.items.json")):
+            items = json.loads((world_dir / truth[name]["items"]).read_text())
+            for item in items["features"]:
+                for asset in item["assets"].values():
+                    if asset["href"].startswith((AZURE_PREFIX, S2_PREFIX)):
+                        asset["href"] = f"{s3.url}/{BUCKET}/{mirror_path(asset['href'])}"
+            (run / out).write_text(json.dumps(items))
+            hrefs += [world_dir / truth[name]["collection"], run / out]
+        stac = servers.start_stac(run, hrefs)
     except BaseException:
         servers.stop(run, "s3")
         raise

@@ -1,0 +1,339 @@
+"""Multi-band patches sampled from any STAC collection (Sentinel-2 L2A, Landsat, ...).
+
+Like NAIP, sampling is planned from catalog metadata alone (item grids, properties) and a seed,
+so the plan is the same on every run against the same catalog and a killed ingest resumes by
+key with the same records. Strata are the values of ``strata`` keys (item properties such as
+``s2:mgrs_tile``, or ``month``/``year`` of the item's datetime, or ``grid:<degrees>`` cells of
+its centroid), each with an equal share of ``count``. Every band named in ``assets`` is read
+over the same ground box from its own grid (Sentinel-2: 10, 20 and 60 m) and resampled to
+``patch_size`` px at ``target_gsd``: average for reflectance, nearest for the class raster
+(``cloud_asset``, Sentinel-2's SCL) that the cloud filter reads. Property filters (``query``)
+follow the STAC query extension but run here, since not every server implements it. Every
+setting comes from ``sources.<name>`` in ``params.yaml``, which holds the only defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime as Datetime
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import xxhash
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from geopile.cog import Patch, encode_geotiff, read_window
+from geopile.imagestats import BadImage, band_stats, pixel_stats, rgb_preview
+from geopile.records import make_key
+from geopile.sources.base import Candidate, Processed, Source
+from geopile.stac import ItemRef, StacError, resolve_signer, search_items
+from geopile.urls import strip_secrets
+
+# the STAC query extension's comparisons (eq, neq, lt, lte, gt, gte, in)
+QUERY_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le,
+    "gt": operator.gt, "gte": operator.ge, "in": lambda value, allowed: value in allowed,
+}
+
+
+def query_filter(query: Mapping[str, Any] | None, setting: str = "query"
+                 ) -> Callable[[Mapping[str, Any]], bool]:
+    """A predicate on item properties with the STAC query extension's semantics.
+
+    ``{prop: {op: value, ...}}``: every comparison of every property must hold; a property the
+    item lacks fails (as on a server, where a comparison with null is false). A bare value
+    means ``eq``.
+
+    Raises:
+        ValueError: an operator outside :data:`QUERY_OPS` (naming ``setting``).
+    """
+    tests: list[tuple[str, Callable[[Any, Any], bool], Any]] = []
+    for prop, cond in (query or {}).items():
+        for op, value in (cond.items() if isinstance(cond, Mapping) else [("eq", cond)]):
+            if op not in QUERY_OPS:
+                raise ValueError(f"{setting}.{prop}: unknown operator {op!r}; use one of "
+                                 f"{', '.join(QUERY_OPS)}")
+            if op == "in" and not isinstance(value, list | tuple):
+                raise ValueError(f"{setting}.{prop}.in: expected a list, got {value!r}")
+            tests.append((prop, QUERY_OPS[op], value))
+
+    def keep(props: Mapping[str, Any]) -> bool:
+        for prop, compare, value in tests:
+            if props.get(prop) is None:
+                return False
+            try:
+                if not compare(props[prop], value):
+                    return False
+            except TypeError:  # e.g. a string compared with a number: no match
+                return False
+        return True
+
+    return keep
+
+
+def stratum_of(item: ItemRef, keys: list[str]) -> str:
+    """The stratum of ``item``: its values of ``keys`` joined by ``_``.
+
+    ``month`` / ``year`` come from the item's datetime; ``grid:<deg>`` is the ``<deg>``-degree
+    cell of the bbox centre (``<lat>_<lon>`` of its south-west corner); anything else is a
+    property.
+
+    Raises:
+        KeyError: a property the item lacks.
+    """
+    parts = []
+    for key in keys:
+        if key in ("month", "year"):
+            when = Datetime.fromisoformat(item.datetime.replace("Z", "+00:00"))
+            parts.append(f"{when.month:02d}" if key == "month" else f"{when.year:04d}")
+        elif key.startswith("grid:"):
+            deg = float(key.split(":", 1)[1])
+            west, south, east, north = item.bbox[:4]
+            lat = math.floor((south + north) / 2 / deg) * deg
+            lon = math.floor((west + east) / 2 / deg) * deg
+            parts.append(f"{lat:g}_{lon:g}".replace("-", "m").replace(".", "p"))
+        else:
+            parts.append(str(item.properties[key]))
+    return "_".join(parts) if parts else "all"
+
+
+def split_quota(count: int, strata: list[str]) -> dict[str, int]:
+    """``count`` spread evenly over ``strata``, the remainder to the first ones (sorted)."""
+    base, extra = divmod(count, len(strata))
+    return {s: base + (i < extra) for i, s in enumerate(sorted(strata))}
+
+
+@dataclass(frozen=True)
+class BoxTask:
+    """One planned patch: the item and the upper-left corner of its ground box (item CRS)."""
+
+    item: ItemRef
+    x: float
+    y: float
+
+
+class StacSource(Source):
+    """Multi-band patches of a STAC collection, lossless GeoTIFF, keyed ``<name>/<stratum>_N``."""
+
+    kind = "stac"
+    expected_bands = None
+    executor = "thread"
+    writes_raw_dir = True
+
+    def origin_lines(self) -> list[str]:
+        """The STAC search the patches were sampled from (for the dataset card)."""
+        p = self.params
+        return [f"STAC {strip_secrets(str(p['stac_url']))} collection `{p['collection']}`, "
+                f"bbox {p.get('bbox')}, {p.get('datetime')}, query {p.get('query')}"]
+
+    def inputs(self) -> dict[str, list[str]]:
+        """The STAC API the boxes are planned from (their COGs are read on demand)."""
+        return {"stac_api": [str(self.params["stac_url"])]}
+
+    @cached_property
+    def signer(self):  # noqa: ANN201 - a Signer
+        """The URL signer named by ``signer`` (``planetary_computer`` for its collections)."""
+        return resolve_signer(self.params.get("signer"))
+
+    @property
+    def where(self) -> str:
+        """The params block of this source, for messages."""
+        return f"sources.{self.ctx.name}"
+
+    @property
+    def assets(self) -> list[str]:
+        """Asset keys stacked as bands, in order."""
+        return [str(a) for a in self.params["assets"]]
+
+    @property
+    def cloud_asset(self) -> str | None:
+        """The scene classification asset the cloud filter reads (Sentinel-2: SCL)."""
+        return self.params.get("cloud_asset") or None
+
+    @property
+    def patch_size(self) -> int:
+        """Output patch side in pixels at ``target_gsd``."""
+        return int(self.params["patch_size"])
+
+    @property
+    def target_gsd(self) -> float:
+        """Output ground sample distance in metres."""
+        return float(self.params["target_gsd"])
+
+    @cached_property
+    def items(self) -> dict[str, list[ItemRef]]:
+        """Matching items per stratum, sorted by item id."""
+        p = self.params
+        keep = query_filter(p.get("query"), f"{self.where}.query")
+        wanted = self.assets + ([self.cloud_asset] if self.cloud_asset else [])
+        by_stratum: dict[str, list[ItemRef]] = {}
+        for item in search_items(
+            p["stac_url"], collection=p["collection"], bbox=p.get("bbox"),
+            datetime=p.get("datetime"), assets=wanted, keep=keep,
+            page_size=int(p["page_size"]), setting=f"{self.where}.stac_url",
+        ):
+            try:
+                stratum = stratum_of(item, list(p.get("strata") or []))
+            except KeyError as err:
+                raise StacError(f"STAC item {item.item_id!r} has no property {err} named in "
+                                f"{self.where}.strata") from None
+            by_stratum.setdefault(stratum, []).append(item)
+        if not by_stratum:
+            raise StacError(
+                f"the STAC search at {p['stac_url']} found no items of collection "
+                f"{p['collection']!r} for bbox={p.get('bbox')}, datetime={p.get('datetime')}, "
+                f"query={p.get('query')}. Check {self.where}.collection and those filters")
+        return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
+
+    def quotas(self) -> Mapping[str, int]:
+        """Patches to accept per stratum."""
+        return split_quota(int(self.params["count"]), list(self.items))
+
+    def fetch(self) -> None:
+        """Nothing to download up front: windows are read on demand."""
+        self.items  # noqa: B018 - search now, so a bad catalog fails before any work
+
+    def _draw(self, stratum: str, rng: np.random.Generator) -> Any:
+        """A ground box on the coarsest asset grid, so every band's window is whole pixels."""
+        items = self.items[stratum]
+        item = items[int(rng.integers(len(items)))]
+        side = self.patch_size * self.target_gsd
+        grids = list(item.assets.values())
+        step = max(a.gsd for a in grids)
+        fine = min(grids, key=lambda a: a.gsd)
+        x0, y0 = fine.transform[2], fine.transform[5]
+        width, height = fine.shape[1] * fine.gsd, fine.shape[0] * fine.gsd
+        cols = math.floor((width - side) / step) + 1
+        rows = math.floor((height - side) / step) + 1
+        if cols < 1 or rows < 1:
+            return None
+        return BoxTask(item, x0 + int(rng.integers(cols)) * step,
+                       y0 - int(rng.integers(rows)) * step)
+
+    def candidates(self) -> Iterator[Candidate]:
+        """Boxes drawn round-robin over strata, at most ``max_draws_factor`` x quota each.
+
+        Shared with NAIP (its draws are windows of one tile): the same seed gives the same
+        keys, in the same order, on every run.
+        """
+        seed = int(self.params.get("seed", self.ctx.seed))
+        quotas = self.quotas()
+        factor = int(self.params["max_draws_factor"])
+        rngs = {s: np.random.default_rng([seed, zlib.crc32(s.encode())]) for s in quotas}
+        for draw in range(max(quotas.values()) * factor):
+            for stratum in quotas:
+                if draw >= quotas[stratum] * factor:
+                    continue
+                task = self._draw(stratum, rngs[stratum])
+                if task is None:
+                    continue
+                key = make_key(self.ctx.name, stratum, f"{draw:07d}")
+                yield Candidate(key=key, stratum=stratum, task=task,
+                                fields={"origin": self._origin(task)})
+
+    def _origin(self, task: BoxTask) -> str:
+        """The candidate's ``origin`` before it is read (the item id)."""
+        return task.item.item_id
+
+    def window(self, task: BoxTask, asset: str) -> Window:
+        """The task's ground box on ``asset``'s own grid.
+
+        Boxes start on the coarsest asset grid, so offsets are whole pixels; the side is
+        fractional where the box is not a multiple of the pixel (640 m of a 60 m band), and
+        GDAL reads such a window exactly (its floating-point RasterIO window), so every band
+        covers the same ground.
+        """
+        ref = task.item.assets[asset]
+        side = self.patch_size * self.target_gsd / ref.gsd
+        col = round((task.x - ref.transform[2]) / ref.gsd, 6)
+        row = round((ref.transform[5] - task.y) / ref.gsd, 6)
+        return Window(col, row, side if side % 1 else int(side), side if side % 1 else int(side))
+
+    def _read(self, task: BoxTask, asset: str, resampling: Resampling) -> Patch:
+        """One asset's window over the task's ground box, at ``patch_size`` px."""
+        ref = task.item.assets[asset]
+        window = self.window(task, asset)
+        return read_window(
+            ref.href, window, self.patch_size, self.signer,
+            retries=int(self.params["retries"]),
+            backoff_s=float(self.params.get("backoff_s", 0.5)),
+            env=self.gdal_env, resampling=resampling)
+
+    @cached_property
+    def gdal_env(self) -> dict[str, object]:
+        """``gdal_env``, plus requester-pays S3 settings when ``requester_pays`` is on."""
+        env = dict(self.params.get("gdal_env") or {})
+        if self.params.get("requester_pays"):
+            env["AWS_REQUEST_PAYER"] = "requester"
+            if self.params.get("aws_profile"):
+                env["AWS_PROFILE"] = str(self.params["aws_profile"])
+        return env
+
+    def process(self, cand: Candidate) -> Processed:
+        """Read every band, filter (nodata, cloud, entropy), encode and measure one patch."""
+        task: BoxTask = cand.task
+        reads = [self._read(task, a, Resampling.average) for a in self.assets]
+        for asset, patch in zip(self.assets, reads, strict=True):
+            if patch.pixels.shape[0] != 1:
+                raise BadImage(f"asset {asset} has {patch.pixels.shape[0]} bands; "
+                               f"{self.where}.assets takes single-band assets")
+        stack = np.concatenate([r.pixels for r in reads])
+        fine = min(range(len(reads)), key=lambda i: task.item.assets[self.assets[i]].gsd)
+        patch = Patch(stack, reads[fine].crs, reads[fine].transform, reads[fine].bounds)
+        pixels = np.moveaxis(stack, 0, -1)
+        nodata = (pixels == 0).all(axis=2)
+        cloud_fraction = None
+        if self.cloud_asset:
+            scl = self._read(task, self.cloud_asset, Resampling.nearest).pixels[0]
+            nodata |= scl == 0
+            classes = [int(c) for c in self.params["cloud_classes"]]
+            cloud_fraction = float(np.isin(scl, classes).mean())
+        nodata_fraction = float(nodata.mean())
+        max_nodata = float(self.params["max_nodata"])
+        if nodata_fraction > max_nodata:
+            raise BadImage(f"nodata fraction {nodata_fraction:.3f} > max_nodata {max_nodata}")
+        max_cloud = self.params.get("max_cloud")
+        if cloud_fraction is not None and max_cloud is not None and cloud_fraction > max_cloud:
+            raise BadImage(f"cloud fraction {cloud_fraction:.3f} > max_cloud {max_cloud}")
+        data = encode_geotiff(patch, self.assets)
+        stats = pixel_stats(rgb_preview(pixels, self.assets), data, "tiff")
+        min_entropy = float(self.params["min_entropy"])
+        if stats.entropy_global < min_entropy:
+            raise BadImage(f"entropy {stats.entropy_global:.2f} < min_entropy {min_entropy}")
+        h, w, c = pixels.shape
+        digest = xxhash.xxh3_128(np.ascontiguousarray(pixels).tobytes())  # all bands, exact
+        digest.update(f"{h}x{w}x{c}:{pixels.dtype.name}".encode())
+        mean, std = band_stats(pixels, nodata=0)
+        item = task.item
+        name = cand.key.split("/", 1)[1]
+        row = {
+            **stats.as_row(),
+            "bands": c,
+            "xxh3_pixels": digest.hexdigest(),
+            "nodata_fraction": nodata_fraction,
+            "gsd_min": self.target_gsd,
+            "gsd_max": self.target_gsd,
+            "licence": self.licence,
+            "path": f"raw/{self.ctx.name}/{item.item_id}/{name}.tif",
+            "origin": item.item_id,
+            "stac_item": item.item_id,
+            "asset_href": item.assets[self.assets[0]].href,
+            # on the finest asset's grid (Sentinel-2: the 10 m bands)
+            "window": [round(v) for v in self.window(task, self.assets[fine]).flatten()],
+            "crs": patch.crs,
+            "bounds": list(patch.bounds),
+            "year": item.datetime[:4],
+            "band_names": list(self.assets),
+            "dtype": pixels.dtype.name,
+            "band_mean": mean,
+            "band_std": std,
+            "cloud_fraction": cloud_fraction,
+            "datetime": item.datetime,
+        }
+        return Processed(row, payload=data)
