@@ -218,8 +218,8 @@ class SourceSettings(Block):
         None, ge=0, le=1, description="share of unreadable images that stops the ingest")
 
 
-class NaipSettings(SourceSettings):
-    """``sources.naip``: patches sampled from a STAC API (geopile/sources/naip.py)."""
+class StacSearch(SourceSettings):
+    """What every STAC-sampled source searches: the API, collection, signer, area and time."""
 
     stac_url: Annotated[str, Field(pattern=r"^https?://")] = Field(
         description="the STAC API's URL")
@@ -230,6 +230,11 @@ class NaipSettings(SourceSettings):
         description="search area, EPSG:4326")
     datetime: Annotated[str | None, BeforeValidator(_datetime)] = Field(
         description="STAC datetime interval")
+
+
+class NaipSettings(StacSearch):
+    """``sources.naip``: patches sampled from a STAC API (geopile/sources/naip.py)."""
+
     states: list[Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")]] = Field(
         description="two-letter state codes; [] for every state")
     years: list[Annotated[int | str, BeforeValidator(_year)]] = Field(
@@ -268,18 +273,9 @@ def _query(value: Any) -> Any:
     return value
 
 
-class StacSettings(SourceSettings):
+class StacSettings(StacSearch):
     """``type: stac``: multi-band patches of any STAC collection (geopile/sources/stac.py)."""
 
-    stac_url: Annotated[str, Field(pattern=r"^https?://")] = Field(
-        description="the STAC API's URL")
-    collection: Text = Field(description="the STAC collection")
-    signer: Annotated[str | None, BeforeValidator(_signer)] = Field(
-        description="signs asset hrefs at read time")
-    bbox: Annotated[list[float] | None, BeforeValidator(_bbox)] = Field(
-        description="search area, EPSG:4326")
-    datetime: Annotated[str | None, BeforeValidator(_datetime)] = Field(
-        description="STAC datetime interval")
     query: Annotated[dict[str, Any] | None, BeforeValidator(_query)] = Field(
         description="item property filters (STAC query extension: eq/neq/lt/lte/gt/gte/in)")
     assets: list[Text] = Field(min_length=1, description="asset keys stacked as bands, in order")
