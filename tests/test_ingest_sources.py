@@ -24,7 +24,7 @@ from pipelines.ingest import run_ingest
 from pipelines.push import push_build
 from pipelines.shard import run_shard, shards_dir
 
-LABELED = [k for k in SOURCES if k not in ("naip", "folder")]
+LABELED = [k for k in SOURCES if k not in ("naip", "folder", "stac")]
 
 
 def _ingest(params: dict, name: str, workers: int = 2):
@@ -177,8 +177,9 @@ def test_every_source_kind_from_ingest_to_stream(params, world, world_dir, tmp_p
         if form != "directory":
             sp["image_root"] = "survey"
     else:
-        sp = {**params["sources"][kind], "enabled": True}
-        if kind == "naip":
+        # a `type: stac` source: the world's Sentinel-2 collection
+        sp = {**params["sources"]["sentinel2" if kind == "stac" else kind], "enabled": True}
+        if kind in ("naip", "stac"):
             sp["count"] = 4
     name = case
     sp["role"] = "pretrain"
