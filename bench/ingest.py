@@ -81,19 +81,9 @@ def _ray_node(args: list[str]) -> subprocess.Popen:
 
 
 def _wait_cpus(address: str, n: int) -> None:
-    import ray
+    from geopile.cluster import wait_for_cpus
 
-    deadline = time.perf_counter() + 120
-    while time.perf_counter() < deadline:
-        try:
-            if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=False)
-            if ray.cluster_resources().get("CPU", 0) >= n:
-                return
-        except ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the Ray cluster at {address} never reached {n} CPUs")
+    wait_for_cpus(address, n)
 
 
 def engine_rows(params: dict, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:

@@ -40,6 +40,29 @@ def connect(address: str | None) -> Any:
     return ray
 
 
+def wait_for_cpus(address: str, cpus: int, timeout_s: float = 120.0, logs: str = "") -> None:
+    """Join the cluster at ``address`` and wait until it offers ``cpus`` CPUs.
+
+    Nodes started with ``ray start`` register some seconds after their process starts.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False)
+            if ray.cluster_resources().get("CPU", 0) >= cpus:
+                return
+        except ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the Ray cluster at {address} never reached {cpus} CPUs"
+                       + (f" (logs in {logs})" if logs else ""))
+
+
 def _cluster_cpus(ray: Any) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 

@@ -24,6 +24,7 @@ import yaml
 
 pytest.importorskip("ray")
 
+from geopile.cluster import wait_for_cpus  # noqa: E402
 from geopile.ingest import ingest  # noqa: E402
 from geopile.params import source_params  # noqa: E402
 from geopile.records import read_records, records_path  # noqa: E402
@@ -87,19 +88,7 @@ class Cluster:
         self.wait_cpus(1 + len(self.nodes))
 
     def wait_cpus(self, n: int) -> None:
-        import ray
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if not ray.is_initialized():
-                    ray.init(address=self.address, log_to_driver=False)
-                if ray.cluster_resources().get("CPU", 0) >= n:
-                    return
-            except ConnectionError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"the Ray cluster never reached {n} CPUs (logs in {self.temp})")
+        wait_for_cpus(self.address, n, logs=str(self.temp))
 
     def kill_node(self) -> None:
         _stop(self.nodes.pop())
