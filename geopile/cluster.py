@@ -108,20 +108,25 @@ def _sizes(records: list[dict], data_dir: Path, config: Any) -> list[int]:
     return [_member_bytes(encode_sample(r, data_dir, config)) for r in records]
 
 
-def _write_one(records: list[dict], data_dir: Path, out_dir: Path, name: str,
+def _write_one(records: list[dict], data_dir: Path, store: Any, name: str,
                config: Any) -> dict:
     from geopile.shards import write_shard
 
-    return write_shard(records, data_dir, out_dir, name, config)
+    try:
+        return write_shard(records, data_dir, store, name, config)
+    finally:
+        store.close()
 
 
-def write_shards(records: list[dict], data_dir: Path, out_dir: Path, config: Any,
+def write_shards(records: list[dict], data_dir: Path, store: Any, config: Any,
                  address: str | None, progress: Callable[[int], Any] | None = None) -> list[dict]:
     """The index's ``shards`` entries, each shard written by one Ray task.
 
     Boundaries depend on every sample's encoded size, so sizes come first (batched tasks), the
     driver plans the shards the way the local writer fills them, then one task per shard encodes
-    its samples again and writes the tar.
+    its samples again and writes the tar into ``store`` (:mod:`geopile.shardstore`): a
+    directory every node mounts at the same path, or S3, which each task uploads to itself.
+    ``data_dir`` (ingest's payloads) is read by the tasks: it must be on a shared mount too.
     """
     from geopile.shards import plan_shards
 
@@ -134,7 +139,7 @@ def write_shards(records: list[dict], data_dir: Path, out_dir: Path, config: Any
             for i in range(0, len(records), size)]
     sizes = [s for batch in ray.get(refs) for s in batch]
     bounds = plan_shards(sizes, config)
-    refs = [write_task.remote(records[a:b], data_dir, out_dir, f"shard-{n:06d}.tar", cfg)
+    refs = [write_task.remote(records[a:b], data_dir, store, f"shard-{n:06d}.tar", cfg)
             for n, (a, b) in enumerate(bounds)]
     entries = []
     for ref, (a, b) in zip(refs, bounds, strict=True):

@@ -10,6 +10,7 @@ Entropy definitions (the paper reports "mean image entropy" without one, FACTS.m
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -25,6 +26,21 @@ LOCAL_BLOCK = 16
 # legitimate inputs are 600 x 600 (MLRSNet) and 256 x 256 patches, so 100 megapixels is generous;
 # a 17000 x 17000 PNG of 843 KB (289 MP) took 11.4 GB to decode and measure. Below 16 px a side
 # there is no texture to learn and the local entropy (16 px blocks) is undefined.
+
+
+class _ManyBandsHandled(logging.Filter):
+    """Drop PIL's ERROR for TIFFs of more than 4 bands.
+
+    :func:`decode` reads those with rasterio instead, so the message would only alarm (one per
+    Sentinel-2 patch).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "More samples per pixel than can be decoded" not in record.getMessage()
+
+
+logging.getLogger("PIL.TiffImagePlugin").addFilter(_ManyBandsHandled())
+
 MAX_PIXELS = 100_000_000
 MIN_SIDE = 16
 # PIL's own guard only warns past its limit and raises past twice it. It stays as a backstop for
@@ -201,10 +217,17 @@ def rgb_preview(pixels: np.ndarray, band_names: Sequence[str] | None = None) -> 
     return np.ascontiguousarray(np.clip(rgb * (255.0 / top) + 0.5, 0, 255).astype(np.uint8))
 
 
-def band_stats(pixels: np.ndarray, nodata: int = 0) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over valid pixels (not ``nodata`` in every band), stored units."""
+def band_stats(pixels: np.ndarray, nodata: int = 0,
+               valid: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over valid pixels, in stored units.
+
+    ``valid`` (H x W bool): the pixels the record's ``nodata_fraction`` counts as data, so that
+    the shards' pooled statistics (weighted by it) are exact; by default those not ``nodata``
+    in every band.
+    """
     pix = pixels if pixels.ndim == 3 else pixels[..., None]
-    valid = ~(pix == nodata).all(axis=2)
+    if valid is None:
+        valid = ~(pix == nodata).all(axis=2)
     if not valid.any():
         return [0.0] * pix.shape[2], [0.0] * pix.shape[2]
     vals = pix[valid].astype(np.float64)

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import mmap
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import xxhash
 from PIL import Image
 
 from geopile.imagestats import decode
+from geopile.shardstore import LocalStore, ShardStore, prune
 
 INDEX = "index.json"
 INDEX_VERSION = 2  # 2: per-sample "xxh3" (version 1 indexes still stream, unverified)
@@ -370,33 +370,49 @@ def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, in
     return bounds
 
 
-def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, out_dir: Path, name: str,
-                config: ShardConfig) -> dict[str, Any]:
-    """Write one whole shard (temp name, then renamed); returns its index entry."""
-    keys: list[str] = []
-    offsets: list[int] = []
-    used = 0
-    tmp = out_dir / f"{name}.tmp"
-    with open(tmp, "wb") as f:
-        sink = wds.TarWriter(f, encoder=False, mtime=config.mtime)
-        for record in records:
-            sample = encode_sample(record, data_dir, config)
-            offsets.append(used)
-            keys.append(sample["__key__"])
-            sink.write(sample)
-            used += _member_bytes(sample)
-        sink.close()
-    final = out_dir / name
-    os.replace(tmp, final)
-    sha256, xxh3 = _digests(final, offsets)
-    return {"name": name, "samples": len(keys), "bytes": final.stat().st_size, "sha256": sha256,
-            "keys": keys, "offsets": offsets, "xxh3": xxh3}
+class _ShardFile:
+    """One shard being written: samples appended to a temp file, then digested and stored."""
+
+    def __init__(self, store: ShardStore, name: str, config: ShardConfig) -> None:
+        self.store, self.name = store, name
+        self.tmp = store.temp_path(name)
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish()
+        self.sink = wds.TarWriter(self.file, encoder=False, mtime=config.mtime)
+        self.keys: list[str] = []
+        self.offsets: list[int] = []
+        self.used = 0
+
+    def add(self, sample: Mapping[str, Any], size: int) -> None:
+        self.offsets.append(self.used)
+        self.keys.append(sample["__key__"])
+        self.sink.write(sample)
+        self.used += size
+
+    def finish(self) -> dict[str, Any]:
+        """Close, digest, hand to the store; the shard's index entry."""
+        self.sink.close()
+        self.file.close()
+        sha256, xxh3 = _digests(self.tmp, self.offsets)
+        size = self.tmp.stat().st_size
+        self.store.put_file(self.tmp, self.name, sha256)
+        return {"name": self.name, "samples": len(self.keys), "bytes": size, "sha256": sha256,
+                "keys": self.keys, "offsets": self.offsets, "xxh3": xxh3}
+
+
+def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, store: ShardStore,
+                name: str, config: ShardConfig) -> dict[str, Any]:
+    """Write one whole shard (temp file, then stored); returns its index entry."""
+    shard = _ShardFile(store, name, config)
+    for record in records:
+        sample = encode_sample(record, data_dir, config)
+        shard.add(sample, _member_bytes(sample))
+    return shard.finish()
 
 
 def write_build(
     selection: pa.Table,
     data_dir: Path,
-    out_dir: Path,
+    out: Path | ShardStore,
     build: str,
     seed: int,
     config: ShardConfig,
@@ -405,12 +421,15 @@ def write_build(
     engine: str = "local",
     ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/shard-NNNNNN.tar`` and ``out_dir/index.json``; returns the index.
+    """Write ``shard-NNNNNN.tar`` and ``index.json`` to ``out``; returns the index.
 
-    Samples stream into the current shard until it holds ``max_samples`` or the next sample
-    would pass ``max_bytes``. Each shard is written under a temporary name and renamed, and the
-    index comes last, so a killed build leaves only whole shards and no index; a rerun writes
-    the build again from the start (same input, same bytes) and removes what it does not need.
+    ``out`` is a directory or a :mod:`geopile.shardstore` store (a shared mount, or S3: each
+    shard is uploaded as it is finished, by whichever process wrote it). Samples stream into
+    the current shard until it holds ``max_samples`` or the next sample would pass
+    ``max_bytes``. Each shard is written under a temporary name and then stored, the old index
+    is removed first and the new one comes last, so a killed build leaves only whole shards and
+    no index; a rerun writes the build again from the start (same input, same bytes; S3 skips
+    the uploads it already holds) and removes what it does not need.
 
     Per shard the index holds ``name``, ``samples``, ``bytes``, ``sha256`` (the whole file, for
     caches and pushes), ``keys``, ``offsets`` (where each sample's first header starts) and
@@ -420,56 +439,32 @@ def write_build(
     build, per source, and any shortfall. ``engine="ray"`` writes the shards as Ray tasks on the
     cluster at ``ray_address`` (:func:`geopile.cluster.write_shards`), byte for byte the same.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stray in out_dir.glob("*.tmp"):
-        stray.unlink()
-    (out_dir / INDEX).unlink(missing_ok=True)
+    store = LocalStore(out) if isinstance(out, Path) else out
+    store.prepare()
+    store.delete(INDEX)
     records = selection.to_pylist()
     shards: list[dict[str, Any]] = []
-    state: dict[str, Any] = {}
-
-    def close() -> None:
-        state["sink"].close()
-        state["file"].close()
-        final = out_dir / state["name"]
-        os.replace(out_dir / f"{state['name']}.tmp", final)
-        sha256, xxh3 = _digests(final, state["offsets"])
-        shards.append({
-            "name": state["name"], "samples": len(state["keys"]), "bytes": final.stat().st_size,
-            "sha256": sha256, "keys": state["keys"], "offsets": state["offsets"], "xxh3": xxh3,
-        })
-        state.clear()
-
     if engine == "ray":  # one Ray task per shard (geopile/cluster.py); same bytes
         from geopile.cluster import write_shards
 
-        shards = write_shards(records, data_dir, out_dir, config, ray_address, progress)
-        records_left: list[dict[str, Any]] = []
+        shards = write_shards(records, data_dir, store, config, ray_address, progress)
     else:
-        records_left = records
-    for record in records_left:
-        sample = encode_sample(record, data_dir, config)
-        size = _member_bytes(sample)
-        if state and (len(state["keys"]) >= config.max_samples
-                      or state["used"] + size > config.max_bytes):
-            close()
-        if not state:
-            name = f"shard-{len(shards):06d}.tar"
-            f = open(out_dir / f"{name}.tmp", "wb")  # noqa: SIM115 - closed in close()
-            state.update(name=name, file=f, used=0, keys=[], offsets=[],
-                         sink=wds.TarWriter(f, encoder=False, mtime=config.mtime))
-        state["offsets"].append(state["used"])
-        state["keys"].append(sample["__key__"])
-        state["sink"].write(sample)
-        state["used"] += size
-        if progress:
-            progress(1)
-    if state:
-        close()
-    wanted = {s["name"] for s in shards}
-    for old in out_dir.glob("shard-*.tar"):
-        if old.name not in wanted:
-            old.unlink()
+        shard: _ShardFile | None = None
+        for record in records:
+            sample = encode_sample(record, data_dir, config)
+            size = _member_bytes(sample)
+            if shard and (len(shard.keys) >= config.max_samples
+                          or shard.used + size > config.max_bytes):
+                shards.append(shard.finish())
+                shard = None
+            if shard is None:
+                shard = _ShardFile(store, f"shard-{len(shards):06d}.tar", config)
+            shard.add(sample, size)
+            if progress:
+                progress(1)
+        if shard:
+            shards.append(shard.finish())
+    prune(store, (s["name"] for s in shards))
     counts: dict[str, int] = {}
     for record in records:
         counts[record["source"]] = counts.get(record["source"], 0) + 1
@@ -486,7 +481,6 @@ def write_build(
         index["bands"] = bands
     if curation is not None:
         index["curation"] = {s: dict(c) for s, c in curation.items()}
-    tmp_index = out_dir / f"{INDEX}.tmp"
-    tmp_index.write_text(json.dumps(index, indent=1))
-    os.replace(tmp_index, out_dir / INDEX)
+    store.put_bytes(INDEX, json.dumps(index, indent=1).encode())
+    store.close()
     return index

@@ -120,10 +120,15 @@ def _parser() -> argparse.ArgumentParser:
         "deterministic for the seed; a source with too few images stops the build unless it "
         "says allow_short: true), shuffle across sources, and write reproducible tar shards "
         "with an index.json (counts, what curation removed per source, per-shard sha256, "
-        "sample keys and byte offsets) and a dataset card.",
+        "sample keys and byte offsets) and a dataset card. --to writes TO/BUILD instead: a "
+        "directory every Ray node mounts, or s3://bucket/prefix, each shard uploaded as it is "
+        "finished (by the Ray task that wrote it) and index.json last.",
     )
     shard.add_argument("builds", nargs="*", metavar="BUILD", help="build names under `builds:`")
     shard.add_argument("--all", action="store_true", help="every build")
+    shard.add_argument("--to", metavar="DIR_OR_S3_URL",
+                       help="write TO/BUILD (a shared directory or s3://bucket/prefix; "
+                       "default: paths.shards). S3 credentials: boto3's chain, on every node")
     _add_engine_args(shard)
     add_params_arg(shard)
 
@@ -350,7 +355,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not names:
             raise ParamsError("name at least one build, or pass --all")
         indexes = [shard_stage.run_shard(params, b, data, progress=not args.no_progress,
-                                         engine=args.engine, ray_address=args.ray_address)
+                                         engine=args.engine, ray_address=args.ray_address,
+                                         to=args.to)
                    for b in names]
         print(shard_stage.shard_table(indexes))
         return 0

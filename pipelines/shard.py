@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from geopile.shards import (
     shortfall_message,
     write_build,
 )
-from pipelines.common import atomic_write_text
+from geopile.shardstore import LocalStore, ShardStore, open_store
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 
 log = logging.getLogger(__name__)
@@ -48,20 +46,27 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _copy_boundary_plot(params: dict[str, Any], out: Path) -> str | None:
-    """Copy curate's boundary contact sheet beside the build (atomically); its name, or None.
+def _copy_boundary_plot(params: dict[str, Any], store: ShardStore) -> str | None:
+    """Store curate's boundary contact sheet beside the build; its name, or None.
 
     A copy left from an earlier build is removed when curate drew none this time.
     """
     source = reports_dir(params) / "plots" / BOUNDARY_PLOT
-    target = out / BOUNDARY_PLOT
     if not source.exists():
-        target.unlink(missing_ok=True)
+        store.delete(BOUNDARY_PLOT)
         return None
-    tmp = out / f".{BOUNDARY_PLOT}.tmp"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    store.put_bytes(BOUNDARY_PLOT, source.read_bytes())
     return BOUNDARY_PLOT
+
+
+def destination(params: dict[str, Any], build: str, to: str | None = None) -> ShardStore:
+    """Where ``build`` is written: ``paths.shards/BUILD``, or ``TO/BUILD``.
+
+    ``to``: a directory (every Ray node's shared mount) or ``s3://bucket/prefix``.
+    """
+    if to is None:
+        return LocalStore(shards_dir(params) / build)
+    return open_store(f"{str(to).rstrip('/')}/{build}")
 
 
 def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
@@ -88,8 +93,11 @@ def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
 
 
 def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
-              engine: str | None = None, ray_address: str | None = None) -> dict:
+              engine: str | None = None, ray_address: str | None = None,
+              to: str | None = None) -> dict:
     """Select (one image per duplicate cluster), shuffle and write one build; returns its index.
+
+    ``to``: write to ``TO/BUILD`` instead of ``paths.shards/BUILD`` (:func:`destination`).
 
     Raises :class:`geopile.shards.BuildError` naming every source that falls short of its cap,
     unless the build allows it (``allow_short: true``).
@@ -112,7 +120,7 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
                     priority=params["curate"]["priority"],
                     pairs=duplicates.get("pairs") or (),
                     curate_counts=(report or {}).get("counts"))
-    out = shards_dir(params) / build
+    out = destination(params, build, to)
     with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
               disable=not progress) as bar:
         index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
@@ -121,7 +129,7 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
                             engine=engine or params["ingest"].get("engine") or "local",
                             ray_address=ray_address or params["ingest"].get("ray_address"))
     plot = _copy_boundary_plot(params, out)
-    atomic_write_text(out / CARD, render_card(index, params, report, boundary_plot=plot))
+    out.put_bytes(CARD, render_card(index, params, report, boundary_plot=plot).encode())
     if chosen.shortfall:
         log.warning("%s (allow_short: true, written as is)",
                     shortfall_message(build, chosen.curation))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from geopile.params import load_params
-from geopile.world.world import PARAMS_OVERLAY, load_truth, world_down, world_up
+from geopile.world.world import PARAMS_OVERLAY, load_truth, s3_client, world_down, world_up
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +25,14 @@ def torchrun(args: list[str], procs: int = 2, timeout: int = 300,
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
          "--standalone", "-m", module, *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix/`` of the world's bucket, by name below the prefix."""
+    client = s3_client(endpoint)
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+    return {o["Key"][len(prefix) + 1:]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"]
+            .read() for page in pages for o in page.get("Contents", ())}
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,10 @@ from geopile.ingest import ingest  # noqa: E402
 from geopile.params import source_params  # noqa: E402
 from geopile.records import read_records, records_path  # noqa: E402
 from geopile.shards import INDEX, ShardConfig, write_build  # noqa: E402
+from geopile.shardstore import open_store  # noqa: E402
 from geopile.sources import create_source  # noqa: E402
+from geopile.world.world import s3_client, world_env  # noqa: E402
+from tests.conftest import s3_objects  # noqa: E402
 from tests.killing import kill_once  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -44,12 +47,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(args: list[str], temp: Path) -> subprocess.Popen:
-    """``ray start ... --block`` in its own process group: killing the group kills the node."""
+def _node(args: list[str], temp: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``ray start ... --block`` in its own process group: killing the group kills the node.
+
+    ``env``: the node's S3 credentials and endpoint (the world's), as a real node would have.
+    """
     cmd = [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
            "--disable-usage-stats", *args]
     log = open(temp / f"node-{len(list(temp.glob('node-*.log')))}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **env})
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -68,7 +75,8 @@ def _stop(proc: subprocess.Popen) -> None:
 class Cluster:
     """A head and one more node on 127.0.0.1; ``add_node``/``kill_node`` for the second."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         # unix socket paths must stay short: not pytest's tmp_path
         self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
         self.port = _free_port()
@@ -76,7 +84,7 @@ class Cluster:
         self.head = _node(["--head", "--port", str(self.port), "--include-dashboard=false",
                            "--temp-dir", str(self.temp), "--ray-client-server-port",
                            str(_free_port()), "--node-manager-port", str(_free_port()),
-                           "--object-manager-port", str(_free_port())], self.temp)
+                           "--object-manager-port", str(_free_port())], self.temp, env)
         self.nodes: list[subprocess.Popen] = []
         self.wait_cpus(1)
         self.add_node()
@@ -84,7 +92,7 @@ class Cluster:
     def add_node(self) -> None:
         self.nodes.append(_node(["--address", self.address, "--node-manager-port",
                                  str(_free_port()), "--object-manager-port",
-                                 str(_free_port())], self.temp))
+                                 str(_free_port())], self.temp, self.env))
         self.wait_cpus(1 + len(self.nodes))
 
     def wait_cpus(self, n: int) -> None:
@@ -105,8 +113,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(world) -> Iterator[Cluster]:
+    c = Cluster(world_env(world["s3"]))
     try:
         yield c
     finally:
@@ -160,6 +168,40 @@ def test_ray_ingest_and_shards_match_local(cluster, local, tmp_path):
     assert index_ray == index_local
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
     assert (tmp_path / "ray" / INDEX).exists()
+
+
+def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch):
+    """Each Ray task uploads the shard it wrote to S3 (the world's); the driver, the index last.
+
+    The objects are the local engine's files; a rerun re-sends only what S3 lacks (a shard
+    whose sha256 metadata matches is trusted, as ``geopile push`` does).
+    """
+    for key, value in world_env(world["s3"]).items():
+        monkeypatch.setenv(key, value)
+    params, reference = local
+    selection = pa.concat_tables([read_records(records_path(reference, n)) for n in SOURCES])
+    config = dataclasses.replace(ShardConfig.from_params(params["shard"]), max_samples=7)
+    seed = int(params["seed"])
+    index_local = write_build(selection, reference, tmp_path / "local", "t", seed, config)
+    want = _files(tmp_path / "local")
+    url = f"s3://{world['bucket']}/ray-s3/t"
+    index_s3 = write_build(selection, reference, open_store(url), "t", seed, config,
+                           engine="ray", ray_address=cluster.address)
+    assert index_s3 == index_local
+    assert s3_objects(world["s3"], world["bucket"], "ray-s3/t") == want
+
+    # a rerun (a driver killed after some uploads): shards already there are not sent again
+    client = s3_client(world["s3"])
+    first, second = index_local["shards"][0], index_local["shards"][1]
+    client.put_object(Bucket=world["bucket"], Key=f"ray-s3/t/{first['name']}", Body=b"trusted",
+                      Metadata={"sha256": first["sha256"]})
+    client.delete_object(Bucket=world["bucket"], Key=f"ray-s3/t/{second['name']}")
+    write_build(selection, reference, open_store(url), "t", seed, config, engine="ray",
+                ray_address=cluster.address)
+    got = s3_objects(world["s3"], world["bucket"], "ray-s3/t")
+    assert got[first["name"]] == b"trusted"  # skipped by its metadata
+    assert got[second["name"]] == want[second["name"]]  # missing: written again
+    assert {k for k in got if got[k] != want[k]} == {first["name"]}
 
 
 def test_dead_node_and_killed_driver_end_identical(cluster, local, tmp_path):

@@ -22,8 +22,10 @@ from PIL import Image
 
 from geopile.records import read_records
 from geopile.shards import INDEX, ShardConfig, select, write_build
+from geopile.world.world import s3_client, world_env
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 from pipelines.shard import run_shard, shards_dir
+from tests.conftest import s3_objects
 from tests.killing import kill_once
 
 
@@ -240,3 +242,21 @@ def test_dataset_card_lists_sources_licences_and_hashes(built):
             assert shard["sha256"] in body
         assert "@inproceedings{mendieta2023gfm" in body
         assert "sig=" not in text and "secret" not in text.lower()
+
+
+def test_shard_to_s3_writes_the_local_bytes(built, world, monkeypatch):
+    """``geopile shard BUILD --to s3://...``: every file of the local build, and nothing else.
+
+    A stale index and a shard of an earlier, larger build under the prefix are removed.
+    """
+    for key, value in world_env(world["s3"]).items():
+        monkeypatch.setenv(key, value)
+    build = next(iter(built["builds"]))
+    client = s3_client(world["s3"])
+    for stale in (INDEX, "shard-000999.tar"):
+        client.put_object(Bucket=world["bucket"], Key=f"to-test/{build}/{stale}", Body=b"old")
+    run_shard(built, build, Path(built["paths"]["data"]), progress=False,
+              to=f"s3://{world['bucket']}/to-test")
+    local = shards_dir(built) / build
+    want = {p.name: p.read_bytes() for p in local.iterdir() if p.is_file()}
+    assert s3_objects(world["s3"], world["bucket"], f"to-test/{build}") == want

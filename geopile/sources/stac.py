@@ -309,7 +309,7 @@ class StacSource(Source):
         h, w, c = pixels.shape
         digest = xxhash.xxh3_128(np.ascontiguousarray(pixels).tobytes())  # all bands, exact
         digest.update(f"{h}x{w}x{c}:{pixels.dtype.name}".encode())
-        mean, std = band_stats(pixels, nodata=0)
+        mean, std = band_stats(pixels, valid=~nodata)  # the pixels nodata_fraction counts
         item = task.item
         name = cand.key.split("/", 1)[1]
         row = {

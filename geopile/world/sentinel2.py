@@ -7,20 +7,25 @@ is stored as processing baseline 04.00 and later store it: DN = 10000 x reflecta
 bands, heavier on later dates, so the query filter (``eo:cloud_cover``) and the window cloud
 filter both have something to reject; one tile has a nodata wedge (the swath edge). The tiles are
 small (720 px at 10 m) so the whole world still builds in seconds. Same seed, same bytes.
+
+The items' fields, names and JSON types follow a real item of the PC's API
+(``tests/data/pc_sentinel2_l2a_item.json``; ``tests/test_s2_reference.py`` compares them). Like
+the PC's, they carry no ``raster:bands``: the offset is known only from ``s2:processing_baseline``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform as reproject_points
 from scipy.ndimage import gaussian_filter
 
 S2_PREFIX = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/"
@@ -29,7 +34,10 @@ COLLECTION = "sentinel-2-l2a"
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 SIDE_M = 7200  # ground side of a miniature tile (real ones: 109,800 m)
 BOA_ADD_OFFSET = 1000
-# band, common name, description, centre and width (um), gsd: the PC's eo:bands
+BASELINE = "05.09"  # s2:processing_baseline: 04.00 and later carry BOA_ADD_OFFSET
+LICENSE = "https://sentinel.esa.int/documents/247904/690755/Sentinel_Data_Legal_Notice"
+# band, common name, description, centre and width (um), gsd: the PC's eo:bands (its B09 has
+# no common_name; tests/data/pc_sentinel2_l2a_item.json is a real item to compare with)
 BANDS = (
     ("B01", "coastal", "Band 1 - Coastal aerosol", 0.443, 0.027, 60),
     ("B02", "blue", "Band 2 - Blue", 0.49, 0.098, 10),
@@ -40,7 +48,7 @@ BANDS = (
     ("B07", "rededge", "Band 7 - Vegetation red edge 3", 0.783, 0.028, 20),
     ("B08", "nir", "Band 8 - NIR", 0.842, 0.145, 10),
     ("B8A", "rededge", "Band 8A - Vegetation red edge 4", 0.865, 0.033, 20),
-    ("B09", "nir09", "Band 9 - Water vapor", 0.945, 0.026, 60),
+    ("B09", None, "Band 9 - Water vapor", 0.945, 0.026, 60),
     ("B11", "swir16", "Band 11 - SWIR (1.6)", 1.61, 0.143, 20),
     ("B12", "swir22", "Band 12 - SWIR (2.2)", 2.19, 0.242, 20),
 )
@@ -131,21 +139,48 @@ def _write_cog(path: Path, data: np.ndarray, epsg: int, transform: rasterio.Affi
 
 
 def _asset(href: str, title: str, gsd: int, west: int, north: int, extra: dict) -> dict:
+    """A band asset as the PC writes it: its own grid, numbers as floats."""
     n = SIDE_M // gsd
+    bbox = [west, north - SIDE_M, west + SIDE_M, north]
     return {"href": href, "type": COG_TYPE, "title": title, "roles": ["data"], "gsd": float(gsd),
-            "proj:shape": [n, n], "proj:bbox": [west, north - SIDE_M, west + SIDE_M, north],
-            "proj:transform": [gsd, 0, west, 0, -gsd, north], **extra}
+            "proj:shape": [n, n], "proj:bbox": [float(v) for v in bbox],
+            "proj:transform": [float(v) for v in (gsd, 0, west, 0, -gsd, north)], **extra}
+
+
+def _earth_sun_factor(day: date) -> float:
+    """``s2:reflectance_conversion_factor``: the Earth-Sun distance correction of the day."""
+    doy = day.timetuple().tm_yday
+    return round(1 / (1 - 0.01673 * math.cos(0.0172 * (doy - 4))) ** 2, 14)
+
+
+def _footprint(epsg: int, west: int, north: int, wedge: float) -> list[list[float]]:
+    """The data footprint's ring in lon/lat, as the PC's geometry (7 decimals).
+
+    The tile's corners (NW, NE, SE, SW) reprojected, with the nodata wedge (a triangle at the NW
+    corner) cut off.
+    """
+    east, south = west + SIDE_M, north - SIDE_M
+    xs, ys = [west, east, east, west], [north, north, south, south]
+    if wedge:
+        xs[0] = west + wedge * SIDE_M  # the wedge spans the top row to here, the left column
+    lons, lats = reproject_points(f"EPSG:{epsg}", "EPSG:4326", xs, ys)
+    ring = [[round(x, 7), round(y, 7)] for x, y in zip(lons, lats, strict=True)]
+    return [*ring, ring[0]]
 
 
 def _item(tile: int, when: int, world_dir: Path, seed: int) -> tuple[dict, dict]:
-    mgrs, epsg, west, north, orbit, _ = TILES[tile]
+    mgrs, epsg, west, north, orbit, wedge = TILES[tile]
     day = DATES[when]
     platform = "Sentinel-2A" if (tile + when) % 2 else "Sentinel-2B"
-    stamp = f"{day:%Y%m%d}T18{5 + tile}919"
-    product = (f"S2{platform[-1]}_MSIL2A_{stamp}_N0509_R{orbit:03d}_T{mgrs}_"
-               f"{day:%Y%m%d}T23{tile}221")
-    item_id = f"S2{platform[-1]}_MSIL2A_{stamp}_R{orbit:03d}_T{mgrs}_{day:%Y%m%d}T23{tile}221"
-    granule = f"L2A_T{mgrs}_A0{41642 + 10 * when + tile}_{stamp}"
+    sat = f"S2{platform[-1]}"
+    stamp = f"{day:%Y%m%d}T18{50 + tile}19"  # the sensing start: the item's datetime
+    generated = f"{day:%Y%m%d}T23{tile}221"  # the product discriminator: its generation time
+    baseline = f"N{BASELINE.replace('.', '')}"
+    product = f"{sat}_MSIL2A_{stamp}_{baseline}_R{orbit:03d}_T{mgrs}_{generated}"
+    item_id = f"{sat}_MSIL2A_{stamp}_R{orbit:03d}_T{mgrs}_{generated}"
+    absolute_orbit = 41642 + 10 * when + tile
+    granule = f"L2A_T{mgrs}_A{absolute_orbit:06d}_{stamp}"
+    ground = f"2{platform[-1]}PS"  # ESA's processing centre of baseline 04.00+ (Esri's: ESRI)
     base = (f"{S2_PREFIX}{mgrs[:2]}/{mgrs[2]}/{mgrs[3:]}/{day:%Y/%m/%d}/{product}.SAFE/"
             f"GRANULE/{granule}/IMG_DATA")
     refl, scl = _scene(tile, when, seed)
@@ -162,8 +197,8 @@ def _item(tile: int, when: int, world_dir: Path, seed: int) -> tuple[dict, dict]
         rel = "http/" + href.split("://", 1)[1]
         _write_cog(world_dir / rel, band, epsg, transform, name)
         files.append(rel)
-        eo = {"name": name, "common_name": common, "description": title.split(" - ", 1)[1],
-              "center_wavelength": centre, "full_width_half_max": width}
+        eo = {"name": name, **({"common_name": common} if common else {}),
+              "description": title, "center_wavelength": centre, "full_width_half_max": width}
         assets[name] = _asset(href, f"{title} - {gsd}m", gsd, west, north, {"eo:bands": [eo]})
     href = f"{base}/R20m/T{mgrs}_{stamp}_SCL_20m.tif"
     rel = "http/" + href.split("://", 1)[1]
@@ -175,28 +210,32 @@ def _item(tile: int, when: int, world_dir: Path, seed: int) -> tuple[dict, dict]
     pct = {c: round(100 * float((scl[valid] == c).mean()), 6) for c in range(12)}
     cloud_cover = round(pct[8] + pct[9] + pct[10], 6)
     nodata_pct = round(100 * float((~valid).mean()), 6)
-    w, s, e, n = transform_bounds(f"EPSG:{epsg}", "EPSG:4326", west, north - SIDE_M,
-                                  west + SIDE_M, north)
-    ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+    ring = _footprint(epsg, west, north, wedge)
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
     collection_href = f"{PC_STAC}/collections/{COLLECTION}"
+    gen_time = datetime.strptime(generated, "%Y%m%dT%H%M%S")
     item = {
         "type": "Feature", "stac_version": "1.0.0",
         "stac_extensions": ["https://stac-extensions.github.io/eo/v1.0.0/schema.json",
                             "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
                             "https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
         "id": item_id, "collection": COLLECTION,
-        "bbox": [round(w, 6), round(s, 6), round(e, 6), round(n, 6)],
-        "geometry": {"type": "Polygon", "coordinates": [[[round(x, 6), round(y, 6)]
-                                                         for x, y in ring]]},
+        "bbox": [min(lons), min(lats), max(lons), max(lats)],
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
         "properties": {
             "datetime": f"{day.isoformat()}T18:{50 + tile}:19.024000Z",
             "platform": platform, "constellation": "Sentinel 2", "instruments": ["msi"],
             "proj:epsg": epsg, "s2:mgrs_tile": mgrs, "eo:cloud_cover": cloud_cover,
-            "s2:granule_id": f"S2{platform[-1]}_OPER_MSI_L2A_TL_ESRI_{day:%Y%m%d}_{granule}",
+            "s2:granule_id": (f"{sat}_OPER_MSI_L2A_TL_{ground}_{generated}_A{absolute_orbit:06d}"
+                              f"_T{mgrs}_N{BASELINE}"),
+            "s2:datatake_id": f"G{sat}_{stamp}_{absolute_orbit:06d}_N{BASELINE}",
+            "s2:datastrip_id": (f"{sat}_OPER_MSI_L2A_DS_{ground}_{generated}_S{stamp}"
+                                f"_N{BASELINE}"),
             "s2:product_uri": f"{product}.SAFE", "s2:product_type": "S2MSI2A",
-            "s2:processing_baseline": "05.09", "s2:datatake_type": "INS-NOBS",
+            "s2:generation_time": f"{gen_time:%Y-%m-%dT%H:%M:%S}.000Z",
+            "s2:processing_baseline": BASELINE, "s2:datatake_type": "INS-NOBS",
             "sat:orbit_state": "descending", "sat:relative_orbit": orbit,
-            "s2:nodata_pixel_percentage": nodata_pct,
+            "s2:nodata_pixel_percentage": nodata_pct, "s2:degraded_msi_data_percentage": 0.0,
             "s2:saturated_defective_pixel_percentage": 0.0, "s2:dark_features_percentage": 0.0,
             "s2:cloud_shadow_percentage": pct[3], "s2:vegetation_percentage": pct[4],
             "s2:not_vegetated_percentage": pct[5], "s2:water_percentage": pct[6],
@@ -204,6 +243,7 @@ def _item(tile: int, when: int, world_dir: Path, seed: int) -> tuple[dict, dict]
             "s2:high_proba_clouds_percentage": pct[9], "s2:thin_cirrus_percentage": pct[10],
             "s2:snow_ice_percentage": 0.0, "s2:mean_solar_zenith": 25.0 + 5 * when,
             "s2:mean_solar_azimuth": 140.0 + tile,
+            "s2:reflectance_conversion_factor": _earth_sun_factor(day),
         },
         "links": [
             {"rel": "collection", "type": "application/json", "href": collection_href},
@@ -211,6 +251,7 @@ def _item(tile: int, when: int, world_dir: Path, seed: int) -> tuple[dict, dict]
             {"rel": "root", "type": "application/json", "href": f"{PC_STAC}/"},
             {"rel": "self", "type": "application/geo+json",
              "href": f"{collection_href}/items/{item_id}"},
+            {"rel": "license", "href": LICENSE},
         ],
         "assets": assets,
     }

@@ -37,7 +37,7 @@ from geopile.world.downstream import Fixture, build_downstream
 from geopile.world.naip import AZURE_PREFIX, build_naip
 from geopile.world.sentinel2 import S2_PREFIX, build_sentinel2
 
-WORLD_VERSION = 6  # bumped whenever build_world writes something new; older worlds are rebuilt
+WORLD_VERSION = 7  # bumped whenever build_world writes something new; older worlds are rebuilt
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
