@@ -35,6 +35,20 @@ def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
             .read() for page in pages for o in page.get("Contents", ())}
 
 
+def shard_members(build: Path) -> dict[str, dict[str, bytes]]:
+    """``key -> {ext: bytes}`` of every shard of the build (a member seen twice fails)."""
+    import tarfile
+
+    out: dict[str, dict[str, bytes]] = {}
+    for tar in sorted(build.glob("shard-*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t.getmembers():
+                key, ext = m.name.split(".", 1)
+                assert ext not in out.get(key, {}), f"{key}.{ext} twice"
+                out.setdefault(key, {})[ext] = t.extractfile(m).read()
+    return out
+
+
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly generated world (no servers)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import cv2
@@ -27,6 +26,7 @@ from geopile.params import deep_merge, load_params
 from geopile.shards import INDEX, BuildError, ShardConfig, _caps, write_build
 from pipelines.loader import GeoPileLoader
 from pipelines.shard import check_sources, run_shard
+from tests.conftest import shard_members
 
 REPO = Path(__file__).resolve().parents[1]
 # params.yaml's commented sentinel2 build (uncommented once the source is enabled and ingested)
@@ -90,18 +90,8 @@ def s2(tmp_path_factory) -> dict:
     return {"dir": out, "records": records, "tiffs": tiffs, "index": index, "data": data}
 
 
-def _members(build: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(build.glob("shard-*.tar")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                key, ext = m.name.split(".", 1)
-                out.setdefault(key, {})[ext] = t.extractfile(m).read()
-    return out
-
-
 def test_tif_members_are_the_ingested_bytes_and_json_carries_bands(s2):
-    members = _members(s2["dir"])
+    members = shard_members(s2["dir"])
     assert set(members) == set(s2["tiffs"])
     for key, m in members.items():
         assert m["tif"] == s2["tiffs"][key]
@@ -186,7 +176,7 @@ def test_a_jpeg_build_asked_for_bands_fails_clearly(tmp_path):
                         "label_id": None, "xxh3_pixels": f"{i:016x}", "phash": i})
     index = write_build(pa.Table.from_pylist(records), data, tmp_path / "rgb", "rgb", 0, CONFIG)
     assert "bands" not in index
-    meta = json.loads(_members(tmp_path / "rgb")["rgb/0"]["json"])
+    meta = json.loads(shard_members(tmp_path / "rgb")["rgb/0"]["json"])
     assert "band_names" not in meta and "dtype" not in meta  # existing JSON unchanged
     with pytest.raises(BandError, match="holds no multi-band samples.*pretrain.bands"):
         GeoPileLoader(str(tmp_path / "rgb"), batch_size=2, bands=["B04", "B03", "B02"])

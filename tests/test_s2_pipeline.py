@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from geopile.world.world import PARAMS_OVERLAY
 from pipelines.cli import main
 from pipelines.curate import curated_path
 from pipelines.loader import GeoPileLoader
+from tests.conftest import shard_members
 
 REPO = Path(__file__).resolve().parents[1]
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
@@ -45,18 +45,6 @@ TOKEN_MARKS = ("SECRETSIGNATURE", "sig=", "se=", "st=", "sp=rl")
 
 def _when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _members(build: Path) -> dict[str, dict[str, bytes]]:
-    """``key -> {ext: bytes}`` of every shard of the build."""
-    out: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(build.glob("shard-*.tar")):
-        with tarfile.open(tar) as t:
-            for m in t.getmembers():
-                key, ext = m.name.split(".", 1)
-                assert ext not in out.get(key, {}), f"{key}.{ext} twice"
-                out.setdefault(key, {})[ext] = t.extractfile(m).read()
-    return out
 
 
 def _read(tiff: bytes, bands: list[str]) -> np.ndarray:
@@ -128,7 +116,7 @@ def test_sentinel2_from_stac_to_loader_batches(world, world_dir, truth, tmp_path
     curated = read_records(curated_path(data)).to_pylist()
     assert {r["source"] for r in curated} == {"sentinel2"}
     index = json.loads((build / INDEX).read_text())
-    members = _members(build)
+    members = shard_members(build)
 
     # --- the shards hold one sample per curated cluster, each the ingested bytes ------------
     clusters = {r["cluster"] for r in curated}
