@@ -273,6 +273,14 @@ def _query(value: Any) -> Any:
     return value
 
 
+class Harmonize(Block):
+    """A collection's change of scale: subtract ``offset`` from the bands of later items."""
+
+    property: Text = Field(description="the item property that dates the change")
+    since: Text = Field(description="items whose property is >= this (as text) are shifted")
+    offset: int = Field(gt=0, description="added to every band value by later processing")
+
+
 class StacSettings(StacSearch):
     """``type: stac``: multi-band patches of any STAC collection (geopile/sources/stac.py)."""
 
@@ -298,6 +306,8 @@ class StacSettings(StacSearch):
     backoff_s: Omit[Number] = Field(None, ge=0, description="seconds before the first retry")
     gdal_env: Omit[dict[str, str | int | float | bool]] = Field(
         None, description="GDAL configuration options for the COG reads")
+    harmonize: Omit[Harmonize] = Field(
+        None, description="put items of a later processing baseline on the earlier scale")
 
 
 class Rsd46Settings(SourceSettings):

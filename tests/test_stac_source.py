@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,8 +19,9 @@ from geopile.ingest import ingest
 from geopile.params import source_params
 from geopile.records import read_records, records_path, rejects_path
 from geopile.sources import create_source
-from geopile.sources.stac import query_filter, stratum_of
+from geopile.sources.stac import StacSource, query_filter, stratum_of
 from geopile.stac import ItemRef
+from geopile.world.sentinel2 import BOA_ADD_OFFSET
 from tests.killing import kill_once
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
@@ -43,6 +45,22 @@ def test_query_filter_has_the_query_extension_semantics():
     assert query_filter(None)({})
     with pytest.raises(ValueError, match="sources.s2.query.x: unknown operator 'like'"):
         query_filter({"x": {"like": 1}}, "sources.s2.query")
+
+
+def test_harmonize_shifts_only_later_baselines():
+    rule = {"property": "s2:processing_baseline", "since": "04.00", "offset": 1000}
+    source = SimpleNamespace(params={"harmonize": rule})
+    item = ItemRef("id", "2022-07-15T18:50:19Z", 32610, (0, 0, 1, 1), {}, {})
+    for baseline, shifted in (("02.12", False), ("03.01", False), ("04.00", True),
+                              ("05.09", True)):
+        item.properties["s2:processing_baseline"] = baseline
+        assert StacSource.shifted(source, item) is shifted, baseline
+    item.properties.clear()  # no baseline recorded: left as published
+    assert not StacSource.shifted(source, item)
+    assert not StacSource.shifted(SimpleNamespace(params={}), item)
+    dn = np.array([[[0, 999, 1000, 1001, 11000]]], dtype=np.uint16)
+    out = StacSource.harmonized(source, dn)
+    assert out.dtype == np.uint16 and out.tolist() == [[[0, 0, 0, 1, 10000]]]
 
 
 def test_stratum_keys():
@@ -107,8 +125,8 @@ def test_sentinel2_patches_are_lossless_filtered_and_stratified(params, world_di
         pixels, fmt = decode(raw)
         assert fmt == "tiff" and pixels.dtype == np.uint16 and pixels.shape == (size, size, 12)
         assert band_names(raw) == S2
-        valid = ~(pixels == 0).all(axis=2)
-        vals = pixels[valid].astype(np.float64)
+        assert row["nodata_fraction"] == 0  # max_nodata 0: every pixel is data
+        vals = pixels.reshape(-1, 12).astype(np.float64)
         assert np.allclose(row["band_mean"], vals.mean(axis=0), rtol=1e-5)
         assert np.allclose(row["band_std"], vals.std(axis=0), rtol=1e-5, atol=1e-3)
         # each band equals a direct read of the source COG's window, resampled (average)
@@ -123,6 +141,8 @@ def test_sentinel2_patches_are_lossless_filtered_and_stratified(params, world_di
             window = rasterio.windows.Window((left - tile_west) / gsd, (4200000 - top) / gsd,
                                              size * 10 / gsd, size * 10 / gsd)
             direct = _direct(world_dir, item["bands"][name], window, size, Resampling.average)
+            # the world's items are baseline 05.09 (DN + 1000): harmonized to the old scale
+            direct = np.maximum(direct, BOA_ADD_OFFSET) - BOA_ADD_OFFSET
             assert np.array_equal(pixels[..., b], direct), (row["key"], name)
     preview = rgb_preview(pixels, S2)
     assert preview.dtype == np.uint8 and preview.shape == (size, size, 3)

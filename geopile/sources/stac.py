@@ -275,6 +275,24 @@ class StacSource(Source):
                 env["AWS_PROFILE"] = str(self.params["aws_profile"])
         return env
 
+    def shifted(self, item: ItemRef) -> bool:
+        """Whether ``harmonize`` applies to ``item`` (its property is at or past ``since``).
+
+        Sentinel-2 L2A from processing baseline 04.00 (January 2022) stores DN + 1000
+        (``BOA_ADD_OFFSET``); the Planetary Computer's recipe puts those items back on the
+        earlier scale, so one corpus has one scale.
+        """
+        rule = self.params.get("harmonize")
+        if not rule:
+            return False
+        value = item.properties.get(rule["property"])
+        return value is not None and str(value) >= str(rule["since"])
+
+    def harmonized(self, pixels: np.ndarray) -> np.ndarray:
+        """``clip(DN, offset) - offset``, in the stored dtype (the Planetary Computer's recipe)."""
+        offset = int(self.params["harmonize"]["offset"])
+        return (np.maximum(pixels, offset) - offset).astype(pixels.dtype)
+
     def process(self, cand: Candidate) -> Processed:
         """Read every band, filter (nodata, cloud, entropy), encode and measure one patch."""
         task: BoxTask = cand.task
@@ -287,7 +305,10 @@ class StacSource(Source):
         fine = min(range(len(reads)), key=lambda i: task.item.assets[self.assets[i]].gsd)
         patch = Patch(stack, reads[fine].crs, reads[fine].transform, reads[fine].bounds)
         pixels = np.moveaxis(stack, 0, -1)
-        nodata = (pixels == 0).all(axis=2)
+        nodata = (pixels == 0).all(axis=2)  # on the published values: 0 is nodata on any scale
+        if self.shifted(task.item):
+            pixels = self.harmonized(pixels)
+            patch = Patch(np.moveaxis(pixels, -1, 0), patch.crs, patch.transform, patch.bounds)
         cloud_fraction = None
         if self.cloud_asset:
             scl = self._read(task, self.cloud_asset, Resampling.nearest).pixels[0]
