@@ -59,17 +59,8 @@ def _symmetric(word: np.ndarray, w: int, s: int) -> np.ndarray:
 
 @pytest.mark.parametrize("bands", [4, 3])
 def test_crop_pairs_match_brute_force(bands):
-    rng = np.random.default_rng(5)
     n, radius, total = 400, 7, 24
-    hashes = rng.integers(0, 2**63, size=(n, 19, 2), dtype=np.uint64)
-    # plant copies: image j whole = a symmetry of crop c of image i, plus noise at many distances
-    for k in range(120):
-        i, j = rng.choice(n, 2, replace=False)
-        c, s = rng.integers(0, 19), rng.integers(0, 8)
-        for w in range(2):
-            noise = rng.choice(63, size=k % 12, replace=False)
-            hashes[j, 0, w] = _symmetric(hashes[i, c, w], w, s) ^ np.uint64(
-                sum(1 << int(b) for b in noise))
+    hashes = _planted_crops(n, 5, copies=120, noise_levels=12)
     rows = crop_pairs(hashes, radius, total, workers=2, bands=bands)
     variants = np.stack([np.stack([_symmetric(hashes[:, :, w], w, s) for s in range(8)], -1)
                          for w in range(2)], -1)  # (n, 17, 8, 2)
@@ -90,14 +81,17 @@ def test_crop_pairs_match_brute_force(bands):
         assert (c, s) == tuple(ties[np.lexsort((ties[:, 1], ties[:, 0]))[0]])
 
 
-def _planted_crops(n: int, seed: int) -> np.ndarray:
+def _planted_crops(n: int, seed: int, copies: int | None = None,
+                   noise_levels: int = 10) -> np.ndarray:
+    """Random crop hashes with planted copies: image j whole = a symmetry of crop c of image
+    i, plus 0..noise_levels-1 flipped bits (``copies``: n // 10 by default)."""
     rng = np.random.default_rng(seed)
     hashes = rng.integers(0, 2**63, size=(n, 19, 2), dtype=np.uint64)
-    for k in range(n // 10):
+    for k in range(n // 10 if copies is None else copies):
         i, j = rng.choice(n, 2, replace=False)
         c, s = rng.integers(0, 19), rng.integers(0, 8)
         for w in range(2):
-            noise = rng.choice(63, size=k % 10, replace=False)
+            noise = rng.choice(63, size=k % noise_levels, replace=False)
             hashes[j, 0, w] = _symmetric(hashes[i, c, w], w, s) ^ np.uint64(
                 sum(1 << int(b) for b in noise))
     return hashes

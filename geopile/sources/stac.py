@@ -302,13 +302,12 @@ class StacSource(Source):
                 raise BadImage(f"asset {asset} has {patch.pixels.shape[0]} bands; "
                                f"{self.where}.assets takes single-band assets")
         stack = np.concatenate([r.pixels for r in reads])
+        nodata = (stack == 0).all(axis=0)  # on the published values: 0 is nodata on any scale
+        if self.shifted(task.item):
+            stack = self.harmonized(stack)
         fine = min(range(len(reads)), key=lambda i: task.item.assets[self.assets[i]].gsd)
         patch = Patch(stack, reads[fine].crs, reads[fine].transform, reads[fine].bounds)
         pixels = np.moveaxis(stack, 0, -1)
-        nodata = (pixels == 0).all(axis=2)  # on the published values: 0 is nodata on any scale
-        if self.shifted(task.item):
-            pixels = self.harmonized(pixels)
-            patch = Patch(np.moveaxis(pixels, -1, 0), patch.crs, patch.transform, patch.bounds)
         cloud_fraction = None
         if self.cloud_asset:
             scl = self._read(task, self.cloud_asset, Resampling.nearest).pixels[0]
