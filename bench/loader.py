@@ -1,6 +1,7 @@
 """Loader throughput per core: GeoPile beside MosaicML streaming and litdata, same images.
 
     .venv/bin/python -m bench.loader [--per-class 20] [--batch 64] [--rounds 10]
+    .venv/bin/python -m bench.loader --only bc --against ../base   # another checkout, same runs
 
 Every pipeline reads the same JPEGs (the offline world's four scene corpora, 256 px), one epoch
 per run, each run in its own process pinned to one core with torch on one thread and no
@@ -19,6 +20,8 @@ machine hits all alike) and the table gives medians over the rounds.
     (target: at most 3%); (h) the xxh3 of every sample alone, its share of (b)'s time per image;
 (i) MosaicML StreamingDataset (MDS shards), local, and (j) from the same S3 server;
 (k) litdata StreamingDataset (optimized chunks), local, and (l) from the same S3 server.
+``--against DIR`` also runs (b) and (c) from another checkout of GeoPile (``git worktree add DIR
+COMMIT``) in the same rounds, on the same shards, and prints this tree's rate over that one's.
 The peers get GeoPile's own decode + augmentation (geopile.augment.GfmTransform) per sample and
 its SimMIM masks per batch, so they differ from (b) and (c) only in how they store, read,
 shuffle and batch. Each S3 run starts with an empty cache (a fresh process and directory); the
@@ -188,10 +191,12 @@ def run_one(key: str, data: Path, batch: int) -> dict:
 # the data, the rounds, the table
 
 
-def prepare(root: Path, per_class: int, endpoint: str, world: Path) -> int:
-    """Every store of the same JPEGs under ``root`` (and on S3); how many images."""
+def prepare(root: Path, per_class: int, endpoint: str, world: Path, peers: bool = True) -> int:
+    """Every store of the same JPEGs under ``root`` (and on S3); how many images.
+
+    ``peers``: MosaicML's and litdata's stores too (``make bench`` installs them).
+    """
     from bench.common import ingest_jpegs, shard_config
-    from bench.peers import write_litdata, write_mds
     from geopile.shards import write_build
     from geopile.world.world import upload_tree
 
@@ -205,20 +210,28 @@ def prepare(root: Path, per_class: int, endpoint: str, world: Path) -> int:
         target.write_bytes(blob)
     labels = [r["label_id"] if r["label_id"] is not None else -1 for r in records]
     samples = list(zip([r["key"] for r in records], blobs, labels, strict=True))
-    write_mds(samples, root / "mds")
-    write_litdata(samples, root / "litdata")
-    for name in ("shards", "mds", "litdata"):
+    stores = ["shards"]
+    if peers:
+        from bench.peers import write_litdata, write_mds
+
+        write_mds(samples, root / "mds")
+        write_litdata(samples, root / "litdata")
+        stores += ["mds", "litdata"]
+    for name in stores:
         url = upload_tree(endpoint, root / name, f"bench/{name}")
     (root / "s3.txt").write_text(url.rsplit("/", 1)[0])
     return len(blobs)
 
 
-def _child(key: str, root: Path, batch: int, core: int) -> dict:
+def _child(key: str, root: Path, batch: int, core: int, code: Path | None = None) -> dict:
+    """One run in a child pinned to ``core``; ``code``: another checkout's GeoPile runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if code is not None:  # ahead of the editable install on sys.path
+        env["PYTHONPATH"] = str(code)
     proc = subprocess.run([sys.executable, "-m", "bench.loader", "--one", key, "--data",
                            str(root), "--batch", str(batch)], env=env, capture_output=True,
-                          text=True, check=False, preexec_fn=lambda: os.sched_setaffinity(
-                              0, {core}))
+                          text=True, check=False, cwd=code,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     if proc.returncode != 0:
         raise RuntimeError(f"{NAMES[key]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -268,6 +281,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--only", default="".join(NAMES), help="pipelines to run, e.g. abik")
     parser.add_argument("--core", type=int, default=0, help="the core every run is pinned to")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout: also run its (b) and (c), same rounds and shards")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,14 +301,28 @@ def main() -> None:
         with running_world(root, args.per_class) as (world, endpoints):
             os.environ.update(AWS_ENDPOINT_URL=endpoints["s3"], AWS_ACCESS_KEY_ID="geopile",
                               AWS_SECRET_ACCESS_KEY="offline-world")
-            n = prepare(root, args.per_class, endpoints["s3"], world)
+            n = prepare(root, args.per_class, endpoints["s3"], world,
+                        peers=bool(set(PEERS) & set(keys)))
             results: dict[str, list[dict]] = {k: [] for k in keys}
+            against = [k for k in "bc" if k in keys] if args.against else []
+            results.update({f"{k}@": [] for k in against})
             for r in range(args.rounds):
                 for key in keys:
                     results[key].append(_child(key, root, args.batch, args.core))
+                    if key in against:
+                        results[f"{key}@"].append(_child(key, root, args.batch, args.core,
+                                                         args.against.resolve()))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{k} {v[-1]['images_per_s']:.0f}" for k, v in results.items()), flush=True)
-    report(results, n, args.batch)
+    report({k: v for k, v in results.items() if not k.endswith("@")}, n, args.batch)
+    for key in against:
+        mine, theirs = results[key], results[f"{key}@"]
+        each = [a["images_per_s"] / b["images_per_s"] for a, b in zip(mine, theirs, strict=True)]
+        ratio = (statistics.median(a["images_per_s"] for a in mine)
+                 / statistics.median(b["images_per_s"] for b in theirs))
+        print(f"{NAMES[key]}: this tree / {args.against} = {ratio:.3f} (rounds "
+              f"{min(each):.3f}-{max(each):.3f}, median of per-round ratios "
+              f"{statistics.median(each):.3f}); target >= 0.97")
 
 
 if __name__ == "__main__":

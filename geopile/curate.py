@@ -138,6 +138,13 @@ def _crop_hashes(column: pa.ChunkedArray, paths: list[str], data_dir: Path) -> n
     return out
 
 
+def _rotated(table: pa.Table) -> int:
+    """How many of a source's images were stored sideways and turned upright by their EXIF."""
+    if "orientation" not in table.column_names:
+        return 0
+    return table.num_rows - table["orientation"].null_count
+
+
 def curate(
     pretrain: Mapping[str, pa.Table],
     evaluation: Mapping[str, pa.Table],
@@ -229,7 +236,7 @@ def curate(
     counts: dict[str, dict[str, int]] = {}
     for name, table in pretrain.items():
         counts[name] = {"in": table.num_rows, **{r: 0 for r in REASONS}, "clustered": 0,
-                        "out": 0}
+                        "out": 0, "exif_rotated": _rotated(table)}
     removed = []
     sizes = np.bincount(label[alive & ~is_eval], minlength=n) if n else np.zeros(0, np.int64)
     for idx in range(n_pretrain):

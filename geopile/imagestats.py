@@ -9,19 +9,22 @@ Entropy definitions (the paper reports "mean image entropy" without one, FACTS.m
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
+from struct import error as struct_error
 
 import imagehash
 import numpy as np
 import xxhash
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.fft import dctn
 
 LOCAL_BLOCK = 16
+EXIF_ORIENTATION = 274  # the EXIF tag of the orientation
 # Size limits, checked from the image header before any pixel is decoded. GeoPile's largest
 # legitimate inputs are 600 x 600 (MLRSNet) and 256 x 256 patches, so 100 megapixels is generous;
 # a 17000 x 17000 PNG of 843 KB (289 MP) took 11.4 GB to decode and measure. Below 16 px a side
@@ -85,6 +88,7 @@ class ImageStats:
     entropy_local: float
     nodata_fraction: float
     crop_hashes: list[int]
+    orientation: int | None = None  # EXIF orientation applied at decode (None: upright)
 
     def as_row(self) -> dict[str, object]:
         """The record columns this object fills."""
@@ -275,7 +279,17 @@ def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS,
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS,
            min_side: int = MIN_SIDE) -> tuple[np.ndarray, str]:
+    """The pixels, upright, and the format of image bytes (see :func:`decode_oriented`)."""
+    pixels, fmt, _ = decode_oriented(data, max_pixels, min_side)
+    return pixels, fmt
+
+
+def decode_oriented(data: bytes, max_pixels: int = MAX_PIXELS,
+                    min_side: int = MIN_SIDE) -> tuple[np.ndarray, str, int]:
     """Decode image bytes fully (truncation is caught here, not at training time).
+
+    Returns the pixels, turned upright by the EXIF orientation (:func:`exif_orientation`), the
+    format as decoded and that orientation (1: stored upright).
 
     ``Image.open`` reads only the header, so the size is checked before anything is allocated
     for pixels: PIL alone would only warn about a 289-megapixel PNG and then decode it. A
@@ -290,16 +304,19 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS,
             check_size(*img.size, max_pixels=max_pixels, min_side=min_side)
             img.load()
             fmt = (img.format or "unknown").lower()
+            orientation = exif_orientation(img)
+            if orientation != 1:  # the pixels as the file says they are shown
+                img = ImageOps.exif_transpose(img)
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             if img.mode not in ("L", "RGB", "RGBA", "CMYK"):
                 if tiff:  # 16-bit or many bands: rasterio's
-                    return _decode_tiff(data, max_pixels, min_side)
+                    return (*_decode_tiff(data, max_pixels, min_side), 1)
                 raise BadImage(f"unsupported image mode {img.mode}")
             pixels = np.asarray(img.convert("RGB") if img.mode == "CMYK" else img)
     except UnidentifiedImageError as err:
         if tiff:  # PIL reads no TIFF of more than 4 bands
-            return _decode_tiff(data, max_pixels, min_side)
+            return (*_decode_tiff(data, max_pixels, min_side), 1)
         raise BadImage("not an image (no decoder recognises the bytes)") from err
     except Image.DecompressionBombError as err:  # past PIL's backstop (2 x MAX_IMAGE_PIXELS)
         raise BadImage(f"image too large: {err}") from err
@@ -307,14 +324,33 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS,
         if isinstance(err, BadImage):
             raise
         raise BadImage(f"corrupt or truncated image: {err}") from err
-    return pixels, fmt
+    return pixels, fmt, orientation
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image, 1 (upright) when absent or invalid.
+
+    2-8 are mirrors and quarter turns (EXIF 2.3, tag 274): a camera or phone stores its pixels
+    as the sensor read them and says here how to show them. Not every reader applies it
+    (libjpeg-turbo and simplejpeg do not, nor webdataset's decoders), so GeoPile applies it
+    once, at decode, and writes oriented pixels into shards (:func:`geopile.shards.encode_sample`).
+    """
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, struct_error):  # a damaged EXIF block: ignore it
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def image_stats(data: bytes, expected_bands: int | None = 3, *, max_pixels: int = MAX_PIXELS,
                 min_side: int = MIN_SIDE) -> ImageStats:
-    """Decode ``data`` and compute its statistics; raise :class:`BadImage` with the reason."""
-    pixels, fmt = decode(data, max_pixels, min_side)
+    """Decode ``data`` and compute its statistics; raise :class:`BadImage` with the reason.
+
+    The pixels are measured as shown, after the EXIF orientation (recorded in ``orientation``).
+    """
+    pixels, fmt, orientation = decode_oriented(data, max_pixels, min_side)
     bands = 1 if pixels.ndim == 2 else pixels.shape[2]
     if expected_bands is not None and bands != expected_bands:
         raise BadImage(f"wrong band count: {bands}, expected {expected_bands}")
-    return pixel_stats(pixels, data, fmt)
+    stats = pixel_stats(pixels, data, fmt)
+    return dataclasses.replace(stats, orientation=orientation if orientation != 1 else None)

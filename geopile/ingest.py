@@ -216,6 +216,7 @@ def ingest(
     candidates: Iterable[Candidate] = source.candidates()
     if quotas is None:
         candidates = list(candidates)
+        _refuse_shared_keys(ctx.name, candidates)
         total, initial = len(candidates), len(parts.done)
     else:
         total, initial = sum(quotas.values()), sum(accepted.values())
@@ -316,6 +317,25 @@ def ingest(
     summary.seconds = time.perf_counter() - started
     summary.processed_now = decided_now
     return summary
+
+
+def _refuse_shared_keys(name: str, candidates: list[Candidate]) -> None:
+    """Stop before any work when two inputs would share a key: one would be lost silently."""
+    seen: dict[str, Candidate] = {}
+    shared: list[str] = []
+    for cand in candidates:
+        if cand.key in seen:
+            first = seen[cand.key]
+            shared.append(f"{cand.key}: {first.fields.get('origin') or first.path} and "
+                          f"{cand.fields.get('origin') or cand.path}")
+        else:
+            seen[cand.key] = cand
+    if shared:
+        listed = "; ".join(shared[:10]) + (f"; and {len(shared) - 10} more" if len(shared) > 10
+                                           else "")
+        raise IngestError(f"{name}: {len(shared)} inputs share a sample key with another, so "
+                          f"their images would be lost: {listed}; rename them (keys come from "
+                          "file names, see README 'What ingest records')")
 
 
 def _todo(

@@ -14,6 +14,12 @@ from typing import Any
 
 import yaml
 
+# params.yaml is about 14 KB and 1,300 values once expanded; an overlay is smaller. The limits
+# keep a hostile or broken file (a YAML alias bomb expands to billions of values from a few
+# lines) from taking minutes and gigabytes before any check can name it.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_PARAMS_VALUES = 100_000
+
 
 class ParamsError(ValueError):
     """A parameter file is missing, unreadable, or holds a wrong value.
@@ -38,6 +44,59 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
     return out
 
 
+def expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds once every YAML alias is written out, up to ``limit``.
+
+    YAML aliases share one object, so the count is memoised by identity: a bomb is measured
+    in the time its few distinct nodes take. A value that contains itself has no size.
+
+    Raises:
+        ValueError: for a value that contains itself.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise ValueError("a value contains itself (a recursive YAML alias)")
+        open_.add(id(node))
+        total = 1
+        for child in (node.values() if isinstance(node, dict) else node):
+            total += size(child)
+            if total > limit:  # no need to know by how much
+                break
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(data)
+
+
+def _read_yaml(path: Path) -> Any:
+    """One parameter file's data, within the limits (see :data:`MAX_PARAMS_VALUES`)."""
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise ParamsError(f"parameter file {path} is {size:,} bytes, over the limit of "
+                          f"{MAX_PARAMS_BYTES:,} for a params file: refused unread")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        values = expanded_size(data, MAX_PARAMS_VALUES)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"parameter file {path} is not valid YAML: {err}") from err
+    except (ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ParamsError(f"parameter file {path}: {why}; refused") from None
+    if values > MAX_PARAMS_VALUES:
+        raise ParamsError(f"parameter file {path} expands to more than {MAX_PARAMS_VALUES:,} "
+                          "values (YAML aliases repeating aliases: a 'billion laughs' bomb?); "
+                          "refused before checking it")
+    return data
+
+
 def load_params(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Read each YAML file in order and deep-merge them (later files win)."""
     merged: dict[str, Any] = {}
@@ -45,10 +104,7 @@ def load_params(paths: Iterable[str | Path]) -> dict[str, Any]:
         path = Path(path)
         if not path.is_file():
             raise ParamsError(f"parameter file {path} does not exist (pass --params FILE)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ParamsError(f"parameter file {path} is not valid YAML: {err}") from err
+        data = _read_yaml(path)
         if not isinstance(data, Mapping):
             raise ParamsError(f"parameter file {path} must hold a mapping at the top level")
         merged = deep_merge(merged, data)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 SCHEMA_VERSION = "1"
 _META = {b"geopile.records.version": SCHEMA_VERSION.encode()}
@@ -65,6 +66,8 @@ RECORD_FIELDS: list[pa.Field] = [
     pa.field("band_std", _list(pa.float32())),
     pa.field("cloud_fraction", pa.float32()),  # share of SCL pixels in cloud classes
     pa.field("datetime", pa.string()),  # the STAC item's datetime
+    # the EXIF orientation (2-8) applied to the pixels at decode; null: upright as stored
+    pa.field("orientation", pa.int8()),
 ]
 RECORD_SCHEMA = pa.schema(RECORD_FIELDS, metadata=_META)
 REJECT_SCHEMA = pa.schema(
@@ -92,10 +95,25 @@ def make_key(source: str, *parts: str) -> str:
     webdataset and ``datasets`` split member names at the first dot of the base name, so a dot in
     a key silently merges samples (FACTS.md §7).
     """
-    name = "_".join(_UNSAFE.sub("_", p).strip("_") for p in parts if p)
+    name = "_".join(safe for p in parts if (safe := _UNSAFE.sub("_", p).strip("_")))
     if not name:
         raise ValueError(f"cannot make a key for source {source!r} from {parts!r}")
     return f"{source}/{name}"
+
+
+def file_key(source: str, parts: Sequence[str], original: str) -> str:
+    """:func:`make_key` of a file's name ``parts``, kept unique when making them safe loses text.
+
+    ``a b.jpg``, ``a_b.jpg``, ``a.b.jpg``, ``ü.jpg`` and ``é.jpg`` would all become ``a_b`` or
+    nothing: when a part is not safe already (letters, digits, ``_`` and ``-``), the key ends in
+    ``_`` and the first 8 hex digits of the xxh3-64 of ``original`` (the file's path under its
+    root, UTF-8). The rule depends on the file alone, so a key never changes when other files
+    come or go, and names that are safe already keep the key they always had.
+    """
+    if all(_UNSAFE.sub("_", p).strip("_") == p for p in parts):
+        return make_key(source, *parts)
+    tag = xxhash.xxh3_64_hexdigest(original.encode("utf-8", "surrogateescape"))[:8]
+    return make_key(source, *parts, tag)
 
 
 def records_path(data_dir: Path, source: str) -> Path:
@@ -132,7 +150,8 @@ def read_records(path: Path) -> pa.Table:
             f"{path} has record schema version {version}, this GeoPile reads {SCHEMA_VERSION}; "
             "re-run `geopile ingest` for that source"
         )
-    if "crop_hashes" not in table.column_names:  # ingested before the column: curate fills it
-        field = RECORD_SCHEMA.field("crop_hashes")
-        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    for name in ("crop_hashes", "orientation"):  # ingested before the column (null: unknown)
+        if name not in table.column_names:  # curate fills crop_hashes
+            field = RECORD_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
     return table

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import os
 import re
+import reprlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -112,6 +115,32 @@ def _cap(value: Any) -> Any:
 
 Cap = Annotated[int | str, BeforeValidator(_cap)]
 
+WORKERS_PER_CPU = 16  # threads for network reads go this far; processes far less
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, as taskset and cgroups set it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+
+
+def too_many_workers(value: int) -> str | None:
+    """Why a worker count is more than this machine can run (a typo, a paste), or None."""
+    cpus = cpu_count()
+    if value > WORKERS_PER_CPU * cpus:
+        return (f"more than {WORKERS_PER_CPU} workers per CPU: this machine has {cpus} CPUs, "
+                f"so at most {WORKERS_PER_CPU * cpus}")
+    return None
+
+
+def _workers(value: int) -> int:
+    if (why := too_many_workers(value)) is not None:
+        raise _fail(why)
+    return value
+
+
+Workers = Annotated[int, AfterValidator(_workers)]
+
 
 class Build(Block):
     """One entry of ``builds:``: ``source: cap`` for each of its sources, and its options.
@@ -191,7 +220,7 @@ class Paths(Block):
 class Ingest(Block):
     """``ingest:`` shared by every source."""
 
-    workers: int = Field(ge=1, description="decode/hash processes")
+    workers: Workers = Field(ge=1, description="decode/hash processes")
     engine: Literal["local", "ray"] = Field(
         description="local: a pool on this machine; ray: Ray tasks (ingest and shard)")
     ray_address: str | None = Field(
@@ -209,7 +238,7 @@ class SourceSettings(Block):
     enabled: bool = Field(description="false: ingest writes empty records")
     role: Literal["pretrain", "eval"] = Field(
         description="pretrain: in the shards; eval: only for decontamination")
-    workers: Omit[int] = Field(None, ge=1, description="parallel workers for this source")
+    workers: Omit[Workers] = Field(None, ge=1, description="parallel workers for this source")
     licence: Omit[Text] = Field(None, description="overrides the published licence")
     citation: Omit[Text] = Field(None, description="how to cite the images (text or BibTeX)")
     origin: Omit[Text] = Field(None, description="where the images come from, for the card")
@@ -246,7 +275,7 @@ class NaipSettings(StacSearch):
     max_nodata: Number = Field(ge=0, le=1, description="a fraction of all-zero pixels")
     min_entropy: Number = Field(ge=0, le=8, description="bits of grayscale entropy")
     max_draws_factor: int = Field(ge=1, description="draws per stratum, x its quota")
-    workers: int = Field(ge=1, description="parallel window reads (threads)")
+    workers: Workers = Field(ge=1, description="parallel window reads (threads)")
     retries: int = Field(ge=0, description="retries of a failed window read")
     max_error_fraction: Number = Field(
         ge=0, le=1, description="share of unreadable windows that stops the ingest")
@@ -264,7 +293,7 @@ def _query(value: Any) -> Any:
     if value is None:
         return value
     if not isinstance(value, dict):
-        raise ValueError(f"expected {{property: {{op: value}}}}, got {value!r}")
+        raise ValueError(f"expected {{property: {{op: value}}}}, got {_show(value)}")
     for prop, cond in value.items():
         for op in cond if isinstance(cond, dict) else ():
             if op not in QUERY_OPS:
@@ -483,7 +512,7 @@ class Pretrain(Block):
     eps: Number = Field(gt=0, description="AdamW eps")
     clip_grad: Number = Field(gt=0, description="gradient norm clip")
     compile: bool = Field(description="torch.compile on the GPU")
-    workers: int = Field(ge=0, description="DataLoader workers per process")
+    workers: Workers = Field(ge=0, description="DataLoader workers per process")
     checkpoint_every: int = Field(ge=1, description="optimiser steps")
     log_every: int = Field(ge=1, description="optimiser steps")
     trace: bool = Field(description="log sample keys and weight digests per step")
@@ -515,7 +544,7 @@ class Dense(Block):
     drop_path: Number = Field(ge=0, lt=1, description="stochastic depth")
     decoder_channels: int = Field(ge=1, description="UperNet channels")
     eval_every: int = Field(ge=1, description="iterations between validations")
-    workers: int = Field(ge=0, description="DataLoader workers")
+    workers: Workers = Field(ge=0, description="DataLoader workers")
 
 
 class Finetune(Block):
@@ -537,7 +566,7 @@ class Finetune(Block):
     cutmix: Number = Field(ge=0, description="cutmix alpha; 0: off")
     label_smoothing: Number = Field(ge=0, lt=1, description="label smoothing")
     clip_grad: Number = Field(gt=0, description="gradient norm clip")
-    workers: int = Field(ge=0, description="DataLoader workers")
+    workers: Workers = Field(ge=0, description="DataLoader workers")
     tasks: dict[str, TaskOverride] = Field(description="per task: overrides of its task file")
     dense: Dense = Field(description="the dense tasks' schedule")
 
@@ -605,6 +634,12 @@ def check_params(params: Mapping[str, Any], files: Sequence[str | Path] = (), *,
                       problems=problems)
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlist = _SHOW.maxdict = 6
+_SHOW.maxlevel = 3
+
+
 def _show(value: Any) -> str:
     if value is None:
         return "null"
@@ -614,8 +649,7 @@ def _show(value: Any) -> str:
         return str(int(value))
     if isinstance(value, datetime.date):
         return value.isoformat()
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _SHOW.repr(value)  # cut while rendering: a value may be huge
 
 
 def _dotted(path: Sequence[str | int]) -> str:

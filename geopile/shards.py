@@ -31,12 +31,11 @@ import webdataset as wds
 import xxhash
 from PIL import Image
 
+from geopile.atomic import check_free, disk_error
+from geopile.buildindex import INDEX_VERSION, TAR_BLOCK, validate_index
 from geopile.imagestats import decode
 from geopile.shardstore import LocalStore, ShardStore, prune
 
-INDEX = "index.json"
-INDEX_VERSION = 2  # 2: per-sample "xxh3" (version 1 indexes still stream, unverified)
-TAR_BLOCK = 512
 # what a sample's .json carries (the record's columns minus what is only useful in the table)
 JSON_FIELDS = (
     "key", "source", "label", "label_id", "multilabels", "split", "gsd_min", "gsd_max", "width",
@@ -303,10 +302,12 @@ def encode_sample(record: Mapping[str, Any], data_dir: Path, config: ShardConfig
 
     JPEG bytes are copied; other images become JPEG, except NAIP's 4 bands when ``naip_bands``
     is 4 and multi-band patches (:func:`is_multiband`: not uint8, or more than 4 bands), whose
-    lossless GeoTIFF bytes are copied, never re-encoded.
+    lossless GeoTIFF bytes are copied, never re-encoded. A JPEG with an EXIF orientation
+    (``orientation``: a phone's quarter turn) is decoded upright and re-encoded, because most
+    readers would otherwise show it as stored, sideways.
     """
     data = (data_dir / record["path"]).read_bytes()
-    if record["format"] == "jpeg":
+    if record["format"] == "jpeg" and not record.get("orientation"):
         ext, payload = "jpg", data
     elif is_multiband(record) or (record["bands"] == 4 and config.naip_bands == 4):
         ext, payload = "tif", data
@@ -398,15 +399,75 @@ class _ShardFile:
         return {"name": self.name, "samples": len(self.keys), "bytes": size, "sha256": sha256,
                 "keys": self.keys, "offsets": self.offsets, "xxh3": xxh3}
 
+    def abort(self) -> None:
+        """Drop the temp file (a failed write leaves nothing behind)."""
+        for closing in (self.sink.close, self.file.close):
+            try:
+                closing()
+            except (OSError, ValueError):
+                pass  # the write already failed: flushing the rest fails the same way
+        self.tmp.unlink(missing_ok=True)
+
 
 def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, store: ShardStore,
                 name: str, config: ShardConfig) -> dict[str, Any]:
     """Write one whole shard (temp file, then stored); returns its index entry."""
     shard = _ShardFile(store, name, config)
-    for record in records:
-        sample = encode_sample(record, data_dir, config)
-        shard.add(sample, _member_bytes(sample))
-    return shard.finish()
+    try:
+        for record in records:
+            sample = encode_sample(record, data_dir, config)
+            shard.add(sample, _member_bytes(sample))
+        return shard.finish()
+    except BaseException:
+        shard.abort()
+        raise
+
+
+SAMPLE_OVERHEAD = 4 * TAR_BLOCK + 1024  # three member headers, padding and a sample's .json
+
+
+def estimated_bytes(records: Sequence[Mapping[str, Any]]) -> int:
+    """About how many bytes a build's shards take: payloads plus tar and JSON overhead."""
+    return sum(int(r.get("nbytes") or 0) + SAMPLE_OVERHEAD for r in records)
+
+
+def _room_for(store: ShardStore, records: Sequence[Mapping[str, Any]], build: str) -> int:
+    """Refuse up front a local build its disk cannot hold; the bytes it needs.
+
+    Shards already there are replaced one by one, so they count as room.
+    """
+    needed = estimated_bytes(records)
+    if isinstance(store, LocalStore):
+        there = sum(p.stat().st_size for p in store.root.glob("shard-*.tar") if p.is_file())
+        check_free(store.root, max(0, needed - there), f"build {build}'s shards")
+    return needed
+
+
+def _local_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
+                  config: ShardConfig, progress: Callable[[int], Any] | None) -> list[dict]:
+    """Fill shards in record order on this process (the local engine)."""
+    shards: list[dict[str, Any]] = []
+    shard: _ShardFile | None = None
+    try:
+        for record in records:
+            sample = encode_sample(record, data_dir, config)
+            size = _member_bytes(sample)
+            if shard and (len(shard.keys) >= config.max_samples
+                          or shard.used + size > config.max_bytes):
+                shards.append(shard.finish())
+                shard = None
+            if shard is None:
+                shard = _ShardFile(store, f"shard-{len(shards):06d}.tar", config)
+            shard.add(sample, size)
+            if progress:
+                progress(1)
+        if shard:
+            shards.append(shard.finish())
+            shard = None
+    finally:
+        if shard is not None:
+            shard.abort()
+    return shards
 
 
 def write_build(
@@ -440,30 +501,22 @@ def write_build(
     cluster at ``ray_address`` (:func:`geopile.cluster.write_shards`), byte for byte the same.
     """
     store = LocalStore(out) if isinstance(out, Path) else out
-    store.prepare()
-    store.delete(INDEX)
     records = selection.to_pylist()
-    shards: list[dict[str, Any]] = []
-    if engine == "ray":  # one Ray task per shard (geopile/cluster.py); same bytes
-        from geopile.cluster import write_shards
+    needed = _room_for(store, records, build)
+    try:
+        store.prepare()
+        store.begin()
+        if engine == "ray":  # one Ray task per shard (geopile/cluster.py); same bytes
+            from geopile.cluster import write_shards
 
-        shards = write_shards(records, data_dir, store, config, ray_address, progress)
-    else:
-        shard: _ShardFile | None = None
-        for record in records:
-            sample = encode_sample(record, data_dir, config)
-            size = _member_bytes(sample)
-            if shard and (len(shard.keys) >= config.max_samples
-                          or shard.used + size > config.max_bytes):
-                shards.append(shard.finish())
-                shard = None
-            if shard is None:
-                shard = _ShardFile(store, f"shard-{len(shards):06d}.tar", config)
-            shard.add(sample, size)
-            if progress:
-                progress(1)
-        if shard:
-            shards.append(shard.finish())
+            shards = write_shards(records, data_dir, store, config, ray_address, progress)
+        else:
+            shards = _local_shards(records, data_dir, store, config, progress)
+    except OSError as err:
+        where = Path(err.filename) if err.filename else Path(str(store))
+        if (failed := disk_error(err, where, needed)) is not None:
+            raise failed from err
+        raise
     prune(store, (s["name"] for s in shards))
     counts: dict[str, int] = {}
     for record in records:
@@ -481,6 +534,7 @@ def write_build(
         index["bands"] = bands
     if curation is not None:
         index["curation"] = {s: dict(c) for s, c in curation.items()}
-    store.put_bytes(INDEX, json.dumps(index, indent=1).encode())
+    validate_index(index, f"the index of build {build}", "this is a bug in GeoPile's writer")
+    store.commit(json.dumps(index, indent=1).encode())
     store.close()
     return index

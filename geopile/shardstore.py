@@ -1,30 +1,58 @@
 """Where a build's shards land: a directory (local or a shared mount) or an S3 prefix.
 
-The shard writers (the local engine and the Ray tasks) write each tar to a temporary file and
-hand it to the store; the index goes last, after the old one is removed first, so a reader never
-finds an index whose shards are not all there, whichever store it is. Stores are plain picklable
-values (a path or a URL): a Ray task gets its own S3 client, with credentials from boto3's
-standard chain on the node (instance role, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``...).
+The shard writers (the local engine and the Ray tasks) and ``geopile push`` hand each finished
+tar to a store. A writer replacing a build calls :meth:`begin` first, which leaves a
+``PUBLISHING`` marker naming it and removes the old index, and :meth:`commit` last, which writes
+the new index and removes the marker: a reader never finds an index whose shards are not all
+there, and one that comes meanwhile is told the build is being published, and by whom.
+
+On S3 an upload is verified by S3 itself: each object is sent in one PUT carrying the file's
+SHA-256 (``ChecksumSHA256``), which the store checks on receipt and keeps; an object counts as
+already there only when its size and that stored checksum match the file, never by metadata a
+writer set. A store that keeps no checksum has the object read back and hashed instead. So a
+re-push repairs any object whose bytes differ. Stores are plain picklable values (a path or a
+URL): a Ray task gets its own S3 client, with credentials from boto3's standard chain on the
+node (instance role, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``...).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from geopile.atomic import write_bytes
+from geopile.buildindex import INDEX, PUBLISHING, is_shard_name, sha256_file
 from geopile.urls import strip_secrets
+from geopile.writelock import holder_line
 
 SHARD_GLOB = "shard-*.tar"
+MAX_PUT_BYTES = 5 << 30  # S3's limit for one PUT: the object's checksum is then the file's
+
+
+class _Replacing:
+    """How a writer replaces a build, for every store (needs ``put_bytes`` and ``delete``)."""
+
+    def begin(self, command: str | None = None) -> None:
+        """Mark the build as being replaced, then remove its index (see the module)."""
+        self.put_bytes(PUBLISHING, holder_line(command))
+        self.delete(INDEX)
+
+    def commit(self, index: bytes) -> None:
+        """Write the index, then remove the marker: the build is whole again."""
+        self.put_bytes(INDEX, index)
+        self.delete(PUBLISHING)
 
 
 @dataclass(frozen=True)
-class LocalStore:
+class LocalStore(_Replacing):
     """A directory: temp files are written beside their final name and renamed."""
 
     root: Path
@@ -33,7 +61,7 @@ class LocalStore:
         return str(self.root)
 
     def prepare(self) -> None:
-        """Create the directory, drop stray temp files and the old index."""
+        """Create the directory and drop stray temp files."""
         self.root.mkdir(parents=True, exist_ok=True)
         for stray in self.root.glob("*.tmp"):
             stray.unlink()
@@ -42,15 +70,14 @@ class LocalStore:
         """Where ``name`` is written before :meth:`put_file` (beside its final name)."""
         return self.root / f"{name}.tmp"
 
-    def put_file(self, tmp: Path, name: str, sha256: str | None = None) -> None:
+    def put_file(self, tmp: Path, name: str, sha256: str | None = None) -> bool:
         """Move a finished temp file (from :meth:`temp_path`) to its final name."""
         os.replace(tmp, self.root / name)
+        return True
 
     def put_bytes(self, name: str, data: bytes) -> None:
         """Write a small file (index, card) atomically."""
-        tmp = self.temp_path(name)
-        tmp.write_bytes(data)
-        os.replace(tmp, self.root / name)
+        write_bytes(self.root / name, data)
 
     def delete(self, name: str) -> None:
         """Remove ``name`` if it is there."""
@@ -65,12 +92,8 @@ class LocalStore:
 
 
 @dataclass(frozen=True)
-class S3Store:
-    """``s3://bucket/prefix``: temp files in a local scratch directory, uploaded then deleted.
-
-    Each object carries its sha256 as metadata (as ``geopile push`` does), so a rerun after a
-    kill skips the shards already uploaded with the same bytes.
-    """
+class S3Store(_Replacing):
+    """``s3://bucket/prefix``: temp files in a local scratch directory, uploaded then deleted."""
 
     url: str
     endpoint_url: str | None = None
@@ -96,6 +119,10 @@ class S3Store:
         """The object key of ``name`` under the prefix."""
         prefix = urlparse(self.url).path.strip("/")
         return f"{prefix}/{name}" if prefix else name
+
+    def where(self, name: str) -> str:
+        """The object's URL, for messages."""
+        return f"s3://{self.bucket}/{self.key(name)}"
 
     def _client(self) -> Any:
         import boto3
@@ -123,40 +150,61 @@ class S3Store:
             self._scratch[2] = tempfile.mkdtemp(prefix="geopile-shard-")
         return Path(self._scratch[2]) / f"{name}.tmp"
 
-    def has(self, name: str, sha256: str) -> bool:
-        """Whether the object exists with this sha256 in its metadata."""
+    def holds(self, name: str, size: int, sha256: str) -> bool:
+        """Whether the object is there with exactly these bytes, by S3's own checksum.
+
+        Objects without a whole-object SHA-256 (written by another tool, in parts, or a store
+        that keeps none) are read back and hashed.
+        """
         from botocore.exceptions import ClientError
 
+        client = self._client()
         try:
-            head = self._client().head_object(Bucket=self.bucket, Key=self.key(name))
+            head = client.head_object(Bucket=self.bucket, Key=self.key(name),
+                                      ChecksumMode="ENABLED")
         except ClientError:
             return False
-        return head.get("Metadata", {}).get("sha256") == sha256
+        if head.get("ContentLength") != size:
+            return False
+        stored = head.get("ChecksumSHA256")
+        if stored and "-" not in stored:
+            return stored == _b64(sha256)
+        body = client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"]
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: body.read(8 << 20), b""):
+            digest.update(chunk)
+        return digest.hexdigest() == sha256
 
     def put_file(self, tmp: Path, name: str, sha256: str | None = None,
-                 callback: Callable[[int], Any] | None = None, keep: bool = False) -> bool:
-        """Upload ``tmp`` as ``name``; whether bytes were sent.
+                 keep: bool = False) -> bool:
+        """Upload ``tmp`` as ``name`` unless S3 holds these bytes already; whether it sent.
 
-        Skipped when the object is already there with ``sha256``; ``tmp`` is deleted unless
-        ``keep``.
+        ``sha256`` is the file's digest when the caller computed it from the file itself (a
+        writer, or ``geopile push`` after hashing); otherwise it is computed here. S3 checks
+        the bytes it receives against it. ``tmp`` is deleted unless ``keep``.
         """
-        sent = False
         try:
-            if sha256 is None or not self.has(name, sha256):
-                extra = {"Metadata": {"sha256": sha256}} if sha256 else None
-                self._client().upload_file(str(tmp), self.bucket, self.key(name),
-                                           ExtraArgs=extra, Callback=callback)
-                sent = True
-            elif callback:
-                callback(tmp.stat().st_size)
+            size = tmp.stat().st_size
+            if size > MAX_PUT_BYTES:
+                raise RuntimeError(f"{tmp} is {size:,} bytes, over S3's limit of "
+                                   f"{MAX_PUT_BYTES:,} for one upload: write smaller shards "
+                                   "(shard.max_bytes)")
+            sha256 = sha256 or sha256_file(tmp)
+            if self.holds(name, size, sha256):
+                return False
+            with open(tmp, "rb") as body:
+                self._client().put_object(Bucket=self.bucket, Key=self.key(name), Body=body,
+                                          ContentLength=size, ChecksumSHA256=_b64(sha256))
+            return True
         finally:
             if not keep:
                 tmp.unlink(missing_ok=True)
-        return sent
 
     def put_bytes(self, name: str, data: bytes) -> None:
-        """PUT a small object (index, card): S3 makes a PUT visible whole or not at all."""
-        self._client().put_object(Bucket=self.bucket, Key=self.key(name), Body=data)
+        """PUT a small object (index, card, marker): visible whole or not at all."""
+        digest = hashlib.sha256(data).hexdigest()
+        self._client().put_object(Bucket=self.bucket, Key=self.key(name), Body=data,
+                                  ChecksumSHA256=_b64(digest))
 
     def delete(self, name: str) -> None:
         """Delete the object (no error when it is absent)."""
@@ -175,6 +223,11 @@ class S3Store:
         if self._scratch and self._scratch[2] is not None:
             shutil.rmtree(self._scratch[2], ignore_errors=True)
             self._scratch[2] = None
+
+
+def _b64(sha256: str) -> str:
+    """S3's form of a SHA-256: the digest's bytes in base64."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode()
 
 
 ShardStore = LocalStore | S3Store
@@ -196,5 +249,6 @@ def prune(store: ShardStore, wanted: Iterable[str]) -> None:
     """Delete shards of an earlier, larger build that this one does not hold."""
     keep = set(wanted)
     for name in store.shard_names():
-        if name not in keep:
+        if name not in keep and is_shard_name(name):
             store.delete(name)
+

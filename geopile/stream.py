@@ -28,16 +28,17 @@ plain WebDataset tars (FACTS.md section 5).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
+import re
+import stat
 import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -45,31 +46,23 @@ import numpy as np
 import urllib3
 import xxhash
 
+from geopile.buildindex import (
+    INDEX,
+    MAX_INDEX_BYTES,
+    PUBLISHING,
+    TAR_BLOCK,
+    BuildIndexError,
+    StreamError,
+    parse_index,
+    sha256_file,
+)
+from geopile.buildindex import fix_hint as _fix
+from geopile.writelock import describe_holder
+
 log = logging.getLogger(__name__)
-INDEX = "index.json"
-TAR_BLOCK = 512
-
-
 AUDIT_BYTES = 32 << 20  # a damaged shard is re-checked whole, this many bytes a read
+MAX_MARKER_BYTES = 64 << 10  # a PUBLISHING marker is a line of JSON
 _warned_unverified: set[str] = set()  # builds already reported as unverified (once a process)
-
-
-class StreamError(RuntimeError):
-    """A shard or the index is missing, unreadable (after retries) or fails its checksums."""
-
-
-class BuildIndexError(StreamError):
-    """A build's ``index.json`` is missing, not JSON, or lacks what the reader needs."""
-
-
-def _fix(url: str) -> str:
-    """How to repair the build at ``url`` (its last path component is the build's name)."""
-    if url.startswith("s3://"):
-        build = PurePosixPath(urlparse(url).path).name or "BUILD"
-        return (f"re-push the build with `geopile push {build}` (after `geopile shard {build}` "
-                "if the local copy is damaged too)")
-    build = Path(url).name or "BUILD"
-    return f"rebuild it with `geopile shard {build}` (or restore it with `dvc pull`)"
 
 
 @dataclass(frozen=True)
@@ -118,9 +111,6 @@ class Storage(Protocol):
     def read_range(self, name: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (exclusive) of shard ``name``."""
 
-    def read_text(self, name: str) -> str:
-        """A whole small object (the index)."""
-
     def where(self, name: str) -> str:
         """The path or URL of ``name``, for messages."""
 
@@ -153,14 +143,42 @@ class LocalStorage:
                               f"{_fix(str(self.root))}")
         return data
 
-    def read_text(self, name: str) -> str:
-        """A whole file."""
+    def read_small(self, name: str, limit: int) -> bytes | None:
+        """A whole small file (the index, a marker), refused unread above ``limit`` bytes.
+
+        ``None`` when it does not exist.
+        """
+        path = self.root / name
         try:
-            return (self.root / name).read_text()
+            with open(path, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise BuildIndexError(f"{path} is not a regular file: refused unread")
+                if info.st_size > limit:
+                    raise BuildIndexError(f"{path} is {info.st_size:,} bytes, over the limit of "
+                                          f"{limit:,}: refused unread; {_fix(str(self.root))}")
+                return f.read(limit + 1)
         except FileNotFoundError:
-            raise BuildIndexError(f"{self.where(name)}: no such file: {self.root} is not a "
-                                  f"GeoPile build; check the path, or "
-                                  f"{_fix(str(self.root))}") from None
+            return None
+
+    def shard_sizes(self, names: list[str]) -> dict[str, int | None]:
+        """Each shard's size (``None``: missing), from one ``stat`` each."""
+        sizes: dict[str, int | None] = {}
+        for name in names:
+            try:
+                info = (self.root / name).stat()
+            except FileNotFoundError:
+                sizes[name] = None
+                continue
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+                raise StreamError(f"{self.where(name)} is not a regular file, though index.json "
+                                  f"lists it as a shard: refused; {_fix(str(self.root))}")
+            sizes[name] = info.st_size
+        return sizes
+
+
+class MissingObject(StreamError):
+    """An object the build needs is not in the bucket (HTTP 404: final, not retried)."""
 
 
 class S3Storage:
@@ -232,7 +250,7 @@ class S3Storage:
                 signed = self._signed[name] = (url, now)
             return signed[0]
 
-    def _get(self, name: str, byte_range: tuple[int, int] | None) -> bytes:
+    def _get(self, name: str, byte_range: tuple[int, int] | None, exact: bool = True) -> bytes:
         last = ""
         fresh = False
         for attempt in range(self.retries + 1):
@@ -248,15 +266,22 @@ class S3Storage:
             status, data = response
             if status in (200, 206):
                 want = byte_range[1] - byte_range[0] if byte_range else None
-                if want is None or len(data) == want:
+                if want is None or len(data) == want or (not exact and len(data) < want):
                     return data
                 last = f"short read: {len(data)} of {want} bytes"
             elif status == 403:
                 # presigned URLs carry this machine's wall-clock time: a skewed clock fails too
                 fresh, last = True, "HTTP 403 (signature expired, or this machine's clock is off?)"
             elif status == 404:
-                raise StreamError(f"{self._where(name)}: no such object (HTTP 404): the URL is "
-                                  f"wrong or the build there is incomplete; "
+                raise MissingObject(f"{self._where(name)}: no such object (HTTP 404): the URL "
+                                    f"is wrong or the build there is incomplete; "
+                                    f"{_fix(f's3://{self.bucket}/{self.prefix}')}")
+            elif status == 416 and not exact:
+                return b""  # an empty object: no byte is in range
+            elif status == 416:
+                raise StreamError(f"{self._where(name)}: bytes {byte_range} are past the "
+                                  f"object's end (HTTP 416): index.json's sizes or offsets do "
+                                  f"not match the object; "
                                   f"{_fix(f's3://{self.bucket}/{self.prefix}')}")
             elif status == 429 or status >= 500:
                 last = f"HTTP {status}"
@@ -273,13 +298,41 @@ class S3Storage:
         """One ranged GET (retried)."""
         return self._get(name, (start, end))
 
-    def read_object(self, name: str) -> bytes:
-        """A whole object (retried)."""
-        return self._get(name, None)
+    def read_small(self, name: str, limit: int) -> bytes | None:
+        """A whole small object (the index, a marker), refused above ``limit`` bytes.
 
-    def read_text(self, name: str) -> str:
-        """A whole small object."""
-        return self.read_object(name).decode(errors="replace")
+        One GET of at most ``limit + 1`` bytes (a Range: a hostile object cannot fill memory);
+        ``None`` when it does not exist.
+        """
+        try:
+            data = self._get(name, (0, limit + 1), exact=False)
+        except MissingObject:
+            return None
+        if len(data) > limit:
+            raise BuildIndexError(f"{self._where(name)} is over the limit of {limit:,} bytes: "
+                                  f"refused; {_fix(f's3://{self.bucket}/{self.prefix}')}")
+        return data
+
+    def shard_sizes(self, names: list[str]) -> dict[str, int | None] | None:
+        """Each shard's size (``None``: missing) from one listing per 1,000 objects.
+
+        ``None`` when the credentials may read but not list the bucket: the shards are then
+        checked at their first read.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._url(INDEX)  # makes the client
+        prefix = self._key("")
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix)
+            found = {o["Key"][len(prefix):]: int(o["Size"])
+                     for page in pages for o in page.get("Contents", ())}
+        except (ClientError, BotoCoreError) as err:
+            log.debug("cannot list %s (%s): shards are checked at their first read",
+                      self._where(""), err)
+            return None
+        return {name: found.get(name) for name in names}
 
     def where(self, name: str) -> str:
         """The object's URL."""
@@ -289,130 +342,170 @@ class S3Storage:
 class CachedStorage:
     """Whole shards fetched once into a local directory, kept under a byte limit (LRU).
 
-    Every fetched shard is checked against the index's sha256 before it is used; one that does
-    not match is deleted and refused with a :class:`StreamError`.
+    The cache touches only what it wrote: each shard is stored as ``<sha256>.tar`` (the
+    index's digest, validated hex, so no index can name a file elsewhere), written to a temp
+    name and checked against that digest before it is renamed in; eviction and repair delete
+    only such names, as regular files of ``cache_dir`` itself. A shard larger than the limit is
+    not cached (its ranges come from S3), and a fetch reads exactly the size the index gives.
+    A cached copy that no longer matches its digest (a damaged disk) is fetched again; a
+    fetch that does not match is refused with a :class:`StreamError`.
     """
 
+    _OURS = re.compile(r"[0-9a-f]{64}\.tar")
+
     def __init__(self, remote: S3Storage, cache_dir: Path, max_bytes: int,
-                 digests: dict[str, str]) -> None:
-        self.remote, self.dir, self.max_bytes = remote, Path(cache_dir), max_bytes
-        self.digests = digests
+                 shards: dict[str, tuple[str, int]]) -> None:
+        self.remote, self.max_bytes = remote, max_bytes
+        self.dir = Path(cache_dir).expanduser().resolve()
+        self.shards = shards  # name -> (sha256, bytes), from the validated index
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._verified: set[str] = set()
 
+    def _copy(self, digest: str) -> Path | None:
+        """The cached copy of ``digest``, if any; a non-regular file there is not the cache's."""
+        path = self.dir / f"{digest}.tar"
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            raise StreamError(f"{path} is not a regular file, so the shard cache did not write "
+                              "it: remove it, or set pretrain.stream.cache_dir to a directory "
+                              "of its own")
+        return path
+
     def _ensure(self, name: str) -> Path:
-        path = self.dir / name
+        digest, size = self.shards[name]
         with self._lock:
-            if name in self._verified and path.exists():
+            path = self._copy(digest)
+            if path is not None and digest in self._verified:
                 os.utime(path)  # LRU by access time
                 return path
-            if not path.exists():
-                data = self.remote.read_object(name)
-                tmp = self.dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != self.digests[name]:
-                path.unlink(missing_ok=True)
-                raise StreamError(f"cached shard {name} has sha256 {digest}, the index says "
-                                  f"{self.digests[name]}: refused")
-            self._verified.add(name)
-            self._evict(keep=name)
+            if path is not None and sha256_file(path) != digest:
+                log.warning("%s no longer matches its sha256: fetching %s again", path,
+                            self.remote.where(name))
+                path.unlink()
+                path = None
+            if path is None:
+                path = self._fetch(name, digest, size)
+            self._verified.add(digest)
+            self._evict(keep=path)
             return path
 
-    def _evict(self, keep: str) -> None:
-        files = sorted((p for p in self.dir.glob("*.tar")), key=lambda p: p.stat().st_mtime)
+    def _fetch(self, name: str, digest: str, size: int) -> Path:
+        data = self.remote.read_range(name, 0, size) if size else b""
+        got = hashlib.sha256(data).hexdigest()
+        if got != digest:
+            raise StreamError(f"{self.remote.where(name)} has sha256 {got}, the index says "
+                              f"{digest}: refused (not cached)")
+        tmp = self.dir / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.dir / f"{digest}.tar")
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.dir / f"{digest}.tar"
+
+    def _evict(self, keep: Path) -> None:
+        files = [p for p in self.dir.iterdir()
+                 if self._OURS.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+        files.sort(key=lambda p: p.stat().st_mtime)
         total = sum(p.stat().st_size for p in files)
         for p in files:
             if total <= self.max_bytes:
                 break
-            if p.name != keep:
+            if p != keep:
                 total -= p.stat().st_size
                 p.unlink(missing_ok=True)
-                self._verified.discard(p.name)
+                self._verified.discard(p.stem)
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
-        """Bytes of a shard, from the verified local copy."""
+        """Bytes of a shard, from the verified local copy (from S3 if it is over the limit)."""
+        if self.shards[name][1] > self.max_bytes:
+            return self.remote.read_range(name, start, end)
         with open(self._ensure(name), "rb") as f:
             return os.pread(f.fileno(), end - start, start)
-
-    def read_text(self, name: str) -> str:
-        """Small objects are not cached."""
-        return self.remote.read_text(name)
 
     def where(self, name: str) -> str:
         """The object's URL (the local copy is a verified copy of it)."""
         return self.remote.where(name)
 
 
-_SHARD_KEYS = {"name": str, "bytes": int, "sha256": str, "keys": list, "offsets": list}
-
-
-def parse_index(text: str, where: str, fix: str) -> dict[str, Any]:
-    """A build's index from its text, checked for what the reader relies on.
-
-    ``where`` (the index's path or URL) and ``fix`` (how to repair the build) go into the
-    :class:`BuildIndexError` raised when the text is not JSON (an interrupted copy or upload
-    leaves it cut short) or lacks a key the reader needs.
-    """
+def _publishing(storage: LocalStorage | S3Storage) -> str | None:
+    """Who is replacing the build, from its ``PUBLISHING`` marker (None: no marker)."""
     try:
-        index = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BuildIndexError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} "
-                              f"column {err.colno}, {len(text)} characters in all): it is "
-                              f"truncated or damaged; {fix}") from None
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-        raise BuildIndexError(f"{where} has no 'shards' list: it is not a GeoPile index; {fix}")
-    for i, shard in enumerate(index["shards"]):
-        name = shard.get("name", "?") if isinstance(shard, dict) else "?"
-        for key, kind in _SHARD_KEYS.items():
-            if not isinstance(shard, dict) or not isinstance(shard.get(key), kind):
-                raise BuildIndexError(f"{where}: shard {i} ({name}) has no {key!r} "
-                                      f"({kind.__name__}): the index is incomplete; {fix}")
-        lengths = {k: len(shard[k]) for k in ("keys", "offsets", "xxh3") if k in shard}
-        if len(set(lengths.values())) > 1:
-            raise BuildIndexError(f"{where}: shard {i} ({name}) has lists of different lengths "
-                                  f"{lengths}: the index is damaged; {fix}")
-    return index
+        data = storage.read_small(PUBLISHING, MAX_MARKER_BYTES)
+    except StreamError:
+        return "an unknown writer"
+    return None if data is None else describe_holder(data)
 
 
-def _check_local_shards(root: Path, index: dict[str, Any]) -> None:
-    """Fail at open, not hours in, when a listed shard is gone or has another size."""
-    for shard in index["shards"]:
-        path = root / shard["name"]
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise StreamError(f"{path}: no such file, though index.json lists it: the build is "
-                              f"incomplete; {_fix(str(root))}") from None
+def read_build_index(storage: LocalStorage | S3Storage, url: str) -> tuple[dict[str, Any], bytes]:
+    """The build's validated index and its bytes (see :mod:`geopile.buildindex`).
+
+    No index but a ``PUBLISHING`` marker: the build is being replaced (a push or a shard run
+    that removed the old index first), which the error says, naming the writer.
+    """
+    data = storage.read_small(INDEX, MAX_INDEX_BYTES)
+    if data is None:
+        writer = _publishing(storage)
+        if writer is not None:
+            raise BuildIndexError(
+                f"{storage.where(INDEX)} is not there: the build is being published by "
+                f"{writer}; try again when it has finished (if that run was killed, run it "
+                "again: it completes the build)")
+        fix = _fix(url)
+        raise BuildIndexError(f"{storage.where(INDEX)}: no such file: {url} is not a GeoPile "
+                              f"build; check the path, or {fix}")
+    return parse_index(data, storage.where(INDEX), _fix(url)), data
+
+
+def check_shards(storage: LocalStorage | S3Storage, index: dict[str, Any], url: str) -> None:
+    """Fail at open, not hours in, when a listed shard is gone or has another size.
+
+    Local: a ``stat`` each. S3: one listing per 1,000 objects, when the credentials may list.
+    """
+    sizes = storage.shard_sizes([s["name"] for s in index["shards"]])
+    for shard in index["shards"] if sizes is not None else ():
+        where, size = storage.where(shard["name"]), sizes[shard["name"]]
+        if size is None:
+            raise StreamError(f"{where}: no such file, though index.json lists it: the build is "
+                              f"incomplete; {_fix(url)}")
         if size != shard["bytes"]:
-            raise StreamError(f"{path} is {size} bytes, index.json says {shard['bytes']}: the "
-                              f"shard was truncated or replaced; {_fix(str(root))}")
+            raise StreamError(f"{where} is {size} bytes, index.json says {shard['bytes']}: the "
+                              f"shard was truncated or replaced; {_fix(url)}")
+
+
+def storage_for(url: str, cache_dir: str | Path | None = None, cache_bytes: int = 0,
+                index: dict[str, Any] | None = None) -> Storage:
+    """Storage for a build at a local path or ``s3://bucket/prefix``.
+
+    A shard cache (``cache_dir``, ``cache_bytes``) needs the build's validated ``index``.
+    """
+    if url.startswith("s3://"):
+        remote = S3Storage(url, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+        if cache_dir and cache_bytes > 0 and index is not None:
+            shards = {s["name"]: (s["sha256"], s["bytes"]) for s in index["shards"]}
+            return CachedStorage(remote, Path(cache_dir), cache_bytes, shards)
+        return remote
+    return LocalStorage(Path(url))
 
 
 def open_storage(url: str, cache_dir: str | Path | None = None,
                  cache_bytes: int = 0) -> tuple[Storage, dict[str, Any]]:
-    """Storage for a build at a local path or ``s3://bucket/prefix``, and its checked index.
+    """Storage for a build and its index, validated by the gate before anything else is read.
 
-    A local build's shards are checked for presence and size here (one ``stat`` each); S3
-    shards are not (a request each), so a missing one fails at its first read.
+    Every shard the index lists is checked for presence and size (:func:`check_shards`).
     """
-    if url.startswith("s3://"):
-        remote = S3Storage(url, endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
-        index = parse_index(remote.read_text(INDEX), remote.where(INDEX), _fix(url))
-        if cache_dir and cache_bytes > 0:
-            digests = {s["name"]: s["sha256"] for s in index["shards"]}
-            return CachedStorage(remote, Path(cache_dir), cache_bytes, digests), index
-        return remote, index
-    local = LocalStorage(Path(url))
-    index = parse_index(local.read_text(INDEX), local.where(INDEX), _fix(url))
-    _check_local_shards(local.root, index)
-    return local, index
+    bare = storage_for(url)
+    index, _ = read_build_index(bare, url)  # type: ignore[arg-type]
+    check_shards(bare, index, url)  # type: ignore[arg-type]
+    return storage_for(url, cache_dir, cache_bytes, index), index
 
 
 def read_index(url: str) -> dict[str, Any]:
-    """The checked index of the build at a local path or ``s3://bucket/prefix`` (see above)."""
+    """The validated index of the build at a local path or ``s3://bucket/prefix``."""
     return open_storage(url)[1]
 
 
@@ -582,15 +675,20 @@ def parse_members(data: bytes | memoryview, want: tuple[str, ...] | None = None,
             raise tarfile.ReadError(f"unparsable header at byte {pos}") from err
         if not trusted and stored != sum(header[:148]) + 256 + sum(header[156:]):
             raise tarfile.ReadError(f"bad header checksum at byte {pos}")
-        name = header[:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        try:
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode()
+        except UnicodeDecodeError as err:
+            raise tarfile.ReadError(f"member name at byte {pos} is not UTF-8") from err
         if header[156:157] not in (b"0", b"\0"):
             raise tarfile.ReadError(f"member {name!r} is not a regular file")
         body = pos + TAR_BLOCK
-        if body + size > end:
+        if size < 0 or body + size > end:
             raise tarfile.ReadError(f"member {name!r} is truncated")
-        full = f"{prefix}/{name}" if prefix else name
-        ext = full.rsplit("/", 1)[-1].split(".", 1)[1]
+        base = (f"{prefix}/{name}" if prefix else name).rsplit("/", 1)[-1]
+        if "." not in base:
+            raise tarfile.ReadError(f"member {name!r} has no extension")
+        ext = base.split(".", 1)[1]
         payload = data[body:body + size]
         members[ext] = payload if want is not None else bytes(payload)
         if want is not None and ext in want:
@@ -642,8 +740,8 @@ class ShardStream:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.storage, _ = open_storage(self.url, self.cache_dir, self.cache_bytes)
+        self.__dict__.update(state)  # the index travels validated: a worker does not re-read it
+        self.storage = storage_for(self.url, self.cache_dir, self.cache_bytes, self.index)
 
     def batches_per_epoch(self) -> int:
         """Batches this rank delivers in a whole epoch (the same for any number of workers)."""

@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from geopile.atomic import disk_error
 from geopile.params import ParamsError
 from geopile.sources import list_sources
 from geopile.urls import redact
+from geopile.writelock import set_command
 from pipelines.common import add_params_arg, data_dir, setup
 
 
@@ -144,6 +146,19 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--to", metavar="S3_URL", help="s3://bucket/prefix (default: "
                       "pretrain.stream.url)")
     add_params_arg(push)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check a build (yours or a bucket's) against its index: every shard and sample",
+        description="Validate BUILD's index.json (shard names, sizes, offsets, counts, "
+        "checksums: what GeoPile trusts, see the README's Trust model), check that every shard "
+        "is there with its size, then read every byte once: each shard against its sha256, "
+        "each sample against its xxh3. BUILD is a build name under paths.shards, a directory "
+        "or s3://bucket/prefix/BUILD. Exit status 1 when something is damaged.",
+    )
+    verify.add_argument("builds", nargs="+", metavar="BUILD",
+                        help="a build name, a directory holding index.json, or an s3:// URL")
+    add_params_arg(verify)
 
     pretrain = sub.add_parser(
         "pretrain",
@@ -284,12 +299,28 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``geopile`` console script."""
     args = _parser().parse_args(argv)
+    set_command(" ".join(["geopile", args.command, *_first_name(args)]))
     try:
         return _dispatch(args)
     except (ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
         # redacted: an error may quote a signed URL (a SAS token, a presigned S3 signature)
         print(f"geopile: error: {redact(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full or read-only disk, wherever it is met: one line, no trace
+        failed = disk_error(err, Path(err.filename or "."))
+        if failed is None:
+            raise
+        print(f"geopile: error: {redact(str(failed))}", file=sys.stderr)
+        return 2
+
+
+def _first_name(args: argparse.Namespace) -> list[str]:
+    """The first source, build or task a command names, for the locks it leaves."""
+    for field in ("sources", "builds", "build", "task", "world_command"):
+        value = getattr(args, field, None)
+        if value:
+            return [value[0] if isinstance(value, list) else str(value)]
+    return []
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -333,6 +364,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("ingest", "summary"):
         from pipelines import ingest as ingest_stage
     if args.command == "ingest":
+        from geopile.settings import too_many_workers
+
+        if args.workers is not None and (args.workers < 1 or too_many_workers(args.workers)):
+            why = too_many_workers(args.workers) or "must be 1 or more"
+            raise ParamsError(f"--workers: {args.workers} is invalid: {why}")
         names = ingest_stage.enabled_sources(params) if args.all else args.sources
         if not names:
             raise ParamsError("name at least one source, or pass --all")
@@ -361,6 +397,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(shard_stage.shard_table(indexes))
         return 0
     if args.command == "push":
+        from geopile.writelock import build_lock, write_lock
         from pipelines.push import push_build
         from pipelines.shard import shards_dir
 
@@ -369,11 +406,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("pretrain.stream.url is not set: nothing to push (training reads local shards)")
             return 0
         for build in args.builds:
-            done = push_build(shards_dir(params) / build, f"{base.rstrip('/')}/{build}",
-                              progress=not args.no_progress)
+            with write_lock(build_lock(shards_dir(params), build), f"build {build}"):
+                done = push_build(shards_dir(params) / build, f"{base.rstrip('/')}/{build}",
+                                  progress=not args.no_progress)
             print(f"{build}: {done['sent']} shards sent, {done['skipped']} already there "
                   f"-> {done['url']}")
         return 0
+    if args.command == "verify":
+        from pipelines.shard import shards_dir
+        from pipelines.verify import verify_build, verify_table
+
+        damaged = 0
+        for build in args.builds:
+            where = build if "/" in build or build.startswith("s3://") \
+                else str(shards_dir(params) / build)
+            result = verify_build(where, progress=not args.no_progress)
+            print(verify_table(result))
+            damaged += result["damaged"]
+        return 1 if damaged else 0
     if args.command == "pretrain":
         from pipelines.pretrain import run_dir, run_pretrain, summary
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from geopile.curate import CurateConfig, curate, rgb_thumbnail
 from geopile.params import ParamsError, path_of
 from geopile.records import read_records, records_path, write_table_atomic
+from geopile.writelock import data_lock, write_lock
 from pipelines.common import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -136,53 +137,54 @@ def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
 
 def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[str, Any]:
     """Curate every enabled pretraining source against the configured evaluation sets."""
-    block = params["curate"]
-    config = CurateConfig.from_params(block)
-    pretrain = _sources_by_role(params, "pretrain")
-    if not pretrain:
-        raise ParamsError("no enabled source with role: pretrain")
-    unknown = [s for s in config.eval_sets if s not in (params.get("sources") or {})]
-    if unknown:
-        raise ParamsError(f"curate.eval_sets names unknown sources: {', '.join(unknown)}")
-    with tqdm(desc="align near-duplicate candidates", unit="pair", disable=not progress) as bar:
-        evals = [s for s, splits in config.eval_sets.items() if splits]  # []: none of it
-        tables = {**_load(data, pretrain), **_load(data, evals)}
-        result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals}, data,
-                        config, progress=bar.update)
-    write_table_atomic(result.curated, curated_path(data))
+    with write_lock(data_lock(data), f"the data directory {data}"):
+        block = params["curate"]
+        config = CurateConfig.from_params(block)
+        pretrain = _sources_by_role(params, "pretrain")
+        if not pretrain:
+            raise ParamsError("no enabled source with role: pretrain")
+        unknown = [s for s in config.eval_sets if s not in (params.get("sources") or {})]
+        if unknown:
+            raise ParamsError(f"curate.eval_sets names unknown sources: {', '.join(unknown)}")
+        with tqdm(desc="align near-duplicate candidates", unit="pair", disable=not progress) as bar:
+            evals = [s for s, splits in config.eval_sets.items() if splits]  # []: none of it
+            tables = {**_load(data, pretrain), **_load(data, evals)}
+            result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals}, data,
+                            config, progress=bar.update)
+        write_table_atomic(result.curated, curated_path(data))
 
-    reports = reports_dir(params)
-    plots = reports / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    sheet = block["contact_sheet"]
-    for name in pretrain:
-        part = result.curated.filter(pc.equal(result.curated["source"], name))
-        entropy_histogram(part, name, plots / f"entropy_{name}.png")
-        contact_sheet(part, data, plots / f"contact_{name}.png",
-                      int(sheet["samples"]), int(sheet["thumb"]), int(params["seed"]))
-    paths = {k: p for t in tables.values()
-             for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
-    boundary = plots / BOUNDARY
-    if not boundary_sheet(result.near_scores, config.min_correlation, data, paths, boundary):
-        boundary.unlink(missing_ok=True)
-    totals = {k: sum(c[k] for c in result.counts.values())
-              for k in next(iter(result.counts.values()))}
-    report = {
-        "counts": {**result.counts, "total": totals},
-        "entropy": result.entropy,
-        "near_duplicate_candidates": result.candidate_pairs,
-        "near_duplicates_confirmed": result.confirmed_pairs,
-    }
-    _write_json(reports / REPORT, report)
-    _write_json(reports / DUPLICATES, {
-        "pairs": result.pairs,
-        "near_scores": result.near_scores,
-        "clusters": result.clusters,
-        "contaminated": result.contaminated,
-        "removed": result.removed,
-    })
-    log.info("curated %d of %d images -> %s", totals["out"], totals["in"], curated_path(data))
-    return report
+        reports = reports_dir(params)
+        plots = reports / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        sheet = block["contact_sheet"]
+        for name in pretrain:
+            part = result.curated.filter(pc.equal(result.curated["source"], name))
+            entropy_histogram(part, name, plots / f"entropy_{name}.png")
+            contact_sheet(part, data, plots / f"contact_{name}.png",
+                          int(sheet["samples"]), int(sheet["thumb"]), int(params["seed"]))
+        paths = {k: p for t in tables.values()
+                 for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
+        boundary = plots / BOUNDARY
+        if not boundary_sheet(result.near_scores, config.min_correlation, data, paths, boundary):
+            boundary.unlink(missing_ok=True)
+        totals = {k: sum(c[k] for c in result.counts.values())
+                  for k in next(iter(result.counts.values()))}
+        report = {
+            "counts": {**result.counts, "total": totals},
+            "entropy": result.entropy,
+            "near_duplicate_candidates": result.candidate_pairs,
+            "near_duplicates_confirmed": result.confirmed_pairs,
+        }
+        _write_json(reports / REPORT, report)
+        _write_json(reports / DUPLICATES, {
+            "pairs": result.pairs,
+            "near_scores": result.near_scores,
+            "clusters": result.clusters,
+            "contaminated": result.contaminated,
+            "removed": result.removed,
+        })
+        log.info("curated %d of %d images -> %s", totals["out"], totals["in"], curated_path(data))
+        return report
 
 
 def curate_table(report: dict[str, Any]) -> str:

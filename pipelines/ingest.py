@@ -19,6 +19,7 @@ from geopile.records import (
     write_table_atomic,
 )
 from geopile.sources import create_source
+from geopile.writelock import data_lock, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +33,33 @@ def run_ingest(
     params: dict[str, Any], names: list[str], data: Path, *, workers: int | None, progress: bool,
     engine: str | None = None, ray_address: str | None = None,
 ) -> list[IngestSummary]:
-    """Ingest each named source in turn; ``engine``/``ray_address`` override ``ingest:``."""
-    engine = engine or params["ingest"].get("engine") or "local"
-    ray_address = ray_address or params["ingest"].get("ray_address")
-    summaries = []
-    for name in names:
-        sp = source_params(params, name)
-        if not sp.get("enabled", True):
-            # empty outputs, so that a pipeline over every configured source still runs
-            log.warning("%s is disabled (sources.%s.enabled: false): writing no records",
-                        name, name)
-            write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
-            write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
-            raw = data / "raw" / name
-            if raw.is_symlink() and not raw.exists():  # its extraction was removed: relink empty
-                raw.unlink()
-            raw.mkdir(parents=True, exist_ok=True)
-            continue
-        n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
-        source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
-        summaries.append(ingest(source, workers=n_workers, progress=progress, engine=engine,
-                                ray_address=ray_address))
-    return summaries
+    """Ingest each named source in turn; ``engine``/``ray_address`` override ``ingest:``.
+
+    One ingest at a time writes the data directory (:func:`geopile.writelock.write_lock`).
+    """
+    blocks = {name: source_params(params, name) for name in names}  # unknown: before any write
+    with write_lock(data_lock(data), f"the data directory {data}"):
+        engine = engine or params["ingest"].get("engine") or "local"
+        ray_address = ray_address or params["ingest"].get("ray_address")
+        summaries = []
+        for name, sp in blocks.items():
+            if not sp.get("enabled", True):
+                # empty outputs, so that a pipeline over every configured source still runs
+                log.warning("%s is disabled (sources.%s.enabled: false): writing no records",
+                            name, name)
+                write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
+                write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
+                raw = data / "raw" / name
+                # its extraction was removed: relink empty
+                if raw.is_symlink() and not raw.exists():
+                    raw.unlink()
+                raw.mkdir(parents=True, exist_ok=True)
+                continue
+            n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
+            source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
+            summaries.append(ingest(source, workers=n_workers, progress=progress, engine=engine,
+                                    ray_address=ray_address))
+        return summaries
 
 
 def summary_table(data: Path, names: list[str]) -> str:

@@ -35,9 +35,9 @@ from safetensors.torch import save_file
 from timm.scheduler import CosineLRScheduler
 
 from geopile.augment import GfmTransform
+from geopile.buildindex import INDEX
 from geopile.params import path_of
 from geopile.settings import Pretrain, check_params
-from geopile.shards import INDEX
 from model.configs import GfmConfig, get_config
 from model.export import gfm_state_dict, timm_state_dict
 from model.gfm import GFM

@@ -21,11 +21,12 @@ from typing import Any
 
 from PIL import Image
 
+from geopile.buildindex import INDEX, StreamError
 from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
 from geopile.params import path_of
 from geopile.records import read_records, records_path, rejects_path
-from geopile.shards import INDEX
+from geopile.stream import LocalStorage, read_build_index
 from pipelines.arp import from_rows, paper_arp, paper_scores
 from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, reports_dir
@@ -152,6 +153,12 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     page.text("Rejected: unreadable at ingest, plus curation's entropy and nodata filters. "
               "Out: every clean image, copies included; each build keeps one image of each "
               "duplicate cluster among its sources (see Duplicates removed per build).")
+    rotated = {s: c["exif_rotated"] for s, c in report["counts"].items()
+               if s != "total" and c.get("exif_rotated")}
+    if rotated:
+        page.text("Turned upright by their EXIF orientation (stored sideways by a camera or "
+                  "phone; measured and sharded as shown): "
+                  + ", ".join(f"{s} {n}" for s, n in rotated.items()) + ".")
     plots = reports / "plots"
     page.heading("Entropy histograms")
     page.images([(p.read_bytes(), p.stem) for p in sorted(plots.glob("entropy_*.png"))])
@@ -191,12 +198,19 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
 
 def _builds(page: _Page, params: dict[str, Any]) -> None:
     """Per build (each written one's index.json): what curation and deduplication removed."""
-    indexes = []
+    indexes, refused = [], []
     for build in build_names(params):
-        path = shards_dir(params) / build / INDEX
-        if path.exists() and (index := json.loads(path.read_text())).get("curation"):
+        folder = shards_dir(params) / build
+        if not (folder / INDEX).exists():
+            continue
+        try:  # through the gate, as every reader of a build: it may come from anywhere
+            index, _ = read_build_index(LocalStorage(folder), str(folder))
+        except StreamError as err:
+            refused.append(str(err))
+            continue
+        if index.get("curation"):
             indexes.append(index)
-    if not indexes:
+    if not indexes and not refused:
         return
     page.heading("Duplicates removed per build")
     page.text("A build keeps one image of every duplicate cluster among its sources, the copy "
@@ -208,6 +222,8 @@ def _builds(page: _Page, params: dict[str, Any]) -> None:
         page.table(list(BUILD_COLUMNS), build_rows(curation))
         for line in shortfall_lines(build, curation):
             page.text(line)
+    for line in refused:
+        page.text(f"not shown: {line}")
 
 
 def _pretraining(page: _Page, params: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from geopile.shards import (
     write_build,
 )
 from geopile.shardstore import LocalStore, ShardStore, open_store
+from geopile.writelock import build_lock, write_lock
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 
 log = logging.getLogger(__name__)
@@ -100,42 +101,43 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
     ``to``: write to ``TO/BUILD`` instead of ``paths.shards/BUILD`` (:func:`destination`).
 
     Raises :class:`geopile.shards.BuildError` naming every source that falls short of its cap,
-    unless the build allows it (``allow_short: true``).
+    unless the build allows it (``allow_short: true``). One writer at a time per build.
     """
     builds = params.get("builds") or {}
     if build not in builds:
         raise ParamsError(f"no build {build!r} under 'builds:' (known: {', '.join(builds)})")
-    config = ShardConfig.from_params(params["shard"])
-    check_sources(params, build, builds[build])  # a disabled source: say so before anything
-    path = curated_path(data)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
-    seed = int(params["seed"])
-    reports = reports_dir(params)
-    report = _read_json(reports / REPORT)
-    duplicates = _read_json(reports / DUPLICATES) or {}
-    curated = read_records(path)
-    check_sources(params, build, builds[build], set(curated["source"].to_pylist()))
-    chosen = select(curated, build, builds[build], seed, config.cap_scale,
-                    priority=params["curate"]["priority"],
-                    pairs=duplicates.get("pairs") or (),
-                    curate_counts=(report or {}).get("counts"))
-    out = destination(params, build, to)
-    with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
-              disable=not progress) as bar:
-        index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
-                            curation=chosen.curation,
-                            # the pipeline's one cluster setting (ingest.engine), or the CLI's
-                            engine=engine or params["ingest"].get("engine") or "local",
-                            ray_address=ray_address or params["ingest"].get("ray_address"))
-    plot = _copy_boundary_plot(params, out)
-    out.put_bytes(CARD, render_card(index, params, report, boundary_plot=plot).encode())
-    if chosen.shortfall:
-        log.warning("%s (allow_short: true, written as is)",
-                    shortfall_message(build, chosen.curation))
-    log.info("%s: %d samples in %d shards -> %s", build, index["samples"],
-             len(index["shards"]), out)
-    return index
+    with write_lock(build_lock(shards_dir(params), build), f"build {build}"):
+        config = ShardConfig.from_params(params["shard"])
+        check_sources(params, build, builds[build])  # a disabled source: say so before anything
+        path = curated_path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
+        seed = int(params["seed"])
+        reports = reports_dir(params)
+        report = _read_json(reports / REPORT)
+        duplicates = _read_json(reports / DUPLICATES) or {}
+        curated = read_records(path)
+        check_sources(params, build, builds[build], set(curated["source"].to_pylist()))
+        chosen = select(curated, build, builds[build], seed, config.cap_scale,
+                        priority=params["curate"]["priority"],
+                        pairs=duplicates.get("pairs") or (),
+                        curate_counts=(report or {}).get("counts"))
+        out = destination(params, build, to)
+        with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
+                  disable=not progress) as bar:
+            index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
+                                curation=chosen.curation,
+                                # the pipeline's one cluster setting (ingest.engine), or the CLI's
+                                engine=engine or params["ingest"].get("engine") or "local",
+                                ray_address=ray_address or params["ingest"].get("ray_address"))
+        plot = _copy_boundary_plot(params, out)
+        out.put_bytes(CARD, render_card(index, params, report, boundary_plot=plot).encode())
+        if chosen.shortfall:
+            log.warning("%s (allow_short: true, written as is)",
+                        shortfall_message(build, chosen.curation))
+        log.info("%s: %d samples in %d shards -> %s", build, index["samples"],
+                 len(index["shards"]), out)
+        return index
 
 
 def shard_table(indexes: list[dict]) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+# before anything imports torch._dynamo, which raises the recursion limit mid-session: on
+# CPython 3.11 the hypothesis plugin's late import then fails in ast ("AST constructor recursion
+# depth mismatch") after every test passed
+import hypothesis  # noqa: F401
 import pytest
 import yaml
 
@@ -106,3 +111,35 @@ def curated(ingested: dict) -> dict:
 
     run_curate(ingested, Path(ingested["paths"]["data"]), progress=False)
     return ingested
+
+
+@pytest.fixture(scope="module")
+def shards(curated, tmp_path_factory) -> Path:
+    """The world's ``full`` build in about ten shards."""
+    from pipelines.shard import run_shard, shards_dir
+
+    params = {**curated, "paths": {**curated["paths"],
+                                   "shards": str(tmp_path_factory.mktemp("stream"))},
+              "shard": {**curated["shard"], "max_samples": 70}}
+    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    return shards_dir(params) / "full"
+
+
+@pytest.fixture
+def build(shards, tmp_path) -> Path:
+    """A private copy of the ``full`` build, free to damage."""
+    copy = tmp_path / "bucket" / "full"
+    shutil.copytree(shards, copy)
+    return copy
+
+
+@pytest.fixture
+def s3(build, tmp_path, monkeypatch):
+    """The damaged-or-not copy served as ``s3://bucket/full`` on a loopback 'S3'."""
+    from tests.httpserver import FlakyServer
+
+    with FlakyServer(tmp_path) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        yield server

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,31 +21,12 @@ import xxhash
 
 from geopile import stream
 from geopile.augment import GfmTransform
-from geopile.shards import INDEX
+from geopile.buildindex import INDEX
 from geopile.stream import Leg, S3Storage, ShardStream, StreamConfig, StreamError, parse_members
 from pipelines.loader import GeoPileLoader
-from tests.httpserver import FlakyServer
-from tests.test_stream import BATCH, _epoch, shards  # noqa: F401 - `shards` is a fixture
+from tests.test_stream import BATCH, _epoch
 
 BUCKET_URL = "s3://bucket/full"
-
-
-@pytest.fixture
-def build(shards, tmp_path) -> Path:  # noqa: F811 - the imported fixture
-    """A private copy of the ``full`` build, free to damage."""
-    copy = tmp_path / "bucket" / "full"
-    shutil.copytree(shards, copy)
-    return copy
-
-
-@pytest.fixture
-def s3(build, tmp_path, monkeypatch):
-    """The damaged-or-not copy served as ``s3://bucket/full`` on a loopback 'S3'."""
-    with FlakyServer(tmp_path) as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-        yield server
 
 
 def _index(build: Path) -> dict:
@@ -225,15 +205,15 @@ def test_truncated_index(build, s3, where):
 def test_index_missing_a_key(build, s3, where):
     """Trial (e'): index.json parses but lacks a shard's ``offsets`` (hand-edited, other tool).
 
-    Expected: a StreamError naming the file, the missing key and the shard, and the fix.
+    Expected: a StreamError naming the file, the build, the field and the fix.
     """
     index = _index(build)
     del index["shards"][2]["offsets"]
     (build / INDEX).write_text(json.dumps(index))
     url = str(build) if where == "local" else BUCKET_URL
     shown = re.escape(str(build / INDEX) if where == "local" else f"{BUCKET_URL}/{INDEX}")
-    with pytest.raises(StreamError, match=rf"{shown}: shard 2 \({index['shards'][2]['name']}\) "
-                                          r"has no 'offsets'"):
+    with pytest.raises(StreamError, match=rf"{shown} \(build 'full'\): shards\[2\]\.offsets: "
+                                          r"None is invalid: must be a list of \d+ byte offsets"):
         ShardStream(url, StreamConfig())
 
 

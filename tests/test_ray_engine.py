@@ -24,11 +24,12 @@ import yaml
 
 pytest.importorskip("ray")
 
+from geopile.buildindex import INDEX
 from geopile.cluster import wait_for_cpus  # noqa: E402
 from geopile.ingest import ingest  # noqa: E402
 from geopile.params import source_params  # noqa: E402
 from geopile.records import read_records, records_path  # noqa: E402
-from geopile.shards import INDEX, ShardConfig, write_build  # noqa: E402
+from geopile.shards import ShardConfig, write_build  # noqa: E402
 from geopile.shardstore import open_store  # noqa: E402
 from geopile.sources import create_source  # noqa: E402
 from geopile.world.world import s3_client, world_env  # noqa: E402
@@ -173,8 +174,8 @@ def test_ray_ingest_and_shards_match_local(cluster, local, tmp_path):
 def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch):
     """Each Ray task uploads the shard it wrote to S3 (the world's); the driver, the index last.
 
-    The objects are the local engine's files; a rerun re-sends only what S3 lacks (a shard
-    whose sha256 metadata matches is trusted, as ``geopile push`` does).
+    The objects are the local engine's files; a rerun re-sends only what S3 lacks or holds with
+    other bytes, by S3's own checksum (as ``geopile push`` does), never by metadata.
     """
     for key, value in world_env(world["s3"]).items():
         monkeypatch.setenv(key, value)
@@ -190,18 +191,26 @@ def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch)
     assert index_s3 == index_local
     assert s3_objects(world["s3"], world["bucket"], "ray-s3/t") == want
 
-    # a rerun (a driver killed after some uploads): shards already there are not sent again
+    # a rerun (a driver killed after some uploads): a shard S3 holds with its checksum is not
+    # sent again; one whose bytes differ (under the old metadata that once made it "trusted")
+    # is repaired; a missing one is sent; one another tool wrote is read back and kept
     client = s3_client(world["s3"])
-    first, second = index_local["shards"][0], index_local["shards"][1]
-    client.put_object(Bucket=world["bucket"], Key=f"ray-s3/t/{first['name']}", Body=b"trusted",
+    first, second, third, fourth = index_local["shards"][:4]
+    client.put_object(Bucket=world["bucket"], Key=f"ray-s3/t/{first['name']}", Body=b"rotten",
                       Metadata={"sha256": first["sha256"]})
     client.delete_object(Bucket=world["bucket"], Key=f"ray-s3/t/{second['name']}")
+    client.put_object(Bucket=world["bucket"], Key=f"ray-s3/t/{third['name']}",
+                      Body=want[third["name"]])  # by another tool: no SHA-256 of S3's
+    untouched = client.head_object(Bucket=world["bucket"], Key=f"ray-s3/t/{fourth['name']}")
+    time.sleep(1.1)  # LastModified has whole seconds: a new PUT would show
     write_build(selection, reference, open_store(url), "t", seed, config, engine="ray",
                 ray_address=cluster.address)
-    got = s3_objects(world["s3"], world["bucket"], "ray-s3/t")
-    assert got[first["name"]] == b"trusted"  # skipped by its metadata
-    assert got[second["name"]] == want[second["name"]]  # missing: written again
-    assert {k for k in got if got[k] != want[k]} == {first["name"]}
+    assert s3_objects(world["s3"], world["bucket"], "ray-s3/t") == want
+    head = client.head_object(Bucket=world["bucket"], Key=f"ray-s3/t/{fourth['name']}")
+    assert head["LastModified"] == untouched["LastModified"]
+    third_head = client.head_object(Bucket=world["bucket"], Key=f"ray-s3/t/{third['name']}",
+                                    ChecksumMode="ENABLED")
+    assert "ChecksumSHA256" not in third_head  # verified by reading it back, not re-sent
 
 
 def test_dead_node_and_killed_driver_end_identical(cluster, local, tmp_path):

@@ -7,25 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geopile.shards import INDEX
+from geopile.buildindex import INDEX
 from geopile.stream import CachedStorage, S3Storage, StreamError
 from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader, decode_on_device
-from pipelines.shard import run_shard, shards_dir
 from tests.conftest import torchrun
 from tests.httpserver import FlakyServer
 
 BATCH = 8
-
-
-@pytest.fixture(scope="module")
-def shards(curated, tmp_path_factory) -> Path:
-    """The world's ``full`` build in about ten shards."""
-    params = {**curated, "paths": {**curated["paths"],
-                                   "shards": str(tmp_path_factory.mktemp("stream"))},
-              "shard": {**curated["shard"], "max_samples": 70}}
-    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
-    return shards_dir(params) / "full"
 
 
 def _epoch(loader: GeoPileLoader, stop_after: int | None = None) -> tuple[list, list]:
@@ -160,24 +149,35 @@ def test_unreadable_shard_names_it(flaky_s3):
 
 def test_cache_refuses_a_shard_that_fails_its_checksum(flaky_s3, shards, tmp_path):
     index = json.loads((shards / INDEX).read_text())
-    digests = {s["name"]: s["sha256"] for s in index["shards"]}
+    entries = {s["name"]: (s["sha256"], s["bytes"]) for s in index["shards"]}
     remote = S3Storage("s3://bucket/full", endpoint_url=flaky_s3.url, backoff_s=0.01)
     name = index["shards"][0]["name"]
+    digest = entries[name][0]
     limit = sum(s["bytes"] for s in index["shards"][:2])
-    cache = CachedStorage(remote, tmp_path / "cache", limit, digests)
+    cache = CachedStorage(remote, tmp_path / "cache", limit, entries)
     assert cache.read_range(name, 0, 512) == (shards / name).read_bytes()[:512]
     for shard in index["shards"][1:4]:
         cache.read_range(shard["name"], 0, 512)
     cached = sum(p.stat().st_size for p in (tmp_path / "cache").glob("*.tar"))
     assert cached <= limit  # least recently used shards were evicted
+    # the cache names its copies by their sha256: no index can make it touch another file
+    assert {p.name for p in (tmp_path / "cache").iterdir()} <= {f"{d}.tar" for d, _ in
+                                                                entries.values()}
 
-    tampered = CachedStorage(remote, tmp_path / "cache2", limit, digests)
+    # a damaged copy (a bad disk) is fetched again, not used
+    damaged = CachedStorage(remote, tmp_path / "cache2", limit, entries)
     bad = bytearray((shards / name).read_bytes())
     bad[700] ^= 0xFF
-    (tmp_path / "cache2" / name).write_bytes(bad)
-    with pytest.raises(StreamError, match=f"{name}.*refused"):
+    (tmp_path / "cache2" / f"{digest}.tar").write_bytes(bad)
+    assert damaged.read_range(name, 600, 800) == (shards / name).read_bytes()[600:800]
+    assert (tmp_path / "cache2" / f"{digest}.tar").read_bytes() == (shards / name).read_bytes()
+
+    # a remote shard that does not match its index is refused and not cached
+    (tmp_path / "bucket" / "full" / name).write_bytes(bad)
+    tampered = CachedStorage(remote, tmp_path / "cache3", limit, entries)
+    with pytest.raises(StreamError, match=f"{name} has sha256 .*refused"):
         tampered.read_range(name, 0, 512)
-    assert not (tmp_path / "cache2" / name).exists()
+    assert not list((tmp_path / "cache3").iterdir())
 
 
 def test_corrupt_sample_is_skipped_and_counted(shards, tmp_path):

@@ -8,10 +8,12 @@ rejects and atomic output.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import stat
 import tarfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -26,9 +28,9 @@ from geopile.download import (
     extract_archive,
     recorded_source,
 )
-from geopile.imagestats import image_stats
+from geopile.imagestats import BadImage, image_stats
 from geopile.params import ParamsError
-from geopile.records import make_key
+from geopile.records import file_key, make_key
 from geopile.sources.published import Publication, local_name, mirror_urls
 from geopile.urls import strip_secrets
 
@@ -68,6 +70,13 @@ class Candidate:
     fields: dict[str, Any] = field(default_factory=dict)  # record columns known up front
     stratum: str | None = None  # for sources sampled with a quota per stratum (NAIP)
     task: Any = None  # source-specific work item (NAIP: the window to read)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A candidate turned down before any byte is read: its reject reason (a FIFO, a link out)."""
+
+    reason: str
 
 
 @dataclass
@@ -183,6 +192,8 @@ class Source:
 
     def process(self, cand: Candidate) -> Processed:
         """Decode and measure one candidate; raise :class:`BadImage` to reject it."""
+        if isinstance(cand.task, Refused):
+            raise BadImage(cand.task.reason)
         data = (self.ctx.data_dir / cand.path).read_bytes()
         stats = image_stats(data, self.expected_bands)
         lo, hi = self.gsd_range
@@ -248,36 +259,130 @@ class ImageFolderArchive(Source):
                     split_of[line.strip()] = split
         return split_of
 
-    def key_for(self, rel: Path) -> str:
-        """Sample key of a file (relative to the image root): the file stem is unique."""
-        return self._make_key(rel.stem)
+    def key_parts(self, rel: Path) -> tuple[str, ...]:
+        """What names a file (relative to the image root) in its key: its stem, unique here."""
+        return (rel.stem,)
+
+    def key_for(self, rel: Path, extension: bool = False) -> str:
+        """Sample key of a file (relative to the image root), see :func:`file_key`.
+
+        ``extension``: with the file's extension too (two files that differ only in it).
+        """
+        parts = self.key_parts(rel)
+        if extension and rel.suffix:
+            parts = (*parts, rel.suffix[1:])
+        return file_key(self.ctx.name, parts, rel.as_posix())
 
     def _make_key(self, *parts: str) -> str:
         return make_key(self.ctx.name, *parts)
 
+    def class_dirs(self, root: Path) -> list[Path]:
+        """The class folders: real directories of the image root (a link to one is a reject)."""
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+
     def candidates(self) -> Iterator[Candidate]:
-        """Files of each class folder, classes in published order, files sorted by name."""
+        """Files of each class folder, classes in published order, files sorted by name.
+
+        Entries that are not images one can read safely are rejects with a reason (see
+        :func:`folder_entries`); keys are unique (:meth:`key_for`, then :func:`unique_keys`).
+        """
         root = self.ctx.raw_dir / self.image_root
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is missing: the archive layout is not as published")
         split_of = self._split_of()
         sha = getattr(self, "_origin_sha256", None)
         class_ids = {c: i for i, c in enumerate(self.classes)}
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            label = class_dir.name
-            for file in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-                rel = file.relative_to(root)
-                yield Candidate(
-                    key=self.key_for(rel),
-                    path=str(file.relative_to(self.ctx.data_dir)),
-                    fields={
-                        "label": label,
-                        "label_id": class_ids.get(label),
-                        "split": split_of.get(file.name),
-                        "origin": str(file.relative_to(self.ctx.raw_dir)),
-                        "origin_sha256": sha,
-                    },
-                )
+        boundary = self.ctx.raw_dir.resolve()
+        # links where class folders belong are rejects; plain files there are not images
+        entries = [(p, folder_refusal(p, boundary)) for p in sorted(root.iterdir())
+                   if p.is_symlink() and (p.is_dir() or not p.exists())]
+        for class_dir in self.class_dirs(root):
+            entries += folder_entries(class_dir, boundary)
+        rels = [file.relative_to(root) for file, _ in entries]
+        keys = unique_keys(self.ctx.name, rels, self.key_for)
+        for (file, refused), rel, key in zip(entries, rels, keys, strict=True):
+            label = rel.parts[0] if len(rel.parts) > 1 else None
+            yield Candidate(
+                key=key,
+                path=str(file.relative_to(self.ctx.data_dir)),
+                fields={
+                    "label": label,
+                    "label_id": class_ids.get(label),
+                    "split": split_of.get(file.name),
+                    "origin": str(file.relative_to(self.ctx.raw_dir)),
+                    "origin_sha256": sha,
+                },
+                task=None if refused is None else Refused(refused),
+            )
+
+
+def unique_keys(source: str, rels: list[Path], key_for: Any) -> list[str]:
+    """Each file's key; files that differ only in extension (``img.jpg``, ``img.png``) get it.
+
+    Raises:
+        ValueError: naming every file of a key that is still shared (rename one of them).
+    """
+    keys = [key_for(rel) for rel in rels]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        if len(members) > 1:
+            for i in members:
+                keys[i] = key_for(rels[i], extension=True)
+    seen: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        seen.setdefault(key, []).append(i)
+    clashes = {k: v for k, v in seen.items() if len(v) > 1}
+    if clashes:
+        lines = "; ".join(f"{k}: {', '.join(str(rels[i]) for i in v)}"
+                          for k, v in list(clashes.items())[:10])
+        raise ValueError(f"source {source}: {len(clashes)} sample keys are shared by several "
+                         f"files, which would lose images ({lines}); rename one file of each")
+    return keys
+
+
+def folder_refusal(path: Path, boundary: Path) -> str | None:
+    """Why ``path`` is not read as an image (None: it is a regular file to read).
+
+    Links are followed only to regular files inside ``boundary`` (the folder the user named):
+    a link out of it, to a folder (which could loop or read files twice), to nothing, or round
+    in a loop is a reject, as are FIFOs, sockets and devices (never opened: a FIFO would block).
+    """
+    try:
+        info = path.stat()  # follows links
+    except FileNotFoundError:
+        return f"dangling symlink: points to {os.readlink(path)}, which does not exist"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop: the link leads back to itself"
+        raise
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(boundary):
+            return f"symlink out of the folder: to {target}, not followed"
+        if stat.S_ISDIR(info.st_mode):
+            return f"symlink to a folder: to {target}, not followed (it could loop)"
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "not a file")
+    return f"not a regular file: {kind}, not read"
+
+
+def folder_entries(folder: Path, boundary: Path) -> list[tuple[Path, str | None]]:
+    """Every entry below ``folder`` but its sub-folders, sorted, each with its refusal.
+
+    Sub-folders are walked without following links (a link is an entry like a file).
+    """
+    out: list[tuple[Path, str | None]] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            out += folder_entries(entry, boundary)
+        else:
+            out.append((entry, folder_refusal(entry, boundary)))
+    return out
 
 
 # -- helpers: hash-keyed extraction ---------------------------------------------------------------

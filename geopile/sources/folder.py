@@ -36,11 +36,11 @@ class FolderSource(ImageFolderArchive):
         if "classes" in self.params:
             return tuple(self.params["classes"])
         root = self.ctx.raw_dir / self.image_root
-        return tuple(sorted(p.name for p in root.iterdir() if p.is_dir())) if root.is_dir() else ()
+        return tuple(p.name for p in self.class_dirs(root)) if root.is_dir() else ()
 
-    def key_for(self, rel: Path) -> str:
-        """Sample key from the whole path under the image root: ``<class>/001.jpg`` recurs."""
-        return self._make_key(*rel.with_suffix("").parts)
+    def key_parts(self, rel: Path) -> tuple[str, ...]:
+        """The whole path under the image root names a file: ``<class>/001.jpg`` recurs."""
+        return rel.with_suffix("").parts
 
     def _input(self) -> Path:
         if not self.params.get("path"):
