@@ -264,3 +264,30 @@ def test_hostile_yaml_is_refused_before_it_is_expanded(tmp_path, text, message):
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and str(bomb) in done.stderr
     assert len(done.stderr) < 2000  # the value is never rendered whole
+
+
+def test_pillows_orientation_fixtures_come_out_upright(tmp_path, capsys):
+    """Outside reference: Pillow's ``hopper_orientation_2..8.jpg`` (tests/data/pillow).
+
+    Each is ``hopper.jpg`` stored under another EXIF orientation. Expected: every record keeps
+    its orientation, and every shard member decodes, with no EXIF reader involved, to
+    ``hopper.jpg`` within one JPEG generation (about 5 grey levels on average; stored as is,
+    they are 59-82 away from it).
+    """
+    fixtures = REPO / "tests" / "data" / "pillow"
+    folder = tmp_path / "in"
+    (folder / "cls").mkdir(parents=True)
+    for n in range(2, 9):
+        (folder / "cls" / f"o{n}.jpg").write_bytes(
+            (fixtures / f"hopper_orientation_{n}.jpg").read_bytes())
+    code, err = _ingest(capsys, tmp_path, folder)
+    assert code == 0, err
+    upright = np.asarray(Image.open(fixtures / "hopper.jpg").convert("RGB")).astype(int)
+    config = ShardConfig(max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95,
+                         mtime=0, cap_scale=1.0)
+    for row in _records(tmp_path):
+        n = int(row["origin"][len("cls/o"):-len(".jpg")])
+        assert row["orientation"] == n
+        member = encode_sample(row, tmp_path / "data", config)["jpg"]
+        shown = simplejpeg.decode_jpeg(member).astype(int)  # no EXIF reader involved
+        assert np.abs(shown - upright).mean() < 8, n
