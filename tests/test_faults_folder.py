@@ -122,8 +122,8 @@ def test_a_key_still_shared_is_refused_naming_the_files(tmp_path, capsys):
         (folder / "cls" / name).write_bytes(_jpeg(seed))
     code, err = _ingest(capsys, tmp_path, folder)
     assert code == 2
-    assert "mine/cls_img_jpg: cls/img.jpg, cls/img_jpg.jpg" in err
-    assert "rename one file of each" in err
+    assert "mine/cls_img_jpg: cls/img.jpg and cls/img_jpg.jpg" in err
+    assert "their images would be lost" in err and "rename them" in err
     assert not records_path(tmp_path / "data", SOURCE).exists()
 
 

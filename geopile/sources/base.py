@@ -299,7 +299,7 @@ class ImageFolderArchive(Source):
         for class_dir in self.class_dirs(root):
             entries += folder_entries(class_dir, boundary)
         rels = [file.relative_to(root) for file, _ in entries]
-        keys = unique_keys(self.ctx.name, rels, self.key_for)
+        keys = unique_keys(rels, self.key_for)
         for (file, refused), rel, key in zip(entries, rels, keys, strict=True):
             label = rel.parts[0] if len(rel.parts) > 1 else None
             yield Candidate(
@@ -316,11 +316,11 @@ class ImageFolderArchive(Source):
             )
 
 
-def unique_keys(source: str, rels: list[Path], key_for: Any) -> list[str]:
+def unique_keys(rels: list[Path], key_for: Any) -> list[str]:
     """Each file's key; files that differ only in extension (``img.jpg``, ``img.png``) get it.
 
-    Raises:
-        ValueError: naming every file of a key that is still shared (rename one of them).
+    A key still shared after that (``img_jpg.jpg`` beside those two) stops the ingest, naming
+    the files (:func:`geopile.ingest.ingest` refuses shared keys for every source).
     """
     keys = [key_for(rel) for rel in rels]
     groups: dict[str, list[int]] = {}
@@ -330,15 +330,6 @@ def unique_keys(source: str, rels: list[Path], key_for: Any) -> list[str]:
         if len(members) > 1:
             for i in members:
                 keys[i] = key_for(rels[i], extension=True)
-    seen: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        seen.setdefault(key, []).append(i)
-    clashes = {k: v for k, v in seen.items() if len(v) > 1}
-    if clashes:
-        lines = "; ".join(f"{k}: {', '.join(str(rels[i]) for i in v)}"
-                          for k, v in list(clashes.items())[:10])
-        raise ValueError(f"source {source}: {len(clashes)} sample keys are shared by several "
-                         f"files, which would lose images ({lines}); rename one file of each")
     return keys
 
 
