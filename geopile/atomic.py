@@ -91,6 +91,11 @@ def write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_text(path: Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path``, whole or not at all."""
+    write_bytes(path, text.encode())
+
+
 def write_with(path: Path, write: Callable[[BinaryIO], object], needed: int | None = None) -> None:
     """Call ``write(file)`` on a temp file, then rename it to ``path`` (whole or not at all)."""
     with replacing(path, needed) as tmp, open(tmp, "wb") as f:

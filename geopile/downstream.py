@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geopile.atomic import write_text
 from geopile.download import download_first, extract_archive, verify_file
 from geopile.params import ParamsError
 from geopile.sources.published import mirror_urls
@@ -155,9 +156,5 @@ def fetch(name: str, published: DownstreamSet, params: dict[str, Any], data: Pat
                 link(entry, root / entry.name)
         else:
             link(got.path, root / item.filename)
-    out = manifest_path(data, name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text(manifest_path(data, name), json.dumps(record, indent=1, sort_keys=True) + "\n")
     return root

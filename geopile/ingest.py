@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter, deque
@@ -32,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from geopile.atomic import write_bytes
 from geopile.imagestats import BadImage
 from geopile.records import (
     PART_SCHEMA,
@@ -103,13 +103,6 @@ def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
     it = iter(items)
     while chunk := list(islice(it, n)):
         yield chunk
-
-
-def _write_payload(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # source params that do not change what ingest decides
@@ -250,7 +243,7 @@ def ingest(
                 decided_now += 1
                 if result is not None:
                     if result.payload is not None:
-                        _write_payload(ctx.data_dir / result.row["path"], result.payload)
+                        write_bytes(ctx.data_dir / result.row["path"], result.payload)
                     parts.add(
                         {**result.row, "key": cand.key, "source": ctx.name, "stratum": cand.stratum}
                     )

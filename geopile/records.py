@@ -6,7 +6,6 @@ read them instead of decoding images again. The schema is versioned in the Parqu
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
+
+from geopile.atomic import replacing
 
 SCHEMA_VERSION = "1"
 _META = {b"geopile.records.version": SCHEMA_VERSION.encode()}
@@ -128,10 +129,8 @@ def rejects_path(data_dir: Path, source: str) -> Path:
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write Parquet to a temporary name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -32,9 +32,9 @@ import xxhash
 from PIL import Image
 
 from geopile.atomic import check_free, disk_error
-from geopile.buildindex import INDEX_VERSION, TAR_BLOCK, validate_index
 from geopile.imagestats import decode
 from geopile.shardstore import LocalStore, ShardStore, prune
+from geopile.stream.index import INDEX_VERSION, TAR_BLOCK, validate_index
 
 # what a sample's .json carries (the record's columns minus what is only useful in the table)
 JSON_FIELDS = (

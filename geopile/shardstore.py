@@ -29,7 +29,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from geopile.atomic import write_bytes
-from geopile.buildindex import INDEX, PUBLISHING, is_shard_name, sha256_file
+from geopile.s3 import s3_client
+from geopile.stream.index import INDEX, PUBLISHING, is_shard_name, sha256_file
 from geopile.urls import strip_secrets
 from geopile.writelock import holder_line
 
@@ -125,11 +126,8 @@ class S3Store(_Replacing):
         return f"s3://{self.bucket}/{self.key(name)}"
 
     def _client(self) -> Any:
-        import boto3
-
         if not self._scratch or self._scratch[0] != os.getpid():  # a client never crosses a fork
-            self._scratch[:] = [os.getpid(), boto3.client("s3", endpoint_url=self.endpoint_url),
-                                None]
+            self._scratch[:] = [os.getpid(), s3_client(self.endpoint_url), None]
         return self._scratch[1]
 
     def prepare(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import atomic_write_text
+from geopile.atomic import write_text
 
 Score = tuple[str, str]  # (task, metric)
 
@@ -141,6 +141,6 @@ def _over(result: ArpResult) -> str:
 
 def write_arp(result: ArpResult, path: Path) -> None:
     """``arp.json`` (dvc metrics), written atomically."""
-    atomic_write_text(path, json.dumps({"arp": result.arp, "rows": result.rows,
+    write_text(path, json.dumps({"arp": result.arp, "rows": result.rows,
                                         "datasets": result.datasets,
                                         "paper_arp": paper_arp().arp}, indent=1) + "\n")

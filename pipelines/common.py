@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,21 +55,3 @@ def load_settings(params: dict[str, Any], files: Sequence[str | Path] = ()) -> S
 
     return check_params(params, files, tasks=TASKS, sets={
         name: list(published.files) for name, published in downstream_sets().items()})
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name beside ``path``, then rename it into place."""
-    import torch  # not at module level: every command imports this module
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

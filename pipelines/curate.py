@@ -15,11 +15,11 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global sta
 from PIL import Image
 from tqdm import tqdm
 
+from geopile.atomic import write_text
 from geopile.curate import CurateConfig, curate, rgb_thumbnail
 from geopile.params import ParamsError, path_of
 from geopile.records import read_records, records_path, write_table_atomic
 from geopile.writelock import data_lock, write_lock
-from pipelines.common import atomic_write_text
 
 log = logging.getLogger(__name__)
 CURATED = "curated.parquet"
@@ -56,7 +56,7 @@ def _load(data: Path, names: list[str]) -> dict[str, pa.Table]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=False))
+    write_text(path, json.dumps(payload, indent=1, sort_keys=False))
 
 
 def _save_png(fig: Figure, path: Path) -> None:

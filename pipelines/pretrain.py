@@ -34,22 +34,23 @@ import torch
 from safetensors.torch import save_file
 from timm.scheduler import CosineLRScheduler
 
+from geopile.atomic import write_text
 from geopile.augment import GfmTransform
-from geopile.buildindex import INDEX
 from geopile.params import path_of
 from geopile.settings import Pretrain, check_params
+from geopile.stream.index import INDEX
 from model.configs import GfmConfig, get_config
 from model.export import gfm_state_dict, timm_state_dict
 from model.gfm import GFM
 from model.optim import param_groups
 from model.teacher import FrozenTeacher
-from pipelines.common import atomic_torch_save, atomic_write_text
+from pipelines.batches import Endless
 from pipelines.energy import energy_line
 from pipelines.engine import (
     Dist,
-    Endless,
     Loop,
     Run,
+    atomic_torch_save,
     fingerprint,
     init_distributed,
     seed_everything,
@@ -191,20 +192,18 @@ def export_encoder(model: GFM, config: GfmConfig, out: Path, meta: dict[str, Any
              f"dict(file='encoder.timm.safetensors'), num_classes=0, img_size={spec.img_size}, "
              f"window_size={spec.window_size}"
              + "".join(f", {k}={v!r}" for k, v in spec.arch.items()) + ")")
-    atomic_write_text(out / "encoder.json", json.dumps(
+    write_text(out / "encoder.json", json.dumps(
         {"timm": load, "usage": usage, **meta}, indent=1) + "\n")
 
 
 def _s3_object_exists(url: str) -> bool:
     """HEAD ``s3://bucket/key``: False when it is not there; other failures raise, explained."""
-    import boto3
-    import botocore.config
     import botocore.exceptions
 
+    from geopile.s3 import s3_client
+
     parsed = urlparse(url)
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"),
-                          config=botocore.config.Config(connect_timeout=10, read_timeout=30,
-                                                        retries={"max_attempts": 3}))
+    client = s3_client()
     try:
         client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
     except botocore.exceptions.ClientError as err:

@@ -6,7 +6,7 @@ build streamable. Credentials and endpoint come from boto3's standard chain
 (``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``..., ``AWS_ENDPOINT_URL`` for other stores).
 
 Push publishes; it does not trust. The local index goes through the gate
-(:mod:`geopile.buildindex`), so it can only name files of the build itself, and every shard is
+(:mod:`geopile.stream.index`), so it can only name files of the build itself, and every shard is
 hashed and checked against it before anything is sent: a damaged local build is refused whole,
 and the remote copy stays as it was. Then the remote index goes away first (a ``PUBLISHING``
 marker names this push meanwhile), each shard is sent unless S3's own checksum says the object
@@ -22,10 +22,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from geopile.buildindex import INDEX, StreamError, sha256_file
 from geopile.card import BOUNDARY_PLOT, CARD
 from geopile.shardstore import S3Store, open_store, prune
 from geopile.stream import LocalStorage, check_shards, read_build_index
+from geopile.stream.index import INDEX, StreamError, sha256_file
 
 log = logging.getLogger(__name__)
 

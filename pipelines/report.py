@@ -21,14 +21,14 @@ from typing import Any
 
 from PIL import Image
 
-from geopile.buildindex import INDEX, StreamError
+from geopile.atomic import write_text
 from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
 from geopile.params import path_of
 from geopile.records import read_records, records_path, rejects_path
 from geopile.stream import LocalStorage, read_build_index
+from geopile.stream.index import INDEX, StreamError
 from pipelines.arp import from_rows, paper_arp, paper_scores
-from pipelines.common import atomic_write_text
 from pipelines.curate import DUPLICATES, REPORT, reports_dir
 from pipelines.energy import energy_line
 from pipelines.shard import build_names, shards_dir
@@ -291,7 +291,7 @@ def build_report(params: dict[str, Any], data: Path, out: Path,
            f"{_STYLE}</head><body>{body}<p id='selfcheck'>checking...</p>{_SELFCHECK}"
            "</body></html>")
     html_path, md_path = out.with_suffix(".html"), out.with_suffix(".md")
-    atomic_write_text(html_path, doc)
-    atomic_write_text(md_path, "\n".join(page.md) + "\n")
+    write_text(html_path, doc)
+    write_text(md_path, "\n".join(page.md) + "\n")
     return html_path, md_path
 

@@ -1,6 +1,6 @@
 """``geopile verify BUILD|DIR|s3://...``: check a build, yours or someone else's, before using it.
 
-The index goes through the gate (:mod:`geopile.buildindex`) and every shard's presence and size
+The index goes through the gate (:mod:`geopile.stream.index`) and every shard's presence and size
 are checked; then every byte is read once: each shard against its sha256 and each sample against
 its xxh3, in sample-aligned pieces of at most 32 MiB (memory stays small whatever the shard).
 """

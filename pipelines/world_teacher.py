@@ -22,7 +22,7 @@ from geopile.world.scenes import render_scene
 from geopile.world.world import TEACHER_FILE
 from model.configs import get_config
 from model.student import create_swin
-from pipelines.common import atomic_torch_save
+from pipelines.engine import atomic_torch_save
 
 
 def _images(classes: list[str], per_class: int, size: int, seed: int) -> tuple[torch.Tensor,

@@ -20,12 +20,12 @@ import pytest
 import xxhash
 import yaml
 
-from geopile.buildindex import INDEX
 from geopile.card import BOUNDARY_PLOT, CARD
 from geopile.params import ParamsError
 from geopile.records import read_records, records_path
 from geopile.settings import check_params
 from geopile.shards import BuildError, _caps, allows_short, select, source_order
+from geopile.stream.index import INDEX
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 from pipelines.shard import run_shard, shards_dir
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from geopile.buildindex import INDEX
+from geopile.stream.index import INDEX
 from geopile.world.world import world_down
 from pipelines.cli import main
 from pipelines.workspace import dvc

@@ -7,7 +7,8 @@ from itertools import islice
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from pipelines.engine import Dist, EpochBatches, StreamBatches
+from pipelines.batches import EpochBatches, StreamBatches
+from pipelines.engine import Dist
 
 
 def _where(rank: int = 0, world: int = 1) -> Dist:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from geopile.buildindex import INDEX, PUBLISHING, BuildIndexError, StreamError
 from geopile.stream import ShardStream, StreamConfig, parse_members, read_index
+from geopile.stream.index import INDEX, PUBLISHING, BuildIndexError, StreamError
 from geopile.world.world import s3_client, world_env
 from geopile.writelock import build_lock, write_lock
 from pipelines.cli import main
@@ -158,9 +158,9 @@ def test_index_text_that_is_not_plain_json_is_refused(build, text, message):
 
 def test_huge_s3_index_is_refused_unread(build, s3, monkeypatch):
     """An index over the limit is refused after one ranged GET of at most limit + 1 bytes."""
-    from geopile import stream
+    from geopile.stream import storage
 
-    monkeypatch.setattr(stream, "MAX_INDEX_BYTES", 1000)
+    monkeypatch.setattr(storage, "MAX_INDEX_BYTES", 1000)
     s3.requests.clear()
     with pytest.raises(BuildIndexError, match="over the limit of 1,000 bytes"):
         read_index(BUCKET_URL)

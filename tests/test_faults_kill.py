@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from geopile.buildindex import INDEX
 from geopile.ingest import ingest
 from geopile.params import source_params
 from geopile.records import records_path
 from geopile.sources import create_source
+from geopile.stream.index import INDEX
 from pipelines.shard import run_shard
 from tests.killing import kill_once
 

@@ -32,8 +32,8 @@ from geopile.imagestats import MAX_PIXELS, MIN_SIDE, BadImage, image_stats
 from geopile.ingest import ingest
 from geopile.records import read_records, records_path, rejects_path
 from geopile.sources import create_source
-from geopile.sources.base import INPUT_STAMP
 from geopile.sources.mlrsnet import MLRSNet
+from geopile.staging import INPUT_STAMP
 
 REPO = Path(__file__).resolve().parents[1]
 

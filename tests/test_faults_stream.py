@@ -19,10 +19,10 @@ import pytest
 import simplejpeg
 import xxhash
 
-from geopile import stream
 from geopile.augment import GfmTransform
-from geopile.buildindex import INDEX
 from geopile.stream import Leg, S3Storage, ShardStream, StreamConfig, StreamError, parse_members
+from geopile.stream import storage as storage_module
+from geopile.stream.index import INDEX
 from pipelines.loader import GeoPileLoader
 from tests.test_stream import BATCH, _epoch
 
@@ -80,7 +80,7 @@ def test_s3_reads_on_a_freshly_booted_machine(build, s3, monkeypatch):
     refresh period, and a signature is renewed once it is older than ``REFRESH_S``.
     """
     clock = _FreshBootClock()
-    monkeypatch.setattr(stream, "time", SimpleNamespace(monotonic=clock, sleep=time.sleep))
+    monkeypatch.setattr(storage_module, "time", SimpleNamespace(monotonic=clock, sleep=time.sleep))
     storage = S3Storage(BUCKET_URL, endpoint_url=s3.url, retries=1, backoff_s=0.01)
     name = _index(build)["shards"][0]["name"]
     assert storage.read_range(name, 0, 1024) == (build / name).read_bytes()[:1024]

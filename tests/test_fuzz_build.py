@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geopile.buildindex import TAR_BLOCK, BuildIndexError, parse_index
 from geopile.stream import parse_members, sample_refs
+from geopile.stream.index import TAR_BLOCK, BuildIndexError, parse_index
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

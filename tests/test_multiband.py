@@ -22,9 +22,9 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
 from geopile.augment import STRETCH_K, BandError, GfmTransform
-from geopile.buildindex import INDEX
 from geopile.params import deep_merge, load_params
 from geopile.shards import BuildError, ShardConfig, _caps, write_build
+from geopile.stream.index import INDEX
 from pipelines.loader import GeoPileLoader
 from pipelines.shard import check_sources, run_shard
 from tests.conftest import shard_members

@@ -24,7 +24,6 @@ import yaml
 
 pytest.importorskip("ray")
 
-from geopile.buildindex import INDEX
 from geopile.cluster import wait_for_cpus  # noqa: E402
 from geopile.ingest import ingest  # noqa: E402
 from geopile.params import source_params  # noqa: E402
@@ -32,6 +31,7 @@ from geopile.records import read_records, records_path  # noqa: E402
 from geopile.shards import ShardConfig, write_build  # noqa: E402
 from geopile.shardstore import open_store  # noqa: E402
 from geopile.sources import create_source  # noqa: E402
+from geopile.stream.index import INDEX
 from geopile.world.world import s3_client, world_env  # noqa: E402
 from tests.conftest import s3_objects  # noqa: E402
 from tests.killing import kill_once  # noqa: E402

@@ -25,9 +25,9 @@ import torch
 import yaml
 
 from geopile.augment import GfmTransform
-from geopile.buildindex import INDEX
 from geopile.params import load_params
 from geopile.records import read_records, records_path, rejects_path
+from geopile.stream.index import INDEX
 from geopile.world.world import PARAMS_OVERLAY
 from pipelines.cli import main
 from pipelines.curate import curated_path

@@ -20,9 +20,9 @@ import xxhash
 import yaml
 from PIL import Image
 
-from geopile.buildindex import INDEX
 from geopile.records import read_records
 from geopile.shards import ShardConfig, select, write_build
+from geopile.stream.index import INDEX
 from geopile.world.world import s3_client, world_env
 from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
 from pipelines.shard import run_shard, shards_dir

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geopile.buildindex import INDEX
 from geopile.stream import CachedStorage, S3Storage, StreamError
+from geopile.stream.index import INDEX
 from geopile.world.world import upload_tree
 from pipelines.loader import GeoPileLoader, decode_on_device
 from tests.conftest import torchrun

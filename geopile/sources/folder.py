@@ -7,7 +7,8 @@ from pathlib import Path
 
 from geopile.download import verify_file
 from geopile.params import ParamsError
-from geopile.sources.base import ImageFolderArchive, install_archive, point_raw_dir
+from geopile.sources.base import ImageFolderArchive
+from geopile.staging import install_archive, point_raw_dir
 
 log = logging.getLogger(__name__)
 

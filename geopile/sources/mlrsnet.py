@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 
 from geopile.download import Fetched
 from geopile.records import make_key, to_table
-from geopile.sources.base import EXTRACTED, Candidate, Source, install_dir, raw_is_current
+from geopile.sources.base import Candidate, Source
 from geopile.sources.published import Download, Publication
+from geopile.staging import EXTRACTED, install_dir, raw_is_current
 
 log = logging.getLogger(__name__)
 _HUB = "https://huggingface.co/datasets/jonathan-roberts1/MLRSNet/resolve/main/data"

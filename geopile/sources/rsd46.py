@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from geopile.download import verify_file
-from geopile.sources.base import Candidate, ImageFolderArchive, install_archive
+from geopile.sources.base import Candidate, ImageFolderArchive
 from geopile.sources.published import Publication
+from geopile.staging import install_archive
 
 HOW_TO_GET = (
     "RSD46-WHU has no public download URL. Request it from RSIA-LIESMARS-WHU "

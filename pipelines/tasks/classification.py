@@ -25,8 +25,9 @@ from torchvision.transforms import v2
 
 from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
 from geopile.settings import Finetune
+from pipelines.batches import EpochBatches
 from pipelines.encoders import Init
-from pipelines.engine import Dist, EpochBatches, Loop, autocast
+from pipelines.engine import Dist, Loop, autocast
 from pipelines.tasks.base import Prepared, Task, read_sample
 
 

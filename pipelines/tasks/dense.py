@@ -30,8 +30,9 @@ from torch.utils.data import Dataset
 from geopile.augment import IMAGENET_MEAN, IMAGENET_STD
 from geopile.settings import Finetune
 from model.dense import ChangeDetector, Segmenter, SuperResolver, adapt_patch_embed
+from pipelines.batches import StreamBatches
 from pipelines.encoders import Init
-from pipelines.engine import Dist, Loop, StreamBatches, autocast
+from pipelines.engine import Dist, Loop, autocast
 from pipelines.tasks.base import Prepared, Task, read_sample
 
 IGNORE = 255  # label of padding (and of pixels no class claims)
