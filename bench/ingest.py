@@ -81,7 +81,7 @@ def _ray_node(args: list[str]) -> subprocess.Popen:
 
 
 def _wait_cpus(address: str, n: int) -> None:
-    from geopile.cluster import wait_for_cpus
+    from geopile.engines import wait_for_cpus
 
     wait_for_cpus(address, n)
 
@@ -97,8 +97,12 @@ def engine_rows(params: dict, tmp: Path, workers: int, naip_threads: int) -> lis
             data = tmp / f"engine-{name}-{engine}-{nodes}"
             threads = naip_threads if name == "naip" else workers
             source = create_source(name, params["sources"][name], data, progress=False)
-            summary = ingest(source, workers=threads, progress=False, engine=engine,
-                             ray_address=address)
+            from geopile.engines import LocalMapper, RayMapper
+
+            mapper = (RayMapper(address, threads=threads) if engine == "ray"
+                      else LocalMapper(threads))
+            summary = ingest(source, mapper=mapper, progress=False)
+            mapper.close()
             rows.append((name, engine, nodes, summary.images, summary.images / summary.seconds))
 
     run("local", 1, None)

@@ -20,11 +20,11 @@ import logging
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from geopile.atomic import write_bytes
+from geopile.engines import LocalMapper, Mapper
 from geopile.imagestats import BadImage
 from geopile.records import (
     PART_SCHEMA,
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 # first few failures (one missing tile early on) must not stop a run on a small sample.
 MIN_ERRORS_FOR_LIMIT = 20
 LAST_ERRORS_SHOWN = 3
+
+
+Outcome = tuple[Candidate, Processed | None, str | None, bool]  # (cand, result, reason, failed)
 
 
 class IngestError(RuntimeError):
@@ -74,25 +78,17 @@ class IngestSummary:
         return self.processed_now / self.seconds if self.seconds else 0.0
 
 
-_WORKER: Source | None = None
-
-
-def _init_worker(source: Source) -> None:
-    global _WORKER
-    _WORKER = source
-
-
-def _decide(cand: Candidate) -> tuple[Candidate, Processed | None, str | None, bool]:
+def decide(source: Source, cand: Candidate) -> Outcome:
     """Run one candidate; a bad input becomes a (redacted) reason, never an exception.
 
-    The last element tells a *failure* (the input could not be read: an ``OSError`` such as
+    What every engine's workers call (:mod:`geopile.engines`). The last element tells a
+    *failure* (the input could not be read: an ``OSError`` such as
     :class:`geopile.cog.CogReadError`, or an unexpected ``ValueError``) from a sample the source
     turned down on its content (:class:`BadImage`); only failures count against
     ``max_error_fraction``.
     """
-    assert _WORKER is not None
     try:
-        return cand, _WORKER.process(cand), None, False
+        return cand, source.process(cand), None, False
     except BadImage as err:
         return cand, None, redact(str(err)), False
     except (OSError, ValueError) as err:  # unreadable file or window, odd TIFF tags, ...
@@ -170,146 +166,154 @@ class _Checkpoint:
         return pa.concat_tables([pq.read_table(p, schema=PART_SCHEMA) for p in parts])
 
 
+def _fingerprint(source: Source) -> str:
+    """What a checkpoint was decided under: the decisive params, the seed and the input."""
+    ctx = source.ctx
+    decisive = {k: v for k, v in ctx.params.items() if k not in _NOT_DECISIVE}
+    # the input's identity too: a run killed before the archive changed must not resume into
+    # records of the new one
+    return hashlib.sha256(json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+@dataclass
+class _Tally:
+    """One run's decisions so far: accepted per stratum, failures, when to stop."""
+
+    name: str
+    quotas: Mapping[str, int] | None
+    limit: float | None
+    accepted: Counter[str] = field(default_factory=Counter)
+    failed: list[dict] = field(default_factory=list)  # checkpointed only when the run completes
+    last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_ERRORS_SHOWN))
+    decided: int = 0
+    stop: IngestError | None = None
+
+    def surplus(self, cand: Candidate) -> bool:
+        """A draw of a stratum filled earlier in its chunk."""
+        return self.quotas is not None and self.accepted[cand.stratum] >= self.quotas[cand.stratum]
+
+    def full(self) -> bool:
+        """Every stratum has its quota."""
+        return self.quotas is not None and all(self.accepted[s] >= q
+                                               for s, q in self.quotas.items())
+
+    def fail(self, row: dict[str, Any], key: str, reason: str | None) -> None:
+        """An unreadable candidate; past ``max_error_fraction`` the run stops."""
+        self.failed.append(row)
+        self.last_errors.append(f"{key}: {reason}")
+        if self.limit is not None and _over_limit(len(self.failed), self.decided, self.limit):
+            self.stop = _too_many_errors(self.name, len(self.failed), self.decided, self.limit,
+                                         self.last_errors)
+
+
+def _record(outcome: Outcome, source: Source, parts: _Checkpoint, tally: _Tally,
+            bar: tqdm) -> None:
+    """Checkpoint one decided candidate (its payload written first)."""
+    cand, result, reason, unreadable = outcome
+    ctx = source.ctx
+    tally.decided += 1
+    if result is not None:
+        if result.payload is not None:
+            write_bytes(ctx.data_dir / result.row["path"], result.payload)
+        parts.add({**result.row, "key": cand.key, "source": ctx.name, "stratum": cand.stratum})
+        if tally.quotas is not None:
+            tally.accepted[cand.stratum] += 1
+        bar.update(1)
+        return
+    row = {**cand.fields, "key": cand.key, "source": ctx.name, "stratum": cand.stratum,
+           "nbytes": None, "reject_reason": reason}
+    if unreadable:
+        tally.fail(row, cand.key, reason)
+    else:
+        parts.add(row)
+    if tally.quotas is None:
+        bar.update(1)
+
+
 def ingest(
     source: Source,
     *,
+    mapper: Mapper | None = None,
     workers: int = 2,
     chunk_size: int = 64,
     flush_every: int = 512,
     progress: bool = True,
-    engine: str = "local",
-    ray_address: str | None = None,
 ) -> IngestSummary:
     """Fetch ``source``, decide every candidate, and write its records and rejects atomically.
 
-    ``engine="ray"`` decides the candidates as Ray tasks on the cluster at ``ray_address``
-    (:class:`geopile.cluster.RayMapper`); everything else, and so every byte written, stays as
-    with the local pool.
+    The candidates are decided by ``mapper`` (:mod:`geopile.engines`: a pool here, or Ray tasks;
+    default a :class:`~geopile.engines.LocalMapper` of ``workers``), a chunk at a time; every
+    decision about them stays here, so every byte written is the same whichever mapper ran.
     """
     ctx = source.ctx
     started = time.perf_counter()
     source.fetch()
-    decisive = {k: v for k, v in ctx.params.items() if k not in _NOT_DECISIVE}
-    fingerprint = hashlib.sha256(
-        # the input's identity too: a run killed before the archive changed must not resume
-        # into records of the new one
-        json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True, default=str).encode()
-    ).hexdigest()
     quotas = source.quotas()
     if quotas is not None and sum(quotas.values()) < 1:
         # checked by the params schema too; here because this driver deletes raw files
         raise IngestError(f"{ctx.name}: the quotas ask for no image at all ({dict(quotas)}): "
                           f"check sources.{ctx.name}.count; earlier records were left as they are")
-    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, fingerprint)
-    accepted: Counter[str] = Counter()
+    parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, _fingerprint(source))
+    tally = _Tally(ctx.name, quotas, _error_limit(source))
     if quotas is not None:  # strata already filled by a previous, killed run
         done = parts.table()
-        kept = done.filter(pc.is_null(done["reject_reason"]))
-        accepted.update(kept["stratum"].to_pylist())
+        tally.accepted.update(done.filter(pc.is_null(done["reject_reason"]))["stratum"]
+                              .to_pylist())
     candidates: Iterable[Candidate] = source.candidates()
     if quotas is None:
         candidates = list(candidates)
         _refuse_shared_keys(ctx.name, candidates)
         total, initial = len(candidates), len(parts.done)
     else:
-        total, initial = sum(quotas.values()), sum(accepted.values())
-    pool_cls: type[Executor] = (
-        ThreadPoolExecutor if source.executor == "thread" else ProcessPoolExecutor
-    )
-    pool_kw = (
-        {} if source.executor == "thread" else {"initializer": _init_worker, "initargs": (source,)}
-    )
-    _init_worker(source)  # threads share this module's global
-    limit = _error_limit(source)
-    decided_now = 0
-    failed: list[dict] = []  # checkpointed only when the run completes: a rerun retries them
-    last_errors: deque[str] = deque(maxlen=LAST_ERRORS_SHOWN)
-    stop: IngestError | None = None
-    bar = tqdm(
-        total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img", disable=not progress
-    )
-    if engine == "ray":
-        from geopile.cluster import RayMapper
-
-        mapper = RayMapper(source, ray_address, threads=max(1, workers))
-        pool_cls, pool_kw, workers = ThreadPoolExecutor, {}, 1  # the pool below stays idle
-    with pool_cls(max_workers=max(1, workers), **pool_kw) as pool:
-        map_ordered = mapper.map if engine == "ray" else lambda c: pool.map(_decide, c)
-        for chunk in _chunks(_todo(candidates, parts.done, quotas, accepted), chunk_size):
-            for cand, result, reason, unreadable in map_ordered(chunk):
-                if quotas is not None:
-                    if accepted[cand.stratum] >= quotas[cand.stratum]:
-                        continue  # a surplus draw of a stratum filled earlier in this chunk
-                decided_now += 1
-                if result is not None:
-                    if result.payload is not None:
-                        write_bytes(ctx.data_dir / result.row["path"], result.payload)
-                    parts.add(
-                        {**result.row, "key": cand.key, "source": ctx.name, "stratum": cand.stratum}
-                    )
-                    if quotas is not None:
-                        accepted[cand.stratum] += 1
-                    bar.update(1)
-                else:
-                    row = {
-                        **cand.fields,
-                        "key": cand.key,
-                        "source": ctx.name,
-                        "stratum": cand.stratum,
-                        "nbytes": None,
-                        "reject_reason": reason,
-                    }
-                    if unreadable:
-                        failed.append(row)
-                        last_errors.append(f"{cand.key}: {reason}")
-                        if limit is not None and _over_limit(len(failed), decided_now, limit):
-                            stop = _too_many_errors(
-                                ctx.name, len(failed), decided_now, limit, last_errors
-                            )
-                            break
-                    else:
-                        parts.add(row)
-                    if quotas is None:
-                        bar.update(1)
+        total, initial = sum(quotas.values()), sum(tally.accepted.values())
+    own = mapper is None
+    mapper = mapper or LocalMapper(workers)
+    bar = tqdm(total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img",
+               disable=not progress)
+    try:
+        for chunk in _chunks(_todo(candidates, parts.done, quotas, tally.accepted), chunk_size):
+            for outcome in mapper.map(decide, chunk, source, io_bound=source.executor == "thread"):
+                if not tally.surplus(outcome[0]):
+                    _record(outcome, source, parts, tally, bar)
+                if tally.stop is not None:
+                    break
                 if len(parts.buffer) >= flush_every:
                     parts.flush()
-            if stop is not None:
-                pool.shutdown(wait=True, cancel_futures=True)  # not the rest of the chunk
+            if tally.stop is not None or tally.full():
                 break
-            if quotas is not None and all(accepted[s] >= q for s, q in quotas.items()):
-                break
-    if stop is None:
-        if failed:
-            log.warning(
-                "%s: %d of %d candidates could not be read (%.1f%%); they are rejects, with their "
-                "reasons, in %s",
-                ctx.name, len(failed), decided_now, 100 * len(failed) / decided_now,
-                rejects_path(ctx.data_dir, ctx.name),
-            )
-        for row in failed:
-            parts.add(row)
-    parts.flush()
+    finally:
+        if own or tally.stop is not None:
+            mapper.close()  # (a stop cancels the rest of the chunk)
+    _end_run(tally, parts, ctx)
     bar.close()
-    if stop is not None:
-        raise stop
-    if quotas is not None:
-        for stratum, quota in quotas.items():
-            if accepted[stratum] < quota:
-                log.warning(
-                    "%s: stratum %s filled %d of %d (raise max_draws_factor or relax "
-                    "max_nodata / min_entropy)",
-                    ctx.name,
-                    stratum,
-                    accepted[stratum],
-                    quota,
-                )
-    _refuse_emptying(parts, ctx.data_dir, ctx.name)
     summary = _finish(parts, ctx.data_dir, ctx.name)
     if source.writes_raw_dir:
         _prune(ctx.raw_dir, ctx.data_dir, records_path(ctx.data_dir, ctx.name))
     summary.seconds = time.perf_counter() - started
-    summary.processed_now = decided_now
+    summary.processed_now = tally.decided
     return summary
+
+
+def _end_run(tally: _Tally, parts: _Checkpoint, ctx: Any) -> None:
+    """Keep the failures (a completed run), warn about short strata, refuse emptying output."""
+    if tally.stop is None:
+        if tally.failed:
+            log.warning(
+                "%s: %d of %d candidates could not be read (%.1f%%); they are rejects, with their "
+                "reasons, in %s", ctx.name, len(tally.failed), tally.decided,
+                100 * len(tally.failed) / tally.decided, rejects_path(ctx.data_dir, ctx.name))
+        for row in tally.failed:
+            parts.add(row)
+    parts.flush()
+    if tally.stop is not None:
+        raise tally.stop
+    for stratum, quota in (tally.quotas or {}).items():
+        if tally.accepted[stratum] < quota:
+            log.warning("%s: stratum %s filled %d of %d (raise max_draws_factor or relax "
+                        "max_nodata / min_entropy)", ctx.name, stratum,
+                        tally.accepted[stratum], quota)
+    _refuse_emptying(parts, ctx.data_dir, ctx.name)
 
 
 def _refuse_shared_keys(name: str, candidates: list[Candidate]) -> None:

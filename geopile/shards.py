@@ -32,6 +32,7 @@ import xxhash
 from PIL import Image
 
 from geopile.atomic import check_free, disk_error
+from geopile.engines import Mapper
 from geopile.imagestats import decode
 from geopile.shardstore import LocalStore, ShardStore, prune
 from geopile.stream.index import INDEX_VERSION, TAR_BLOCK, validate_index
@@ -327,7 +328,8 @@ def encode_sample(record: Mapping[str, Any], data_dir: Path, config: ShardConfig
     }
 
 
-def _member_bytes(sample: Mapping[str, Any]) -> int:
+def member_bytes(sample: Mapping[str, Any]) -> int:
+    """A sample's bytes in a tar: each member's header and its padded payload."""
     size = 0
     for k, v in sample.items():
         if not k.startswith("_"):
@@ -354,21 +356,37 @@ def _digests(path: Path, offsets: list[int]) -> tuple[str, list[str]]:
     return sha256, xxh3
 
 
-def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, int]]:
-    """Shard boundaries ``[(start, end), ...]`` over samples of these member sizes.
+class ShardPlanner:
+    """Where shards end: at ``max_samples``, or before the sample that would pass ``max_bytes``.
 
-    The same rule :func:`write_build` fills shards by, for engines that write shards apart.
+    The one rule: :func:`stream_shards` fills shards by it as it writes, :func:`plan_shards`
+    cuts a list of sizes by it for writers that work apart, so both give the same shards.
     """
-    bounds: list[tuple[int, int]] = []
-    start, used = 0, 0
-    for i, size in enumerate(sizes):
-        if i > start and (i - start >= config.max_samples or used + size > config.max_bytes):
-            bounds.append((start, i))
-            start, used = i, 0
-        used += size
-    if start < len(sizes):
-        bounds.append((start, len(sizes)))
-    return bounds
+
+    def __init__(self, config: ShardConfig) -> None:
+        self.config, self.samples, self.used = config, 0, 0
+
+    def opens(self, size: int) -> bool:
+        """Take a sample of ``size`` bytes; whether it opens a new shard (not the first)."""
+        new = self.samples > 0 and (self.samples >= self.config.max_samples
+                                    or self.used + size > self.config.max_bytes)
+        if new:
+            self.samples, self.used = 0, 0
+        self.samples += 1
+        self.used += size
+        return new
+
+
+def shard_name(n: int) -> str:
+    """The ``n``-th shard's file name."""
+    return f"shard-{n:06d}.tar"
+
+
+def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, int]]:
+    """Shard boundaries ``[(start, end), ...]`` over samples of these member sizes."""
+    planner, starts = ShardPlanner(config), [0] if sizes else []
+    starts += [i for i, size in enumerate(sizes) if planner.opens(size)]
+    return list(zip(starts, [*starts[1:], len(sizes)], strict=True))
 
 
 class _ShardFile:
@@ -416,7 +434,7 @@ def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, store: Sha
     try:
         for record in records:
             sample = encode_sample(record, data_dir, config)
-            shard.add(sample, _member_bytes(sample))
+            shard.add(sample, member_bytes(sample))
         return shard.finish()
     except BaseException:
         shard.abort()
@@ -443,21 +461,21 @@ def _room_for(store: ShardStore, records: Sequence[Mapping[str, Any]], build: st
     return needed
 
 
-def _local_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
+def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
                   config: ShardConfig, progress: Callable[[int], Any] | None) -> list[dict]:
-    """Fill shards in record order on this process (the local engine)."""
+    """Fill shards in record order, in this process and one pass (each sample encoded once)."""
     shards: list[dict[str, Any]] = []
     shard: _ShardFile | None = None
+    planner = ShardPlanner(config)
     try:
         for record in records:
             sample = encode_sample(record, data_dir, config)
-            size = _member_bytes(sample)
-            if shard and (len(shard.keys) >= config.max_samples
-                          or shard.used + size > config.max_bytes):
+            size = member_bytes(sample)
+            if planner.opens(size) and shard is not None:
                 shards.append(shard.finish())
                 shard = None
             if shard is None:
-                shard = _ShardFile(store, f"shard-{len(shards):06d}.tar", config)
+                shard = _ShardFile(store, shard_name(len(shards)), config)
             shard.add(sample, size)
             if progress:
                 progress(1)
@@ -470,6 +488,44 @@ def _local_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
     return shards
 
 
+def _size_of(shared: tuple[Path, ShardConfig], record: dict[str, Any]) -> int:
+    """A sample's tar bytes (encoding converted images: the costly part, in the workers)."""
+    data_dir, config = shared
+    return member_bytes(encode_sample(record, data_dir, config))
+
+
+def _write_planned(shared: tuple[Path, ShardStore, ShardConfig],
+                   shard: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One planned shard, written (and stored) by the worker that got it."""
+    data_dir, store, config = shared
+    try:
+        return write_shard(shard[1], data_dir, store, shard[0], config)
+    finally:
+        store.close()
+
+
+def mapped_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
+                  config: ShardConfig, mapper: Mapper,
+                  progress: Callable[[int], Any] | None) -> list[dict]:
+    """The same shards as :func:`stream_shards`, each written by one of ``mapper``'s workers.
+
+    Boundaries depend on every sample's encoded size, so the sizes come first (workers), the
+    shards are planned here by the same rule, then each worker encodes its shards' samples
+    again and stores them: into a directory every worker mounts, or S3, which each uploads to
+    itself. ``data_dir`` (ingest's payloads) is read by the workers.
+    """
+    sizes = list(mapper.map(_size_of, records, (data_dir, config), batches_per_cpu=4))
+    bounds = plan_shards(sizes, config)
+    planned = [(shard_name(n), records[a:b]) for n, (a, b) in enumerate(bounds)]
+    entries = []
+    for entry, (a, b) in zip(mapper.map(_write_planned, planned, (data_dir, store, config)),
+                             bounds, strict=True):
+        entries.append(entry)
+        if progress:
+            progress(b - a)
+    return entries
+
+
 def write_build(
     selection: pa.Table,
     data_dir: Path,
@@ -479,8 +535,7 @@ def write_build(
     config: ShardConfig,
     progress: Callable[[int], Any] | None = None,
     curation: Mapping[str, Mapping[str, Any]] | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
+    mapper: Mapper | None = None,
 ) -> dict[str, Any]:
     """Write ``shard-NNNNNN.tar`` and ``index.json`` to ``out``; returns the index.
 
@@ -497,8 +552,9 @@ def write_build(
     ``xxh3`` (hex xxh3-64 of each sample's byte range, checked by the reader on every read; see
     :func:`_digests` for the range). ``curation`` (:attr:`Selection.curation`), when given, is
     stored as the index's ``curation`` block: what curation and deduplication left out of this
-    build, per source, and any shortfall. ``engine="ray"`` writes the shards as Ray tasks on the
-    cluster at ``ray_address`` (:func:`geopile.cluster.write_shards`), byte for byte the same.
+    build, per source, and any shortfall. Without ``mapper`` this process writes the shards in
+    one pass (:func:`stream_shards`); with one (:class:`geopile.engines.RayMapper`) its workers
+    write them (:func:`mapped_shards`), byte for byte the same.
     """
     store = LocalStore(out) if isinstance(out, Path) else out
     records = selection.to_pylist()
@@ -506,12 +562,8 @@ def write_build(
     try:
         store.prepare()
         store.begin()
-        if engine == "ray":  # one Ray task per shard (geopile/cluster.py); same bytes
-            from geopile.cluster import write_shards
-
-            shards = write_shards(records, data_dir, store, config, ray_address, progress)
-        else:
-            shards = _local_shards(records, data_dir, store, config, progress)
+        shards = (stream_shards(records, data_dir, store, config, progress) if mapper is None
+                  else mapped_shards(records, data_dir, store, config, mapper, progress))
     except OSError as err:
         where = Path(err.filename) if err.filename else Path(str(store))
         if (failed := disk_error(err, where, needed)) is not None:

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from geopile.settings import Finetune
 from model.configs import SwinSpec, get_config
+from model.export import exported_timm_args
 from model.student import create_swin
-from pipelines.pretrain import exported_timm_args
 
 
 class Init(NamedTuple):

@@ -421,8 +421,12 @@ def _epoch(step: int, per_epoch: int) -> float | int:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary name beside ``path``, then rename it into place."""
-    with replacing(path) as tmp:
+    """``torch.save`` to a temporary name beside ``path``, then rename it into place.
+
+    The temp name is fixed: torch writes the file's name into the archive, so a PID in it would
+    make two saves of the same state differ.
+    """
+    with replacing(path, tmp=path.with_name(f".{path.name}.tmp")) as tmp:
         torch.save(obj, tmp)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from geopile.engines import LocalMapper, RayMapper
 from geopile.ingest import IngestSummary, ingest
 from geopile.params import source_params
 from geopile.records import (
@@ -57,8 +58,13 @@ def run_ingest(
                 continue
             n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
             source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
-            summaries.append(ingest(source, workers=n_workers, progress=progress, engine=engine,
-                                    ray_address=ray_address))
+            # the cluster (ingest.engine: ray) or a pool here: the driver is the same
+            mapper = (RayMapper(ray_address, threads=n_workers) if engine == "ray"
+                      else LocalMapper(n_workers))
+            try:
+                summaries.append(ingest(source, mapper=mapper, progress=progress))
+            finally:
+                mapper.close()
         return summaries
 
 

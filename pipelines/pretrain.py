@@ -31,16 +31,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-from safetensors.torch import save_file
 from timm.scheduler import CosineLRScheduler
 
-from geopile.atomic import write_text
 from geopile.augment import GfmTransform
 from geopile.params import path_of
 from geopile.settings import Pretrain, check_params
 from geopile.stream.index import INDEX
 from model.configs import GfmConfig, get_config
-from model.export import gfm_state_dict, timm_state_dict
+from model.export import export_encoder, load_exported
 from model.gfm import GFM
 from model.optim import param_groups
 from model.teacher import FrozenTeacher
@@ -50,7 +48,6 @@ from pipelines.engine import (
     Dist,
     Loop,
     Run,
-    atomic_torch_save,
     fingerprint,
     init_distributed,
     seed_everything,
@@ -174,26 +171,6 @@ def plot_losses(csv_path: Path, png_path: Path, title: str) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, png_path)
-
-
-def export_encoder(model: GFM, config: GfmConfig, out: Path, meta: dict[str, Any]) -> None:
-    """The student encoder in timm's format and in the reference GFM layout."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".encoder.timm.safetensors.tmp"
-    save_file(timm_state_dict(model.student), str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates it private
-    os.replace(tmp, out / "encoder.timm.safetensors")
-    atomic_torch_save({"model": gfm_state_dict(model.student), "meta": meta},
-                 out / "encoder.gfm.pth")
-    spec = config.student
-    load = {"model_name": spec.name, "num_classes": 0, "img_size": spec.img_size,
-            "window_size": spec.window_size, **spec.arch}
-    usage = (f"timm.create_model({spec.name!r}, pretrained=True, pretrained_cfg_overlay="
-             f"dict(file='encoder.timm.safetensors'), num_classes=0, img_size={spec.img_size}, "
-             f"window_size={spec.window_size}"
-             + "".join(f", {k}={v!r}" for k, v in spec.arch.items()) + ")")
-    write_text(out / "encoder.json", json.dumps(
-        {"timm": load, "usage": usage, **meta}, indent=1) + "\n")
 
 
 def _s3_object_exists(url: str) -> bool:
@@ -383,23 +360,6 @@ def _tracer(root: Path, where: Dist, model: torch.nn.Module,
                                 "weights": weights_digest(model)}) + "\n")
         keys.clear()
     return trace
-
-
-def exported_timm_args(encoder_dir: Path) -> dict[str, Any]:
-    """``timm.create_model`` arguments of an exported encoder (``model_name`` included)."""
-    card = json.loads((encoder_dir / "encoder.json").read_text())
-    # JSON has no tuples: depths and heads come back as lists
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in card["timm"].items()}
-
-
-def load_exported(encoder_dir: Path) -> torch.nn.Module:
-    """The exported encoder, loaded the way a timm user would (the call in encoder.json)."""
-    import timm
-
-    kwargs = exported_timm_args(encoder_dir)
-    name = kwargs.pop("model_name")
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={
-        "file": str(encoder_dir / "encoder.timm.safetensors")}, **kwargs)
 
 
 def summary(root: Path) -> str:

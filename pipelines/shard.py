@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from geopile.card import BOUNDARY_PLOT, CARD, render_card
+from geopile.engines import RayMapper
 from geopile.params import ParamsError, path_of
 from geopile.records import read_records
 from geopile.shards import (
@@ -93,6 +94,14 @@ def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
                              f"(sources.{source} enabled)")
 
 
+def _shard_writers(params: dict[str, Any], engine: str | None,
+                   address: str | None) -> RayMapper | None:
+    """Ray tasks under ``ingest.engine: ray`` (or ``--engine ray``); None: this process writes."""
+    if (engine or params["ingest"].get("engine") or "local") != "ray":
+        return None
+    return RayMapper(address or params["ingest"].get("ray_address"))
+
+
 def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
               engine: str | None = None, ray_address: str | None = None,
               to: str | None = None) -> dict:
@@ -128,8 +137,7 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
             index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
                                 curation=chosen.curation,
                                 # the pipeline's one cluster setting (ingest.engine), or the CLI's
-                                engine=engine or params["ingest"].get("engine") or "local",
-                                ray_address=ray_address or params["ingest"].get("ray_address"))
+                                mapper=_shard_writers(params, engine, ray_address))
         plot = _copy_boundary_plot(params, out)
         out.put_bytes(CARD, render_card(index, params, report, boundary_plot=plot).encode())
         if chosen.shortfall:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from geopile.params import load_params, path_of
 from geopile.stream import read_index
+from geopile.world.downstream import FIXTURES
 from geopile.world.world import (
     PARAMS_OVERLAY,
     TEACHER_FILE,
@@ -30,8 +31,8 @@ def build(world: Path, seed: int = 0, per_class: int = 3) -> dict:
     from pipelines.world_teacher import make_world_teacher
 
     # every task's published set and the fixture that makes its copy (BigEarthNet once)
-    sets = {t.dataset: (t.published, t.fixture) for t in TASKS.values()
-            if t.published is not None and t.fixture is not None}
+    sets = {t.dataset: (t.published, FIXTURES[t.dataset]) for t in TASKS.values()
+            if t.published is not None}
     truth = build_world(world, seed=seed, per_class=per_class, downstream=sets)
     make_world_teacher(world, seed=seed)
     return truth

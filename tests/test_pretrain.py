@@ -17,7 +17,8 @@ import yaml
 
 from geopile.params import deep_merge
 from geopile.world.world import world_env
-from pipelines.pretrain import load_exported, run_pretrain
+from model.export import load_exported
+from pipelines.pretrain import run_pretrain
 from pipelines.push import push_build
 from pipelines.shard import run_shard, shards_dir
 from tests.killing import kill_once

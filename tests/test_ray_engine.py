@@ -24,7 +24,7 @@ import yaml
 
 pytest.importorskip("ray")
 
-from geopile.cluster import wait_for_cpus  # noqa: E402
+from geopile.engines import RayMapper, wait_for_cpus  # noqa: E402
 from geopile.ingest import ingest  # noqa: E402
 from geopile.params import source_params  # noqa: E402
 from geopile.records import read_records, records_path  # noqa: E402
@@ -122,11 +122,11 @@ def cluster(world) -> Iterator[Cluster]:
         c.stop()
 
 
-def _ingest(params: dict, data: Path, **kw) -> None:
+def _ingest(params: dict, data: Path, mapper: RayMapper | None = None) -> None:
     for name in SOURCES:
         source = create_source(name, source_params(params, name), data, seed=int(params["seed"]),
                                progress=False)
-        ingest(source, workers=2, progress=False, **kw)
+        ingest(source, workers=2, progress=False, mapper=mapper)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -152,7 +152,7 @@ def local(world, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 def test_ray_ingest_and_shards_match_local(cluster, local, tmp_path):
     params, reference = local
     data = tmp_path / "data"
-    _ingest(params, data, engine="ray", ray_address=cluster.address)
+    _ingest(params, data, mapper=RayMapper(cluster.address, threads=2))
     want, got = _files(reference), _files(data)
     assert any(k.startswith("raw/") for k in want)
     assert {records_path(Path(), n).as_posix() for n in SOURCES} <= set(want)
@@ -164,7 +164,7 @@ def test_ray_ingest_and_shards_match_local(cluster, local, tmp_path):
     seed = int(params["seed"])
     index_local = write_build(selection, reference, tmp_path / "local", "t", seed, config)
     index_ray = write_build(selection, reference, tmp_path / "ray", "t", seed, config,
-                            engine="ray", ray_address=cluster.address)
+                            mapper=RayMapper(cluster.address))
     assert len(index_local["shards"]) >= 3
     assert index_ray == index_local
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
@@ -187,7 +187,7 @@ def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch)
     want = _files(tmp_path / "local")
     url = f"s3://{world['bucket']}/ray-s3/t"
     index_s3 = write_build(selection, reference, open_store(url), "t", seed, config,
-                           engine="ray", ray_address=cluster.address)
+                           mapper=RayMapper(cluster.address))
     assert index_s3 == index_local
     assert s3_objects(world["s3"], world["bucket"], "ray-s3/t") == want
 
@@ -203,8 +203,8 @@ def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch)
                       Body=want[third["name"]])  # by another tool: no SHA-256 of S3's
     untouched = client.head_object(Bucket=world["bucket"], Key=f"ray-s3/t/{fourth['name']}")
     time.sleep(1.1)  # LastModified has whole seconds: a new PUT would show
-    write_build(selection, reference, open_store(url), "t", seed, config, engine="ray",
-                ray_address=cluster.address)
+    write_build(selection, reference, open_store(url), "t", seed, config,
+                mapper=RayMapper(cluster.address))
     assert s3_objects(world["s3"], world["bucket"], "ray-s3/t") == want
     head = client.head_object(Bucket=world["bucket"], Key=f"ray-s3/t/{fourth['name']}")
     assert head["LastModified"] == untouched["LastModified"]
@@ -229,8 +229,8 @@ def test_dead_node_and_killed_driver_end_identical(cluster, local, tmp_path):
     killer.start()
     source = create_source("naip", source_params(params, "naip"), data,
                            seed=int(params["seed"]), progress=False)
-    ingest(source, workers=2, chunk_size=2, flush_every=2, progress=False, engine="ray",
-           ray_address=cluster.address)
+    ingest(source, chunk_size=2, flush_every=2, progress=False,
+           mapper=RayMapper(cluster.address, threads=2))
     killer.join(timeout=130)
     assert not cluster.nodes, "the node was not killed during the run"
     want = {k: v for k, v in _files(reference).items() if "naip" in k}
@@ -245,19 +245,20 @@ def test_dead_node_and_killed_driver_end_identical(cluster, local, tmp_path):
     runner = f"""
 import sys, yaml
 from pathlib import Path
+from geopile.engines import RayMapper
 from geopile.ingest import ingest
 from geopile.sources import create_source
 params = yaml.safe_load(open(sys.argv[1]))
 src = create_source("naip", params["sources"]["naip"], Path(params["paths"]["data"]),
                     seed=int(params["seed"]), progress=False)
-ingest(src, workers=2, chunk_size=2, flush_every=2, progress=False, engine="ray",
-       ray_address="{cluster.address}")
+ingest(src, chunk_size=2, flush_every=2, progress=False,
+       mapper=RayMapper("{cluster.address}", threads=2))
 """
     kparts = killed / "records" / ".parts" / "naip"
     kill_once(runner, [str(params_file)], kparts, "part-*.parquet", 2)
     assert kparts.is_dir() and not records_path(killed, "naip").exists()
     source = create_source("naip", source_params(params, "naip"), killed,
                            seed=int(params["seed"]), progress=False)
-    ingest(source, workers=2, progress=False, engine="ray", ray_address=cluster.address)
+    ingest(source, progress=False, mapper=RayMapper(cluster.address, threads=2))
     got = _files(killed)
     assert got.keys() == want.keys() and [k for k in want if got[k] != want[k]] == []

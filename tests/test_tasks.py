@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from geopile.world.downstream import FIXTURES
 from pipelines.arp import dataset_of, paper_scores
 from pipelines.finetune import run_finetune
 from pipelines.tasks import TASKS, downstream_sets, list_tasks
@@ -33,7 +34,7 @@ def test_task_declares_its_facts(name):
     assert set(task.scores) == set(task.paper) and task.select in task.scores
     assert len(task.protocol.split()) > 15, "state the evaluation protocol and its source"
     if task.published is not None:
-        assert task.fixture is not None, "a published set needs its world fixture"
+        assert task.dataset in FIXTURES, "a published set needs its world fixture"
         assert task.published.licence and task.published.homepage
         for item in task.published.files.values():
             assert item.filename and all(u.startswith("https://") for u in item.mirrors)

@@ -350,6 +350,13 @@ def user_path(filename: str) -> str:
     return f"user/downstream/{filename}"
 
 
+# each published downstream set's world copy, by dataset (the tasks' ``dataset``)
+FIXTURES: dict[str, Fixture] = {
+    "bigearthnet": build_bigearthnet, "vaihingen": build_vaihingen, "whu": build_whu,
+    "dsifn": build_dsifn, "oscd": build_oscd, "sn2": build_sn2,
+}
+
+
 def build_downstream(writer, sets: Mapping[str, tuple[DownstreamSet, Fixture]],  # noqa: ANN001
                      seed: int = 0) -> dict:
     """Every set at its published URL's mirror path or (no URL) under ``user/``.

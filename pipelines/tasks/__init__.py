@@ -1,7 +1,8 @@
 """The downstream tasks: one registry, iterated by the CLI, dvc, ARP, the report and the tests.
 
 A new task is one file here: a module-level :class:`~pipelines.tasks.base.Task` of its family,
-with its published files, reader, paper scores and world fixture. The registry finds it.
+with its published files, reader and paper scores (the offline world's copy of its files is
+``geopile.world.downstream.FIXTURES``). The registry finds it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A task file declares data and small methods: its published files (a
 :class:`~geopile.downstream.DownstreamSet`: URLs with mirrors, md5s, licence), how its splits
 are read, the reference's input size and window, the scores it reports and the paper's values
 for them (ARP groups them by ``dataset``), its evaluation protocol and where that comes from, and
-the offline world's fixture that makes a small copy of its files. What a kind of task does on
+what a kind of task does on
 the training engine (its head, loss, step, evaluation and recipe) lives in its family:
 :mod:`pipelines.tasks.classification` or :mod:`pipelines.tasks.dense`.
 """
@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 from geopile.downstream import DownstreamSet, fetched_root
 from geopile.params import path_of
 from geopile.settings import Finetune
-from geopile.world.downstream import Fixture
 from pipelines.encoders import Init
 from pipelines.engine import Dist, Loop, Resumable
 
@@ -66,7 +65,6 @@ class Task:
     select: str  # the validation score that picks the checkpoint scored on test
     paper: dict[str, PaperScore]  # metric -> the paper's scores
     protocol: str  # how it is evaluated, and where that protocol comes from
-    fixture: Fixture | None  # the offline world's copy of ``published``
     family: ClassVar[str] = ""
 
     def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:

@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_bigearthnet
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.classification import ClassificationTask
 
@@ -74,7 +73,7 @@ class BigEarthNet(ClassificationTask):
 _COMMON: dict[str, Any] = dict(
     dataset="bigearthnet", published=PUBLISHED, img_size=128, window_size=4,
     scores=("micro_ap",), select="micro_ap", num_classes=19, multilabel=True,
-    to_255=ben_to_255, crop_scale=(0.67, 1.0), vflip=True, fixture=build_bigearthnet,
+    to_255=ben_to_255, crop_scale=(0.67, 1.0), vflip=True,
     protocol=__doc__.split("\n\n")[1])
 BEN10 = BigEarthNet(name="ben10", train_fraction=0.10,
                     paper={"micro_ap": PaperScore(86.3, 85.7)}, **_COMMON)

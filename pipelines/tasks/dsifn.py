@@ -13,7 +13,6 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_dsifn
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import ChangeTask, PairedFolders, split_dir
 
@@ -39,4 +38,4 @@ class Dsifn(ChangeTask):
 
 TASK = Dsifn(name="dsifn", dataset="dsifn", published=PUBLISHED, img_size=256, window_size=8,
              num_classes=2, scores=("f1",), select="f1", paper={"f1": PaperScore(71.24, 69.62)},
-             fixture=build_dsifn, protocol=__doc__.split("\n\n")[1])
+             protocol=__doc__.split("\n\n")[1])

@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_oscd
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.ben import ben_to_255
 from pipelines.tasks.dense import ChangeTask
@@ -62,4 +61,4 @@ class Oscd(ChangeTask):
 
 TASK = Oscd(name="oscd", dataset="oscd", published=PUBLISHED, img_size=256, window_size=8,
             num_classes=2, scores=("f1",), select="f1", paper={"f1": PaperScore(59.82, 52.35)},
-            fixture=build_oscd, protocol=__doc__.split("\n\n")[1])
+            protocol=__doc__.split("\n\n")[1])

@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_sn2
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import SuperResolutionTask
 
@@ -106,4 +105,4 @@ class SpaceNet2(SuperResolutionTask):
 TASK = SpaceNet2(name="sn2", dataset="sn2", published=PUBLISHED, img_size=256, window_size=8,
                  scale=4, in_chans=8, rgb=RGB, scores=("psnr", "ssim"), select="psnr",
                  paper={"psnr": PaperScore(22.599, 21.655), "ssim": PaperScore(0.638, 0.612)},
-                 fixture=build_sn2, protocol=__doc__.split("\n\n")[1])
+                 protocol=__doc__.split("\n\n")[1])

@@ -50,6 +50,6 @@ class UCMerced(ClassificationTask):
 TASK = UCMerced(
     name="ucm", dataset="ucm", published=None, img_size=256, window_size=8,
     scores=("top1",), select="top1", paper={"top1": PaperScore(99.0, 99.0)},
-    num_classes=21, multilabel=False, fixture=None,  # the world's UC Merced is a source's
+    num_classes=21, multilabel=False,  # the world's UC Merced is a source's
     protocol=__doc__.split("\n\n")[1],
 )

@@ -20,7 +20,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_vaihingen
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import IGNORE, SegmentationTask
 
@@ -96,5 +95,5 @@ class VaihingenTiles(Dataset):
 
 TASK = Vaihingen(name="vaihingen", dataset="vaihingen", published=PUBLISHED, img_size=512,
                  window_size=8, num_classes=6, scores=("miou",), select="miou",
-                 paper={"miou": PaperScore(75.3, 74.7)}, fixture=build_vaihingen,
+                 paper={"miou": PaperScore(75.3, 74.7)},
                  protocol=__doc__.split("\n\n")[1])

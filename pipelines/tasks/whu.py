@@ -12,7 +12,6 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
-from geopile.world.downstream import build_whu
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import PairedFolders, SegmentationTask, split_dir
 
@@ -38,4 +37,4 @@ class Whu(SegmentationTask):
 
 TASK = Whu(name="whu", dataset="whu", published=PUBLISHED, img_size=512, window_size=8,
            num_classes=2, scores=("iou",), select="iou", paper={"iou": PaperScore(90.7, 90.4)},
-           fixture=build_whu, protocol=__doc__.split("\n\n")[1])
+           protocol=__doc__.split("\n\n")[1])
