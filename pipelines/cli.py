@@ -364,7 +364,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("ingest", "summary"):
         from pipelines import ingest as ingest_stage
     if args.command == "ingest":
-        from geopile.settings import too_many_workers
+        from geopile.schema import too_many_workers
 
         if args.workers is not None and (args.workers < 1 or too_many_workers(args.workers)):
             why = too_many_workers(args.workers) or "must be 1 or more"

@@ -173,7 +173,7 @@ def test_cloud_filter_rejects_exactly_the_cloudy_windows(params, world_dir, trut
 def test_query_setting_is_validated(params):
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from geopile.settings import StacSettings  # noqa: PLC0415
+    from geopile.sources.stac import StacSettings  # noqa: PLC0415
 
     block = params["sources"]["sentinel2"]
     StacSettings.model_validate(block)  # the world's overlay (sentinel2 on) is valid

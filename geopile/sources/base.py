@@ -25,6 +25,7 @@ from geopile.download import (
 from geopile.imagestats import BadImage, image_stats
 from geopile.params import ParamsError
 from geopile.records import file_key, make_key
+from geopile.schema import SourceSettings
 from geopile.sources.published import Publication, local_name, mirror_urls
 from geopile.staging import install_archive
 from geopile.urls import strip_secrets
@@ -86,6 +87,8 @@ class Source:
     """Base class: subclasses set the class attributes and override what differs."""
 
     kind: ClassVar[str]
+    # its params block's model, declared in the source's own file (geopile.schema's types)
+    settings: ClassVar[type[SourceSettings]] = SourceSettings
     # The published facts, all set in the source's own file: files (mirrors, md5s), licence,
     # GSD range, homepage; citation; class names in the publisher's order; multi-label names.
     publication: ClassVar[Publication | None] = None

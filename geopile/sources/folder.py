@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from geopile.download import verify_file
 from geopile.params import ParamsError
+from geopile.schema import Gsd, Md5, Omit, SourceSettings, Text
 from geopile.sources.base import ImageFolderArchive
 from geopile.staging import install_archive, point_raw_dir
 
 log = logging.getLogger(__name__)
+
+
+class FolderSettings(SourceSettings):
+    """``sources.NAME: {type: folder, path: ...}``: your own ImageFolder directory or archive."""
+
+    enabled: Omit[bool] = Field(None, description="false: ingest writes empty records")
+    role: Omit[Literal["pretrain", "eval"]] = Field(
+        None, description="pretrain: in the shards; eval: only for decontamination")
+    path: Text = Field(description="a directory or zip/tar of <class>/<image>")
+    md5: Md5 = Field(None, description="checks an archive when given")
+    image_root: Omit[Text] = Field(None, description="sub-folder holding the class folders")
+    classes: Omit[list[Text]] = Field(None, description="the class order")
+    gsd_m: Omit[Gsd] = Field(None, description="GSD range")
 
 
 class FolderSource(ImageFolderArchive):
@@ -24,6 +41,7 @@ class FolderSource(ImageFolderArchive):
     """
 
     kind = "folder"
+    settings = FolderSettings
     user_input = "path"
 
     @property

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from geopile.download import Fetched
 from geopile.records import make_key, to_table
+from geopile.schema import Omit, archive_settings
 from geopile.sources.base import Candidate, Source
 from geopile.sources.published import Download, Publication
 from geopile.staging import EXTRACTED, install_dir, raw_is_current
@@ -121,6 +123,8 @@ class MLRSNet(Source):
 }"""
     classes = CATEGORIES
     multilabels = LABELS
+    settings = archive_settings(publication, "MLRSNet", require_category=(Omit[bool], Field(
+        None, description="false: rows without a scene category are rejects, not a stop")))
 
     @property
     def require_category(self) -> bool:

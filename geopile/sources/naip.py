@@ -16,17 +16,45 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 from rasterio.windows import Window
 
 from geopile.cog import encode_geotiff, read_window
 from geopile.imagestats import BadImage, pixel_stats
+from geopile.schema import Number, Omit, Workers, Year
 from geopile.sources.base import Candidate, Processed
 from geopile.sources.published import Publication
-from geopile.sources.stac import StacSource, split_quota
+from geopile.sources.stac import StacSearch, StacSource, split_quota
 from geopile.stac import StacError, TileRef, search_tiles
 from geopile.urls import strip_secrets
+
+
+class NaipSettings(StacSearch):
+    """``sources.naip``: patches sampled from a STAC API (geopile/sources/naip.py)."""
+
+    states: list[Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")]] = Field(
+        description="two-letter state codes; [] for every state")
+    years: list[Year] = Field(
+        description="years; [] for every year")
+    gsds: list[Annotated[Number, Field(gt=0)]] = Field(description="native tile GSDs accepted")
+    count: int = Field(ge=1, description="a patch count")
+    patch_size: int = Field(ge=1, description="patch side in pixels")
+    target_gsd: Number = Field(gt=0, description="metres per output pixel")
+    max_nodata: Number = Field(ge=0, le=1, description="a fraction of all-zero pixels")
+    min_entropy: Number = Field(ge=0, le=8, description="bits of grayscale entropy")
+    max_draws_factor: int = Field(ge=1, description="draws per stratum, x its quota")
+    workers: Workers = Field(ge=1, description="parallel window reads (threads)")
+    retries: int = Field(ge=0, description="retries of a failed window read")
+    max_error_fraction: Number = Field(
+        ge=0, le=1, description="share of unreadable windows that stops the ingest")
+    page_size: int = Field(ge=1, description="STAC items per page")
+    seed: Omit[int] = Field(None, ge=0, description="overrides the top-level seed for NAIP")
+    backoff_s: Omit[Number] = Field(None, ge=0, description="seconds before the first retry")
+    gdal_env: Omit[dict[str, str | int | float | bool]] = Field(
+        None, description="GDAL configuration options for the COG reads")
 
 
 @dataclass(frozen=True)
@@ -51,6 +79,7 @@ class Naip(StacSource):
     """
 
     kind = "naip"
+    settings = NaipSettings
     # no files to download: windows of the COGs a STAC search finds are read on demand
     publication = Publication(
         name="NAIP",

@@ -1,5 +1,6 @@
 """PatternNet: 38 classes x 800 JPEGs, 256 px (CC-BY-4.0). Every published fact here."""
 
+from geopile.schema import archive_settings
 from geopile.sources.base import ImageFolderArchive
 from geopile.sources.published import TORCHGEO_HUB, Download, Publication
 
@@ -38,3 +39,4 @@ class PatternNet(ImageFolderArchive):
         "tennis_court", "transformer_station", "wastewater_treatment_plant",
     )
     image_root = "PatternNet/images"
+    settings = archive_settings(publication, "PatternNet")

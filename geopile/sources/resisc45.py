@@ -1,5 +1,6 @@
 """NWPU-RESISC45: 45 scene classes x 700 JPEGs, 256 px (CC-BY-NC-4.0); all its published facts."""
 
+from geopile.schema import archive_settings
 from geopile.sources.base import ImageFolderArchive
 from geopile.sources.published import SPLIT_LISTS, TORCHGEO_HUB, Publication, under
 
@@ -48,4 +49,5 @@ class Resisc45(ImageFolderArchive):
         "terrace", "thermal_power_station", "wetland",
     )
     image_root = "NWPU-RESISC45"
+    settings = archive_settings(publication, "Resisc45")
     split_files = {"train": "split_train", "val": "split_val", "test": "split_test"}

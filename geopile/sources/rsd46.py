@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import Field
+
 from geopile.download import verify_file
+from geopile.schema import Gsd, Md5, Omit, SourceSettings, Text
 from geopile.sources.base import Candidate, ImageFolderArchive
 from geopile.sources.published import Publication
 from geopile.staging import install_archive
@@ -21,6 +24,15 @@ HOW_TO_GET = (
 )
 
 
+class Rsd46Settings(SourceSettings):
+    """``sources.rsd46``: a user-supplied archive (no public URL)."""
+
+    archive: str | None = Field(description="path of your RSD46-WHU zip or tar")
+    md5: Md5 = Field(None, description="checks the archive when given")
+    image_root: Omit[Text] = Field(None, description="top folder inside the archive")
+    gsd_m: Omit[Gsd] = Field(None, description="GSD range")
+
+
 class RSD46(ImageFolderArchive):
     """``RSD46-WHU/<train|test>/<class>/<NNNN>.jpg`` from a user-supplied archive.
 
@@ -29,6 +41,7 @@ class RSD46(ImageFolderArchive):
     """
 
     kind = "rsd46"
+    settings = Rsd46Settings
     publication = Publication(
         name="RSD46-WHU",
         licence="research use only (no licence published by RSIA-LIESMARS-WHU)",

@@ -16,23 +16,27 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime as Datetime
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import xxhash
+from pydantic import BeforeValidator, Field
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geopile.cog import Patch, encode_geotiff, read_window
 from geopile.imagestats import BadImage, band_stats, pixel_stats, rgb_preview
 from geopile.records import make_key
+from geopile.schema import Block, Number, Omit, SourceSettings, Text, invalid
 from geopile.sources.base import Candidate, Processed, Source
-from geopile.stac import ItemRef, StacError, resolve_signer, search_items
+from geopile.stac import SIGNERS, ItemRef, StacError, resolve_signer, search_items
+from geopile.stream.index import show
 from geopile.urls import strip_secrets
 
 # the STAC query extension's comparisons (eq, neq, lt, lte, gt, gte, in)
@@ -109,6 +113,97 @@ def split_quota(count: int, strata: list[str]) -> dict[str, int]:
     return {s: base + (i < extra) for i, s in enumerate(sorted(strata))}
 
 
+# ---------------------------------------------------------------------------------------------
+# settings: what every STAC-sampled source searches, and what type: stac reads beyond it
+
+
+def _signer(value: Any) -> Any:
+    if value is None or (isinstance(value, str)
+                         and (value in SIGNERS or re.fullmatch(r"[\w.]+:\w+", value))):
+        return value
+    raise invalid(f"must be one of {', '.join(sorted(SIGNERS))} or 'package.module:function'")
+
+
+def _bbox(value: Any) -> Any:
+    ok = (isinstance(value, list) and len(value) == 4
+          and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+    if value is None or (ok and value[0] < value[2] and value[1] < value[3]):
+        return value
+    raise invalid("must be [west, south, east, north] in degrees, west < east and south < north")
+
+
+def _datetime(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    raise invalid("must be text (YAML reads an unquoted date as a date): quote it, "
+                "e.g. datetime: '2020-01-01/2020-12-31'")
+
+
+class StacSearch(SourceSettings):
+    """What every STAC-sampled source searches: the API, collection, signer, area and time."""
+
+    stac_url: Annotated[str, Field(pattern=r"^https?://")] = Field(
+        description="the STAC API's URL")
+    collection: Text = Field(description="the STAC collection")
+    signer: Annotated[str | None, BeforeValidator(_signer)] = Field(
+        description="signs asset hrefs at read time")
+    bbox: Annotated[list[float] | None, BeforeValidator(_bbox)] = Field(
+        description="search area, EPSG:4326")
+    datetime: Annotated[str | None, BeforeValidator(_datetime)] = Field(
+        description="STAC datetime interval")
+
+
+def _query(value: Any) -> Any:
+    """The STAC query extension's ``{property: {op: value}}``, checked like the source does."""
+    if value is None:
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"expected {{property: {{op: value}}}}, got {show(value)}")
+    for prop, cond in value.items():
+        for op in cond if isinstance(cond, dict) else ():
+            if op not in QUERY_OPS:
+                raise ValueError(f"{prop}: unknown operator {op!r}; use one of "
+                                 f"{', '.join(QUERY_OPS)}")
+    return value
+
+
+class Harmonize(Block):
+    """A collection's change of scale: subtract ``offset`` from the bands of later items."""
+
+    property: Text = Field(description="the item property that dates the change")
+    since: Text = Field(description="items whose property is >= this (as text) are shifted")
+    offset: int = Field(gt=0, description="added to every band value by later processing")
+
+
+class StacSettings(StacSearch):
+    """``type: stac``: multi-band patches of any STAC collection (geopile/sources/stac.py)."""
+
+    query: Annotated[dict[str, Any] | None, BeforeValidator(_query)] = Field(
+        description="item property filters (STAC query extension: eq/neq/lt/lte/gt/gte/in)")
+    assets: list[Text] = Field(min_length=1, description="asset keys stacked as bands, in order")
+    strata: list[Annotated[str, Field(pattern=r"^(month|year|grid:[0-9.]+|[A-Za-z0-9:_.-]+)$")]
+                 ] = Field(description="item properties, month, year or grid:<degrees>")
+    count: int = Field(ge=1, description="a patch count")
+    patch_size: int = Field(ge=1, description="patch side in pixels")
+    target_gsd: Number = Field(gt=0, description="metres per output pixel")
+    max_nodata: Number = Field(ge=0, le=1, description="a fraction of nodata pixels")
+    min_entropy: Number = Field(ge=0, le=8, description="bits of preview grayscale entropy")
+    max_cloud: Number | None = Field(ge=0, le=1, description="a fraction of cloud pixels")
+    cloud_asset: str | None = Field(description="scene classification asset (SCL); null: none")
+    cloud_classes: list[int] = Field(description="cloud_asset classes counted as cloud")
+    max_draws_factor: int = Field(ge=1, description="draws per stratum, x its quota")
+    retries: int = Field(ge=0, description="retries of a failed window read")
+    page_size: int = Field(ge=1, description="STAC items per page")
+    requester_pays: bool = Field(False, description="S3 requester-pays buckets")
+    aws_profile: Omit[Text] = Field(None, description="AWS profile for requester-pays reads")
+    seed: Omit[int] = Field(None, ge=0, description="overrides the top-level seed")
+    backoff_s: Omit[Number] = Field(None, ge=0, description="seconds before the first retry")
+    gdal_env: Omit[dict[str, str | int | float | bool]] = Field(
+        None, description="GDAL configuration options for the COG reads")
+    harmonize: Omit[Harmonize] = Field(
+        None, description="put items of a later processing baseline on the earlier scale")
+
+
 @dataclass(frozen=True)
 class BoxTask:
     """One planned patch: the item and the upper-left corner of its ground box (item CRS)."""
@@ -122,6 +217,7 @@ class StacSource(Source):
     """Multi-band patches of a STAC collection, lossless GeoTIFF, keyed ``<name>/<stratum>_N``."""
 
     kind = "stac"
+    settings = StacSettings
     expected_bands = None
     executor = "thread"
     writes_raw_dir = True

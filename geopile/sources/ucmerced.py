@@ -3,6 +3,7 @@
 Every published fact of the corpus is here: its mirrors, md5s, licence, classes and citation.
 """
 
+from geopile.schema import archive_settings
 from geopile.sources.base import ImageFolderArchive
 from geopile.sources.published import SPLIT_LISTS, TORCHGEO_HUB, Download, Publication, under
 
@@ -53,4 +54,5 @@ class UCMerced(ImageFolderArchive):
         "sparseresidential", "storagetanks", "tenniscourt",
     )
     image_root = "UCMerced_LandUse/Images"
+    settings = archive_settings(publication, "UCMerced")
     split_files = {"train": "split_train", "val": "split_val", "test": "split_test"}
