@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pyarrow as pa
 from geopile.ingest import ingest
 from geopile.params import load_params
 from geopile.records import read_records, records_path
-from geopile.shards import ShardConfig
+from geopile.settings import Shard, check_params
 from geopile.sources import create_source
 from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
 
@@ -19,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 JPEG_SOURCES = ["rsd46", "mlrsnet", "resisc45", "patternnet"]
 
 
-def shard_config(**changes: object) -> ShardConfig:
+def shard_config(**changes: object) -> Shard:
     """params.yaml's ``shard`` block (the only defaults), with ``changes``."""
-    config = ShardConfig.from_params(load_params([REPO / "params.yaml"])["shard"])
-    return dataclasses.replace(config, **changes)
+    config = Shard.model_validate(load_params([REPO / "params.yaml"])["shard"])
+    return config.model_copy(update=changes)
 
 
 @contextmanager
@@ -39,8 +38,8 @@ def running_world(root: Path, per_class: int):
 
 def ingest_jpegs(world: Path, data: Path) -> pa.Table:
     """Ingest the world's four JPEG corpora into ``data``; their records, concatenated."""
-    params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
+    settings = check_params(load_params([REPO / "params.yaml", world / PARAMS_OVERLAY]))
     for name in JPEG_SOURCES:
-        source = create_source(name, params["sources"][name], data, progress=False)
+        source = create_source(name, settings.sources[name], data, progress=False)
         ingest(source, workers=2, progress=False)
     return pa.concat_tables([read_records(records_path(data, n)) for n in JPEG_SOURCES])

@@ -75,7 +75,7 @@ def reference(hashes: np.ndarray, radius: int) -> set[tuple[int, int]]:
     return set(zip(q[keep].tolist(), ids[keep].tolist(), strict=True))
 
 
-def _child(method: str, n: int, radius: int, conn) -> None:  # noqa: ANN001
+def _child(method: str, n: int, radius: int, conn) -> None:
     hashes = planted_hashes(n, radius)
     if method == "ours":
         near_pairs(planted_hashes(2000, radius), radius)  # compile outside the timing
@@ -119,7 +119,7 @@ def planted_crop_hashes(n: int, radius: int, seed: int = 0) -> tuple[np.ndarray,
     return hashes, planted
 
 
-def _crop_child(n: int, radius: int, total: int, conn) -> None:  # noqa: ANN001
+def _crop_child(n: int, radius: int, total: int, conn) -> None:
     crop_pairs(planted_crop_hashes(2000, radius)[0], radius, total)  # compile outside the timing
     hashes, planted = planted_crop_hashes(n, radius)
     start = time.perf_counter()
@@ -181,7 +181,7 @@ def real_costs(images: Path, radius: int, total: int, limit: int = 300) -> dict[
             "align_distinct": timed(distinct), "candidates": len(candidates)}
 
 
-def _scale_child(n: int, bands: int, radius: int, total: int, sample: int, conn) -> None:  # noqa: ANN001
+def _scale_child(n: int, bands: int, radius: int, total: int, sample: int, conn) -> None:
     warm = np.random.default_rng(1).integers(0, 2**63, size=(3000, len(CROP_BOXES), 2),
                                              dtype=np.uint64)
     crop_pairs(warm, radius, total, bands=bands)  # compile outside the timing
@@ -208,7 +208,7 @@ def _scale_child(n: int, bands: int, radius: int, total: int, sample: int, conn)
     conn.close()
 
 
-def _index_child(n: int, bits: int, conn) -> None:  # noqa: ANN001
+def _index_child(n: int, bits: int, conn) -> None:
     words = np.random.default_rng(0).integers(0, 2**63, size=n, dtype=np.uint64)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
@@ -219,7 +219,7 @@ def _index_child(n: int, bits: int, conn) -> None:  # noqa: ANN001
     conn.close()
 
 
-def _spawned(target, *args):  # noqa: ANN001, ANN202
+def _spawned(target, *args):
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=target, args=(*args, child))

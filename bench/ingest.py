@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from geopile.ingest import ingest
 from geopile.params import load_params
 from geopile.records import records_path
+from geopile.settings import Settings, check_params
 from geopile.sources import create_source
 from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
 
@@ -86,7 +87,7 @@ def _wait_cpus(address: str, n: int) -> None:
     wait_for_cpus(address, n)
 
 
-def engine_rows(params: dict, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:
+def engine_rows(settings: Settings, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:
     """(source, engine, nodes, images, img/s) for local, Ray with 1 node, Ray with 2 nodes."""
     import ray
 
@@ -96,7 +97,7 @@ def engine_rows(params: dict, tmp: Path, workers: int, naip_threads: int) -> lis
         for name in ["resisc45", "naip"]:
             data = tmp / f"engine-{name}-{engine}-{nodes}"
             threads = naip_threads if name == "naip" else workers
-            source = create_source(name, params["sources"][name], data, progress=False)
+            source = create_source(name, settings.sources[name], data, progress=False)
             from geopile.engines import LocalMapper, RayMapper
 
             mapper = (RayMapper(address, threads=threads) if engine == "ray"
@@ -149,11 +150,12 @@ def main() -> None:
         try:
             params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
             params["sources"]["naip"]["count"] = args.naip_count
+            settings = check_params(params)
             rows_out = []
             for name in ["naip", "rsd46", "mlrsnet", "resisc45", "patternnet", "ucmerced"]:
                 data = Path(tmp) / f"data-{name}"
                 threads = args.naip_threads if name == "naip" else args.workers
-                source = create_source(name, params["sources"][name], data, progress=False)
+                source = create_source(name, settings.sources[name], data, progress=False)
                 summary = ingest(source, workers=threads, progress=False)
                 records = pq.read_table(records_path(data, name)).to_pylist()
                 ours = summary.images / summary.seconds
@@ -162,7 +164,7 @@ def main() -> None:
                 else:
                     base, what = decode_baseline(data, [r["path"] for r in records]), "PIL decode"
                 rows_out.append((name, summary.images, threads, ours, base, what))
-            engines = engine_rows(params, Path(tmp), args.workers, args.naip_threads) \
+            engines = engine_rows(settings, Path(tmp), args.workers, args.naip_threads) \
                 if args.engines else []
         finally:
             world_down(world)

@@ -72,7 +72,7 @@ class SimMIMMask:
         self.count = self.side**2
         self.masked = int(math.ceil(self.count * ratio))
 
-    def __call__(self):  # noqa: ANN204
+    def __call__(self):
         import numpy as np
 
         idx = np.random.permutation(self.count)[: self.masked]
@@ -81,7 +81,7 @@ class SimMIMMask:
         return mask.reshape(self.side, self.side).repeat(self.scale, 0).repeat(self.scale, 1)
 
 
-def _reference_item():  # noqa: ANN202
+def _reference_item():
     from torchvision import transforms
 
     transform = transforms.Compose([
@@ -94,7 +94,7 @@ def _reference_item():  # noqa: ANN202
     return lambda img: (transform(img), mask())
 
 
-def _count(batches, masks=None) -> int:  # noqa: ANN001
+def _count(batches, masks=None) -> int:
     """Images in an epoch of ``batches``; ``masks(n)`` draws a batch's masks (the peers)."""
     n = 0
     for batch in batches:

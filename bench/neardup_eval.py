@@ -35,7 +35,8 @@ from scipy.sparse.csgraph import connected_components
 from bench.neardup_set import SDIST, generate
 from geopile.params import load_params
 from geopile.records import read_records, records_path
-from pipelines.curate import DUPLICATES, curated_path, reports_dir, run_curate
+from pipelines.common import checked
+from pipelines.curate import DUPLICATES, curated_path, run_curate
 from pipelines.ingest import run_ingest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def score(manifest: dict, params: dict) -> dict:
         copy, orig = by_rel[rel], original[meta["group"]]
         kinds[meta["edit"]].append(cluster[copy] == cluster[orig])
     group = {by_rel[r]: m["group"] for r, m in files.items()}
-    pairs = json.loads((reports_dir(params) / DUPLICATES).read_text())["pairs"]
+    pairs = json.loads((Path(params["paths"]["reports"]) / DUPLICATES).read_text())["pairs"]
     false = [p for p in pairs if group[p["a"]] != group[p["b"]]]
     return {"kinds": {k: [sum(v), len(v)] for k, v in kinds.items()}, "false_pairs": false,
             "half_overlaps": sum(m["edit"] == "half_overlap" for m in files.values()),
@@ -118,12 +119,11 @@ def previous_method(images: Path, manifest: dict) -> dict[str, list[int]]:
 def evaluate(images: Path, root: Path, overlays: list[Path] | None = None) -> dict:
     """Ingest ``images`` as a folder source under ``root``, curate, and :func:`score` it."""
     params = load_params([REPO / "params.yaml", _overlay(root, images), *(overlays or [])])
-    data = Path(params["paths"]["data"])
     start = time.perf_counter()
-    run_ingest(params, [SOURCE], data, workers=2, progress=False)
+    run_ingest(checked(params), [SOURCE], workers=2, progress=False)
     ingest_s = time.perf_counter() - start
     start = time.perf_counter()
-    run_curate(params, data, progress=False)
+    run_curate(checked(params), progress=False)
     curate_s = time.perf_counter() - start
     manifest = json.loads((images / "manifest.json").read_text())
     return {**score(manifest, params), "curate": params["curate"], "ingest_s": ingest_s,

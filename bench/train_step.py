@@ -59,7 +59,7 @@ def _peak_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _models(config_name: str, device: torch.device):  # noqa: ANN202
+def _models(config_name: str, device: torch.device):
     torch.manual_seed(0)
     config = get_config(config_name)
     teacher = FrozenTeacher(config.teacher, pretrained=False).to(device)
@@ -67,7 +67,7 @@ def _models(config_name: str, device: torch.device):  # noqa: ANN202
     return config, teacher, model
 
 
-def _batch(config, batch: int, device: torch.device):  # noqa: ANN001, ANN202
+def _batch(config, batch: int, device: torch.device):
     size = config.img_size
     images = torch.randn(batch, 3, size, size, device=device)
     images = images.contiguous(memory_format=torch.channels_last)
@@ -76,7 +76,7 @@ def _batch(config, batch: int, device: torch.device):  # noqa: ANN001, ANN202
     return images, mask
 
 
-def _timed(step, steps: int, warmup: int, device: torch.device) -> float:  # noqa: ANN001
+def _timed(step, steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -143,7 +143,7 @@ def _build(root: Path, images: int) -> Path:
     return make_build(root, images)
 
 
-def _loader(args: argparse.Namespace, shards: Path, size: int, device: torch.device):  # noqa: ANN202
+def _loader(args: argparse.Namespace, shards: Path, size: int, device: torch.device):
     from geopile.augment import GfmTransform
     from pipelines.loader import GeoPileLoader
 
@@ -166,7 +166,7 @@ def _loader_only(args: argparse.Namespace, device: torch.device) -> dict:
             "peak_gib": _peak_gib(device)}
 
 
-def _end_to_end(args, device, config, trainable, teacher_fn, model, optimizer) -> dict:  # noqa: ANN001
+def _end_to_end(args, device, config, trainable, teacher_fn, model, optimizer) -> dict:
     """``--epochs`` whole epochs of the step fed by the loader: its workers persist across the
     epoch boundaries, which must cost nothing."""
     loader = _loader(args, Path(args.shards), config.img_size, device)

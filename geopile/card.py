@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from geopile.params import path_of, source_params
+from geopile.settings import Settings
 from geopile.shards import shortfalls
 from geopile.sources import create_source
 from geopile.sources.base import Source
@@ -52,15 +52,14 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def build_sources(names: list[str], params: dict[str, Any]) -> dict[str, Source]:
-    """The source objects of a build, made from the params that ingested them (no disk access)."""
-    data = path_of(params, "data")
-    return {name: create_source(name, source_params(params, name), data, progress=False)
-            for name in names}
+def build_sources(names: list[str], settings: Settings) -> dict[str, Source]:
+    """The source objects of a build, made from the settings that ingested them (no disk access)."""
+    return {name: create_source(name, settings.sources[name], settings.paths.data,
+                                progress=False) for name in names}
 
 
 def _licence_notes(sources: dict[str, int], licences: dict[str, str],
-                   params: dict[str, Any]) -> list[str]:
+                   settings: Settings) -> list[str]:
     """What the licences mean for the build, derived from the licence texts alone."""
     present = [s for s in sorted(sources) if sources[s]]
     nc = [s for s in present if non_commercial(licences[s])]
@@ -68,8 +67,7 @@ def _licence_notes(sources: dict[str, int], licences: dict[str, str],
     unknown = [s for s in present if licences[s] == UNKNOWN]
     notes = []
     if nc:
-        clean = [b for b, spec in (params.get("builds") or {}).items()
-                 if spec and not any(s in spec for s in nc)]
+        clean = [b for b, spec in settings.builds.items() if not any(s in spec.caps for s in nc)]
         alternative = (f" (for example `{clean[0]}`)" if clean else "")
         notes.append(
             f"This build contains images under a non-commercial licence ({', '.join(nc)}): the "
@@ -127,20 +125,20 @@ def shortfall_lines(build: str, curation: dict[str, dict[str, Any]]) -> list[str
             f"`builds.{build}`)." for source, c in curation.items() if c.get("shortfall")]
 
 
-def _curation_section(index: dict[str, Any], params: dict[str, Any],
+def _curation_section(index: dict[str, Any], settings: Settings,
                       curate: dict[str, Any] | None, boundary_plot: str | None) -> list[str]:
     """How duplicates and contaminants were handled, and what this build lost to each."""
-    cur = params.get("curate") or {}
+    cur = settings.curate
     lines = [
         "Exact duplicates by a hash of the decoded pixels; near copies (crops of up to 10% a "
         "side, rescales, re-encodes, brightness and contrast, mirrors and quarter turns) by "
-        f"crop-pyramid DCT hashes within {cur.get('radius')} / {cur.get('total_radius')} bits, "
+        f"crop-pyramid DCT hashes within {cur.radius} / {cur.total_radius} bits, "
         "confirmed when the aligned grey thumbnails correlate at least "
-        f"{cur.get('min_correlation')}. Images resembling the evaluation sets "
-        f"{sorted(cur.get('eval_sets') or {})} were removed (decontamination). Copies of one "
+        f"{cur.min_correlation}. Images resembling the evaluation sets "
+        f"{sorted(cur.eval_sets)} were removed (decontamination). Copies of one "
         "image form a cluster; this build keeps exactly one image of every cluster that has a "
         "member among its sources, the copy of the earliest of them in the priority "
-        f"{cur.get('priority')}, so it never loses an image to a copy in a source it leaves "
+        f"{cur.priority}, so it never loses an image to a copy in a source it leaves "
         "out. Within a source, images are taken in a seeded hash order up to the cap."]
     curation = index.get("curation")
     if curation:
@@ -161,21 +159,21 @@ def _curation_section(index: dict[str, Any], params: dict[str, Any],
     if boundary_plot:
         lines += ["", f"The sheet below shows candidate near-duplicate pairs whose aligned "
                   f"thumbnails correlate just above and just below `curate.min_correlation` "
-                  f"({cur.get('min_correlation')}): pairs above it were treated as copies, "
+                  f"({cur.min_correlation}): pairs above it were treated as copies, "
                   "pairs below as distinct images, so you can judge the threshold by eye.", "",
                   f"![near-duplicate pairs either side of the threshold]({boundary_plot})"]
     return lines
 
 
-def render_card(index: dict[str, Any], params: dict[str, Any],
+def render_card(index: dict[str, Any], settings: Settings,
                 curate: dict[str, Any] | None, *, boundary_plot: str | None = None) -> str:
-    """The card for one build, from its index, the params and the curation report.
+    """The card for one build, from its index, the settings and the curation report.
 
     ``boundary_plot``: the file name, beside the card, of curate's contact sheet of pairs
     either side of the correlation threshold (embedded when given).
     """
     build, sources = index["build"], index["sources"]
-    objects = build_sources(sorted(sources), params)
+    objects = build_sources(sorted(sources), settings)
     licences = {s: objects[s].licence for s in sources}
     index_sha = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
     header = {
@@ -206,9 +204,9 @@ def render_card(index: dict[str, Any], params: dict[str, Any],
         origin = "<br>".join(objects[source].origin_lines())
         lines.append(f"| {source} | {sources[source]:,} | {licences[source]} | {origin} |")
     lines += ["", "### What the licences mean for this build", ""]
-    lines += _licence_notes(sources, licences, params)
+    lines += _licence_notes(sources, licences, settings)
     lines += ["", "## Curation", ""]
-    lines += _curation_section(index, params, curate, boundary_plot)
+    lines += _curation_section(index, settings, curate, boundary_plot)
     lines += ["", "## Integrity", "",
               f"`index.json` (sorted-key JSON) sha256 `{index_sha}`; build seed {index['seed']}.",
               "", "| shard | samples | sha256 |", "|---|---:|---|"]

@@ -35,46 +35,12 @@ from PIL import Image
 from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
 from geopile.imagestats import CROP_BOXES, band_names, crop_hashes, decode, luma, rgb_preview
+from geopile.settings import Curate
 
 log = logging.getLogger(__name__)
 REASONS = ("low_entropy", "nodata", "contaminated")
 ENTROPIES = ("entropy_global", "entropy_local")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-@dataclass(frozen=True)
-class CurateConfig:
-    """The ``curate:`` block of params; ``params.yaml`` holds the values (no defaults here).
-
-    ``min_entropy`` / ``max_nodata`` of ``None`` keep every image.
-    """
-
-    radius: int
-    total_radius: int
-    min_correlation: float
-    priority: tuple[str, ...]
-    eval_sets: Mapping[str, tuple[str, ...]]
-    min_entropy: float | None
-    max_nodata: float | None
-
-    @classmethod
-    def from_params(cls, block: Mapping[str, Any] | None) -> CurateConfig:
-        """Build from the params block, naming unknown and missing keys.
-
-        ``contact_sheet`` is the stage's (the plots), not curation's: it is skipped here.
-        """
-        block = dict(block or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(block) - known - {"contact_sheet"}
-        if unknown:
-            raise ValueError(f"unknown keys under 'curate:': {', '.join(sorted(unknown))}")
-        missing = known - set(block)
-        if missing:
-            raise ValueError(f"curate.{min(missing)}: missing: params.yaml sets it")
-        block.pop("contact_sheet", None)
-        block["priority"] = tuple(block["priority"])
-        block["eval_sets"] = {k: tuple(v) for k, v in block["eval_sets"].items()}
-        return cls(**block)
 
 
 @dataclass
@@ -145,19 +111,25 @@ def _rotated(table: pa.Table) -> int:
     return table.num_rows - table["orientation"].null_count
 
 
-def curate(
-    pretrain: Mapping[str, pa.Table],
-    evaluation: Mapping[str, pa.Table],
-    data_dir: Path,
-    config: CurateConfig,
-    progress: Callable[[int], Any] | None = None,
-) -> CurateResult:
-    """Filter, cluster duplicates and decontaminate every pretraining record.
+@dataclass
+class _Pool:
+    """Every image curation weighs: the pretraining rows first, then the eval splits' rows."""
 
-    Duplicates are not resolved here: every member of a clean cluster stays in the curated
-    table with its ``cluster`` id, and each build keeps one of each cluster among its own
-    sources (:func:`geopile.shards.select`).
-    """
+    every: pa.Table
+    rows: dict[str, list[Any]]  # every column but the crop hashes (read as numpy)
+    n_pretrain: int
+
+    @property
+    def n(self) -> int:
+        return self.every.num_rows
+
+    @property
+    def is_eval(self) -> np.ndarray:
+        return np.arange(self.n) >= self.n_pretrain
+
+
+def _pool(pretrain: Mapping[str, pa.Table], evaluation: Mapping[str, pa.Table],
+          config: Curate) -> _Pool:
     cols = ["key", "source", "split", "xxh3_pixels", "crop_hashes", "path", "stac_item",
             "entropy_global", "nodata_fraction"]
     frames = [t.select(cols) for t in pretrain.values()]
@@ -166,31 +138,42 @@ def curate(
         mask = pc.is_in(table["split"], pa.array(list(splits), pa.string()))
         frames.append(table.filter(mask).select(cols))
     every = pa.concat_tables(frames) if frames else pa.table({c: [] for c in cols})
-    rows = every.drop_columns(["crop_hashes"]).to_pydict()  # hashes: read as numpy
-    n = every.num_rows
-    n_pretrain = sum(t.num_rows for t in pretrain.values())
-    is_eval = np.arange(n) >= n_pretrain
-    reason: dict[int, str] = {}
+    return _Pool(every, every.drop_columns(["crop_hashes"]).to_pydict(),
+                 sum(t.num_rows for t in pretrain.values()))
 
-    entropy = np.asarray(rows["entropy_global"], dtype=np.float64)
-    nodata = np.asarray([v or 0.0 for v in rows["nodata_fraction"]], dtype=np.float64)
-    for idx in range(n_pretrain):
+
+def _filtered(pool: _Pool, config: Curate) -> dict[int, str]:
+    """Pretraining images the filters remove, with why (``low_entropy`` or ``nodata``)."""
+    reason: dict[int, str] = {}
+    entropy = np.asarray(pool.rows["entropy_global"], dtype=np.float64)
+    nodata = np.asarray([v or 0.0 for v in pool.rows["nodata_fraction"]], dtype=np.float64)
+    for idx in range(pool.n_pretrain):
         if config.min_entropy is not None and entropy[idx] < config.min_entropy:
             reason[idx] = "low_entropy"
         elif config.max_nodata is not None and nodata[idx] > config.max_nodata:
             reason[idx] = "nodata"
-    alive = np.asarray([i not in reason for i in range(n)])
+    return reason
 
-    ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
-    exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
-    found = crop_pairs(_crop_hashes(every["crop_hashes"], rows["path"], data_dir),
+
+def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, int]],
+                        data_dir: Path, config: Curate, progress: Callable[[int], Any] | None,
+                        ) -> tuple[int, dict[tuple[int, int], tuple[int, int, Match]]]:
+    """Near-copy candidates by crop hashes, each pair aligned on pixels; (count, best match).
+
+    Skipped: pairs already exact, two geo-referenced patches, two eval images, and any image
+    a filter removed.
+    """
+    rows = pool.rows
+    found = crop_pairs(_crop_hashes(pool.every["crop_hashes"], rows["path"], data_dir),
                        config.radius, config.total_radius)  # sharded by band
     geo = np.asarray([s is not None for s in rows["stac_item"]])
+    is_eval = pool.is_eval
     candidates = [
         (a, b, c, s) for a, b, c, s, _ in found.tolist()
-        if (min(a, b), max(a, b)) not in exact_set and not (geo[a] and geo[b])
+        if (min(a, b), max(a, b)) not in exact and not (geo[a] and geo[b])
         and not (is_eval[a] and is_eval[b]) and alive[a] and alive[b]
     ]
+
     @lru_cache(maxsize=4096)  # 64 KB each; candidates come sorted by their first image
     def image(idx: int) -> Any:
         return working_image(_grey(data_dir / rows["path"][idx]))
@@ -203,22 +186,20 @@ def curate(
             best[pair] = (a, b, match)
         if progress:
             progress(1)
-    pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
-             for a, b in sorted(exact_set)]
-    aligned = sorted(best)  # unordered pairs, each with its best alignment
-    near_scores = [{"a": rows["key"][a], "b": rows["key"][b], "kind": edit_kind(match),
-                    "score": round(match.correlation, 4), "margins": list(match.margins)}
-                   for a, b, match in (best[pair] for pair in aligned)]
-    passed = [best[pair][2].correlation >= config.min_correlation for pair in aligned]
-    confirmed = [pair for pair, ok in zip(aligned, passed, strict=True) if ok]
-    pairs += [score for score, ok in zip(near_scores, passed, strict=True) if ok]
-    edges = [(a, b) for a, b in exact_set if alive[a] and alive[b]] + confirmed
-    label = clusters(n, np.asarray([e[0] for e in edges], np.int64),
-                     np.asarray([e[1] for e in edges], np.int64))
+    return len(candidates), best
+
+
+def _decontaminate(pool: _Pool, label: np.ndarray, alive: np.ndarray, reason: dict[int, str],
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mark every pretraining image in a component with an eval image ``contaminated``.
+
+    Returns the report's clusters (components of several pretraining images, kept) and its
+    contaminated images (with the eval images they match).
+    """
+    rows, is_eval = pool.rows, pool.is_eval
     members: dict[int, list[int]] = defaultdict(list)
     for idx in np.flatnonzero(alive):
         members[int(label[idx])].append(int(idx))
-
     cluster_report, contaminated = [], []
     for group in members.values():
         if len(group) < 2:
@@ -232,14 +213,23 @@ def curate(
                                      "matches": sorted(rows["key"][e] for e in evals)})
         elif len(train) > 1:
             cluster_report.append({"members": sorted(rows["key"][i] for i in train)})
+    cluster_report.sort(key=lambda c: c["members"][0])
+    contaminated.sort(key=lambda c: c["key"])
+    return cluster_report, contaminated
 
+
+def _counts(pretrain: Mapping[str, pa.Table], pool: _Pool, reason: dict[int, str],
+            label: np.ndarray, alive: np.ndarray,
+            ) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
+    """Per-source counts (in, each reason, clustered, out, exif_rotated) and the removed list."""
+    rows, n = pool.rows, pool.n
     counts: dict[str, dict[str, int]] = {}
     for name, table in pretrain.items():
         counts[name] = {"in": table.num_rows, **{r: 0 for r in REASONS}, "clustered": 0,
                         "out": 0, "exif_rotated": _rotated(table)}
     removed = []
-    sizes = np.bincount(label[alive & ~is_eval], minlength=n) if n else np.zeros(0, np.int64)
-    for idx in range(n_pretrain):
+    sizes = np.bincount(label[alive & ~pool.is_eval], minlength=n) if n else np.zeros(0, np.int64)
+    for idx in range(pool.n_pretrain):
         src = rows["source"][idx]
         if idx in reason:
             counts[src][reason[idx]] += 1
@@ -247,17 +237,62 @@ def curate(
         else:
             counts[src]["out"] += 1
             counts[src]["clustered"] += int(sizes[label[idx]] > 1)
+    removed.sort(key=lambda r: r["key"])
+    return counts, removed
 
-    keep = [i for i in range(n_pretrain) if i not in reason]
-    cluster_of = dict(zip((rows["key"][i] for i in keep), (int(label[i]) for i in keep),
+
+def _kept(pretrain: Mapping[str, pa.Table], pool: _Pool, reason: dict[int, str],
+          label: np.ndarray) -> pa.Table | None:
+    """The pretraining records no reason removed, by key, each with its ``cluster`` id."""
+    keep = [i for i in range(pool.n_pretrain) if i not in reason]
+    cluster_of = dict(zip((pool.rows["key"][i] for i in keep), (int(label[i]) for i in keep),
                           strict=True))
-    curated = pa.concat_tables(list(pretrain.values())) if pretrain else None
-    if curated is not None:
-        curated = curated.filter(pc.is_in(curated["key"], pa.array(sorted(cluster_of),
-                                                                    pa.string())))
-        curated = curated.sort_by("key")
-        curated = curated.append_column(
-            "cluster", pa.array([cluster_of[k] for k in curated["key"].to_pylist()], pa.int64()))
+    if not pretrain:
+        return None
+    curated = pa.concat_tables(list(pretrain.values()))
+    curated = curated.filter(pc.is_in(curated["key"], pa.array(sorted(cluster_of), pa.string())))
+    curated = curated.sort_by("key")
+    return curated.append_column(
+        "cluster", pa.array([cluster_of[k] for k in curated["key"].to_pylist()], pa.int64()))
+
+
+def curate(
+    pretrain: Mapping[str, pa.Table],
+    evaluation: Mapping[str, pa.Table],
+    data_dir: Path,
+    config: Curate,
+    progress: Callable[[int], Any] | None = None,
+) -> CurateResult:
+    """Filter, cluster duplicates and decontaminate every pretraining record.
+
+    Duplicates are not resolved here: every member of a clean cluster stays in the curated
+    table with its ``cluster`` id, and each build keeps one of each cluster among its own
+    sources (:func:`geopile.shards.select`).
+    """
+    pool = _pool(pretrain, evaluation, config)
+    rows, n = pool.rows, pool.n
+    reason = _filtered(pool, config)
+    alive = np.asarray([i not in reason for i in range(n)])
+
+    ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
+    exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
+    n_candidates, best = _aligned_candidates(pool, alive, exact_set, data_dir, config, progress)
+    pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
+             for a, b in sorted(exact_set)]
+    aligned = sorted(best)  # unordered pairs, each with its best alignment
+    near_scores = [{"a": rows["key"][a], "b": rows["key"][b], "kind": edit_kind(match),
+                    "score": round(match.correlation, 4), "margins": list(match.margins)}
+                   for a, b, match in (best[pair] for pair in aligned)]
+    passed = [best[pair][2].correlation >= config.min_correlation for pair in aligned]
+    confirmed = [pair for pair, ok in zip(aligned, passed, strict=True) if ok]
+    pairs += [score for score, ok in zip(near_scores, passed, strict=True) if ok]
+    edges = [(a, b) for a, b in exact_set if alive[a] and alive[b]] + confirmed
+    label = clusters(n, np.asarray([e[0] for e in edges], np.int64),
+                     np.asarray([e[1] for e in edges], np.int64))
+
+    cluster_report, contaminated = _decontaminate(pool, label, alive, reason)
+    counts, removed = _counts(pretrain, pool, reason, label, alive)
+    curated = _kept(pretrain, pool, reason, label)
     stats = {}
     for name in pretrain:
         part = curated.filter(pc.equal(curated["source"], name)) if curated else None
@@ -265,11 +300,8 @@ def curate(
             e: _entropy_stats(np.asarray(part[e].to_numpy(zero_copy_only=False), np.float64))
             for e in ENTROPIES
         } if part is not None else {}
-    cluster_report.sort(key=lambda c: c["members"][0])
-    contaminated.sort(key=lambda c: c["key"])
-    removed.sort(key=lambda r: r["key"])
     return CurateResult(curated, removed, cluster_report, contaminated, counts, stats,
-                        len(candidates), len(confirmed), pairs, near_scores)
+                        n_candidates, len(confirmed), pairs, near_scores)
 
 
 def rgb_thumbnail(path: Path, size: int) -> Image.Image:

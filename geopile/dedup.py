@@ -39,7 +39,7 @@ def _popcount(x: np.uint64) -> np.uint64:
 
 
 @numba.njit(nogil=True, cache=True)
-def _search(sorted_hashes, order, start, band, masks, radius, band_radius, lo, hi):  # noqa: ANN001, ANN202
+def _search(sorted_hashes, order, start, band, masks, radius, band_radius, lo, hi):
     """Pairs found through ``band`` for the items at sorted positions ``lo..hi``.
 
     Items are visited in the band's sorted order, so neighbouring items probe neighbouring
@@ -198,7 +198,7 @@ PERM_TABLES = _permute_tables()
 
 
 @numba.njit(inline="always")
-def _transpose(word, tables):  # noqa: ANN001, ANN202
+def _transpose(word, tables):
     out = np.uint64(0)
     for k in range(8):
         out |= tables[k, (word >> np.uint64(8 * k)) & np.uint64(0xFF)]
@@ -206,7 +206,7 @@ def _transpose(word, tables):  # noqa: ANN001, ANN202
 
 
 @numba.njit(inline="always")
-def _symmetry(word, s, tables, flip_h, flip_v):  # noqa: ANN001, ANN202
+def _symmetry(word, s, tables, flip_h, flip_v):
     """Symmetry ``s`` of one hash word: transpose (s >= 4), then the mirrors (bits 1 and 0)."""
     if s >= 4:
         word = _transpose(word, tables)
@@ -229,7 +229,7 @@ CROP_BANDS = 4  # the default layout: fastest at every size measured (600k to 20
 
 @numba.njit(nogil=True, cache=True)
 def _search_crops(hashes, word2, band, band_bits, sorted1, order, start, masks, tables, flip_h,
-                  flip_v, r1, total, band_radius, lo, hi, step):  # noqa: ANN001, ANN202
+                  flip_v, r1, total, band_radius, lo, hi, step):
     """Rows (i, j, crop, symmetry, distance) for the images ``i`` in ``range(lo, hi, step)``.
 
     A symmetry of crop ``crop`` of image ``i`` hashes within ``r1`` (word 1) and ``total``

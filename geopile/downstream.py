@@ -21,7 +21,7 @@ from typing import Any
 from geopile.atomic import write_text
 from geopile.download import download_first, extract_archive, verify_file
 from geopile.params import ParamsError
-from geopile.sources.published import mirror_urls
+from geopile.sources.published import Mirrors
 from geopile.urls import strip_secrets
 
 
@@ -85,28 +85,23 @@ def manifest_path(data: Path, name: str) -> Path:
     return Path(data) / "fetched" / f"{name}.json"
 
 
-def _wanted(name: str, published: DownstreamSet,
-            params: dict[str, Any]) -> dict[str, tuple[PublishedFile, list[str], str | None]]:
-    """Each file of ``name``: (its table entry, mirrors or a local path, md5), params first.
+def _wanted(published: DownstreamSet,
+            mirrors: Mirrors) -> dict[str, tuple[PublishedFile, list[str], str | None]]:
+    """Each file of a set: (its table entry, mirrors or a local path, md5), yours first.
 
     The mirrors are ``downstream.<name>.urls.<file>`` (a URL, a list of them, or a local path)
-    followed by the published ones (see :func:`geopile.sources.published.mirror_urls`).
+    followed by the published ones (see :class:`geopile.sources.published.Mirrors`).
     """
-    block = ((params.get("downstream") or {}).get(name)) or {}
-    md5s = block.get("md5s") or {}
-    return {which: (item, mirror_urls(item, block, which, f"downstream.{name}"),
-                    md5s[which] if which in md5s else item.md5)
+    return {which: (item, mirrors.urls_for(item, which), mirrors.md5_for(item, which))
             for which, item in published.files.items()}
 
 
-def mirrors_of(name: str, published: DownstreamSet,
-               params: dict[str, Any]) -> dict[str, list[str]]:
-    """Each file of the set ``name`` and the URLs (or local path) it would be fetched from."""
-    return {which: urls for which, (_, urls, _) in _wanted(name, published, params).items()}
+def mirrors_of(published: DownstreamSet, mirrors: Mirrors) -> dict[str, list[str]]:
+    """Each file of a set and the URLs (or local path) it would be fetched from."""
+    return {which: urls for which, (_, urls, _) in _wanted(published, mirrors).items()}
 
 
-def fetched_root(name: str, published: DownstreamSet, params: dict[str, Any],
-                 data: Path) -> Path:
+def fetched_root(name: str, published: DownstreamSet, mirrors: Mirrors, data: Path) -> Path:
     """The torchgeo root of ``name``, fetching only if no fetch of the same files is recorded.
 
     Finetuning calls this on every run (and every rank): re-hashing a 66 GB archive each time
@@ -117,12 +112,12 @@ def fetched_root(name: str, published: DownstreamSet, params: dict[str, Any],
         record = json.loads(record_path.read_text())["files"]
         if all(which in record and record[which]["url"] in {strip_secrets(u) for u in urls}
                and md5 in (None, record[which]["md5"])
-               for which, (_, urls, md5) in _wanted(name, published, params).items()):
+               for which, (_, urls, md5) in _wanted(published, mirrors).items()):
             return root
-    return fetch(name, published, params, data, progress=False)
+    return fetch(name, published, mirrors, data, progress=False)
 
 
-def fetch(name: str, published: DownstreamSet, params: dict[str, Any], data: Path, *,
+def fetch(name: str, published: DownstreamSet, mirrors: Mirrors, data: Path, *,
           progress: bool = True) -> Path:
     """Download, verify and extract the set ``name``; returns its torchgeo root (idempotent).
 
@@ -136,7 +131,7 @@ def fetch(name: str, published: DownstreamSet, params: dict[str, Any], data: Pat
     root.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"name": published.name, "licence": published.licence,
                               "root": str(root), "files": {}}
-    for which, (item, urls, md5) in _wanted(name, published, params).items():
+    for which, (item, urls, md5) in _wanted(published, mirrors).items():
         if not urls:
             raise ParamsError(
                 f"{name}: {item.filename} has no public URL ({published.homepage} hands it "

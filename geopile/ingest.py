@@ -105,12 +105,6 @@ def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
 _NOT_DECISIVE = {"workers", "enabled", "role", "retries", "max_error_fraction"}
 
 
-def _error_limit(source: Source) -> float | None:
-    """``max_error_fraction`` of the source's params (validated by the schema); None: no limit."""
-    value = source.ctx.params.get("max_error_fraction")
-    return None if value is None else float(value)
-
-
 def _over_limit(errors: int, decided: int, limit: float) -> bool:
     return errors >= MIN_ERRORS_FOR_LIMIT and errors > limit * decided
 
@@ -169,7 +163,8 @@ class _Checkpoint:
 def _fingerprint(source: Source) -> str:
     """What a checkpoint was decided under: the decisive params, the seed and the input."""
     ctx = source.ctx
-    decisive = {k: v for k, v in ctx.params.items() if k not in _NOT_DECISIVE}
+    given = ctx.settings.model_dump(mode="json", exclude_unset=True)
+    decisive = {k: v for k, v in given.items() if k not in _NOT_DECISIVE}
     # the input's identity too: a run killed before the archive changed must not resume into
     # records of the new one
     return hashlib.sha256(json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True,
@@ -255,7 +250,7 @@ def ingest(
         raise IngestError(f"{ctx.name}: the quotas ask for no image at all ({dict(quotas)}): "
                           f"check sources.{ctx.name}.count; earlier records were left as they are")
     parts = _Checkpoint(ctx.data_dir / "records" / ".parts" / ctx.name, _fingerprint(source))
-    tally = _Tally(ctx.name, quotas, _error_limit(source))
+    tally = _Tally(ctx.name, quotas, source.settings.max_error_fraction)
     if quotas is not None:  # strata already filled by a previous, killed run
         done = parts.table()
         tally.accepted.update(done.filter(pc.is_null(done["reject_reason"]))["stratum"]

@@ -109,24 +109,3 @@ def load_params(paths: Iterable[str | Path]) -> dict[str, Any]:
             raise ParamsError(f"parameter file {path} must hold a mapping at the top level")
         merged = deep_merge(merged, data)
     return merged
-
-
-def source_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The ``sources.<name>`` block, with a clear error when it is missing."""
-    sources = params.get("sources") or {}
-    if name not in sources:
-        known = ", ".join(sorted(sources)) or "none"
-        raise ParamsError(f"no source {name!r} under 'sources:' in the params (known: {known})")
-    return dict(sources[name] or {})
-
-
-def path_of(params: Mapping[str, Any], key: str) -> Path:
-    """``paths.<key>``: the one place every stage finds where it reads and writes.
-
-    ``params.yaml`` holds the values (``data``, ``reports``, ``shards``, ``runs``); there is no
-    fallback in code, so a params file without one is an error naming the key.
-    """
-    try:
-        return Path((params.get("paths") or {})[key])
-    except KeyError:
-        raise ParamsError(f"paths.{key} is not set in the params (params.yaml sets it)") from None

@@ -90,7 +90,7 @@ def _urls(value: Any) -> Any:
     if value is None or (isinstance(value, str) and value) or (
             isinstance(value, list) and value and all(isinstance(u, str) and u for u in value)):
         return value
-    raise invalid("must be a URL (or local path), or a list of them: your mirrors, tried first")
+    raise invalid("must be a URL (or local path), or a list of them")
 
 
 Urls = Annotated[str | list[str] | None, BeforeValidator(_urls)]

@@ -65,6 +65,11 @@ class Build(Block):
         None, description="true: write the build even where a source has fewer images left "
         "than its cap asks; the shortfall goes into index.json and the card")
 
+    @property
+    def caps(self) -> dict[str, int | str]:
+        """``source -> cap`` (an image count, or ``all``), in the order written."""
+        return dict(self.__pydantic_extra__ or {})
+
     @model_validator(mode="after")
     def _names_a_source(self) -> Build:
         if not self.__pydantic_extra__:
@@ -340,62 +345,84 @@ def field_at(path: Sequence[str], params: Mapping[str, Any]) -> FieldInfo | None
     return _field_at(Settings, path, params)
 
 
-def _cross_checks(params: Mapping[str, Any], tasks: Iterable[str] | None,
-                  sets: Mapping[str, Iterable[str]] | None) -> list[str]:
-    """Names that must refer to something elsewhere in the params.
+class _References:
+    """Names in the params that must refer to something: each miss becomes one problem line.
 
     Works on the raw params, so that it reports alongside the schema's errors; a block of the
     wrong type is skipped (the schema reports it once).
     """
-    problems: list[str] = []
 
-    def block(name: str) -> Mapping[str, Any] | None:
-        value = params.get(name)
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = params
+        self.problems: list[str] = []
+
+    def block(self, name: str, within: Mapping[str, Any] | None = None) -> Mapping[str, Any] | None:
+        value = (self.params if within is None else within).get(name)
         return value if isinstance(value, Mapping) else None
 
-    def names(value: Any) -> list[tuple[int, str]]:
+    @staticmethod
+    def listed(value: Any) -> list[tuple[int, str]]:
         return [(i, v) for i, v in enumerate(value if isinstance(value, list) else [])
                 if isinstance(v, str)]
 
-    def need(key: str, value: str, known: Iterable[str] | None, noun: str, where: str) -> None:
+    def need(self, key: str, value: str, known: Iterable[str] | None, noun: str,
+             where: str) -> None:
         if known is None:  # the block itself is wrong: the schema says so, once
             return
         known = set(known)
         if value not in known:
             place = f" under {where}" if where else ""
-            problems.append(f"{key}: no {noun} {value!r}{place}{suggest(value, known)}")
+            self.problems.append(f"{key}: no {noun} {value!r}{place}{suggest(value, known)}")
 
-    sources, builds = block("sources"), block("builds")
-    curate, finetune = block("curate") or {}, block("finetune") or {}
-    options = list(Build.model_fields)  # allow_short: never a source (offered for a typo)
-    for build, caps in (builds or {}).items():
-        for source in caps if isinstance(caps, Mapping) else {}:
-            if source not in options:
-                need(f"builds.{build}.{source}", source,
-                     None if sources is None else [*sources, *options], "source", "sources")
-    for i, build in names(params.get("pretrain_builds")):
-        need(f"pretrain_builds[{i}]", build, builds, "build", "builds")
-    if isinstance(finetune.get("pretrained"), str):
-        need("finetune.pretrained", finetune["pretrained"], builds, "build", "builds")
-    for i, source in names(curate.get("priority")):
-        need(f"curate.priority[{i}]", source, sources, "source", "sources")
-    eval_sets = curate.get("eval_sets")
-    for source in eval_sets if isinstance(eval_sets, Mapping) else {}:
-        need(f"curate.eval_sets.{source}", source, sources, "source", "sources")
-    for key, known, noun in (("finetune_tasks", tasks, "task"),
-                             ("downstream_sets", sets, "downstream set")):
-        for i, name in names(params.get(key)) if known is not None else []:
-            need(f"{key}[{i}]", name, known, noun, "pipelines/tasks")
-    overrides = finetune.get("tasks")
-    for task in overrides if isinstance(overrides, Mapping) and tasks is not None else {}:
-        need(f"finetune.tasks.{task}", task, tasks, "task", "pipelines/tasks")
-    if sets is not None:
-        downstream = block("downstream") or {}
-        for name, files in downstream.items():
-            need(f"downstream.{name}", name, sets, "downstream set", "pipelines/tasks")
+    def builds_and_sources(self) -> None:
+        """Builds, curate.priority and curate.eval_sets name sources; others name builds."""
+        sources, builds = self.block("sources"), self.block("builds")
+        curate, finetune = self.block("curate") or {}, self.block("finetune") or {}
+        options = list(Build.model_fields)  # allow_short: never a source (offered for a typo)
+        for build, caps in (builds or {}).items():
+            for source in caps if isinstance(caps, Mapping) else {}:
+                if source not in options:
+                    self.need(f"builds.{build}.{source}", source,
+                              None if sources is None else [*sources, *options], "source",
+                              "sources")
+        for i, build in self.listed(self.params.get("pretrain_builds")):
+            self.need(f"pretrain_builds[{i}]", build, builds, "build", "builds")
+        if isinstance(finetune.get("pretrained"), str):
+            self.need("finetune.pretrained", finetune["pretrained"], builds, "build", "builds")
+        for i, source in self.listed(curate.get("priority")):
+            self.need(f"curate.priority[{i}]", source, sources, "source", "sources")
+        for source in self.block("eval_sets", curate) or {}:
+            self.need(f"curate.eval_sets.{source}", source, sources, "source", "sources")
+
+    def tasks(self, tasks: Iterable[str] | None, sets: Mapping[str, Iterable[str]] | None,
+              ) -> None:
+        """finetune_tasks and finetune.tasks name tasks; downstream_sets name sets."""
+        for key, known, noun in (("finetune_tasks", tasks, "task"),
+                                 ("downstream_sets", sets, "downstream set")):
+            for i, name in self.listed(self.params.get(key)) if known is not None else []:
+                self.need(f"{key}[{i}]", name, known, noun, "pipelines/tasks")
+        overrides = self.block("tasks", self.block("finetune") or {})
+        for task in (overrides or {}) if tasks is not None else {}:
+            self.need(f"finetune.tasks.{task}", task, tasks, "task", "pipelines/tasks")
+
+    def downstream(self, sets: Mapping[str, Iterable[str]] | None) -> None:
+        """downstream.SET names a set; its urls and md5s name the set's files."""
+        if sets is None:
+            return
+        for name, files in (self.block("downstream") or {}).items():
+            self.need(f"downstream.{name}", name, sets, "downstream set", "pipelines/tasks")
             for key in ("urls", "md5s"):
                 given = files.get(key) if isinstance(files, Mapping) else None
                 for which in given if isinstance(given, Mapping) and name in sets else {}:
-                    need(f"downstream.{name}.{key}.{which}", which, sets[name], "file",
-                         f"the {name} set")
-    return problems
+                    self.need(f"downstream.{name}.{key}.{which}", which, sets[name], "file",
+                              f"the {name} set")
+
+
+def _cross_checks(params: Mapping[str, Any], tasks: Iterable[str] | None,
+                  sets: Mapping[str, Iterable[str]] | None) -> list[str]:
+    """Names that must refer to something elsewhere in the params, as problem lines."""
+    refs = _References(params)
+    refs.builds_and_sources()
+    refs.tasks(tasks, sets)
+    refs.downstream(sets)
+    return refs.problems

@@ -147,7 +147,7 @@ def describe(err: Mapping[str, Any], params: Mapping[str, Any], root: type[BaseM
     """
     try:
         return _explain(err, params, root, list(kinds))
-    except Exception:  # noqa: BLE001 - a message, however plain, beats a traceback here
+    except Exception:  # a message, however plain, beats a traceback here
         return f"{_dotted(err['loc'])}: {show(err.get('input'))} is invalid: {err['msg']}"
 
 

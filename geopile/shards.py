@@ -34,6 +34,7 @@ from PIL import Image
 from geopile.atomic import check_free, disk_error
 from geopile.engines import Mapper
 from geopile.imagestats import decode
+from geopile.settings import Build, Shard
 from geopile.shardstore import LocalStore, ShardStore, prune
 from geopile.stream.index import INDEX_VERSION, TAR_BLOCK, validate_index
 
@@ -51,60 +52,13 @@ class BuildError(ValueError):
     """A build asks for what the curated table cannot give."""
 
 
-ALLOW_SHORT = "allow_short"  # a build's option, not a source: its caps may exceed what is left
 INDIRECT = "near (indirect)"  # a skipped copy with no direct edge to the member taken
 
 
-@dataclass(frozen=True)
-class ShardConfig:
-    """The ``shard:`` block of params; ``params.yaml`` holds the values (no defaults here)."""
-
-    max_samples: int
-    max_bytes: int
-    naip_bands: int  # 3: RGB JPEG (the model's input); 4: R,G,B,NIR lossless GeoTIFF
-    jpeg_quality: int
-    mtime: int  # tar member mtime, fixed so that rebuilds are byte-identical
-    cap_scale: float  # multiply every integer cap (for quick small builds)
-
-    @classmethod
-    def from_params(cls, block: Mapping[str, Any] | None) -> ShardConfig:
-        """Build from the params block, naming unknown and missing keys."""
-        block = dict(block or {})
-        fields = set(cls.__dataclass_fields__)
-        unknown, missing = set(block) - fields, fields - set(block)
-        if unknown:
-            raise ValueError(f"unknown keys under 'shard:': {', '.join(sorted(unknown))}")
-        if missing:
-            raise ValueError(f"shard.{min(missing)}: missing: params.yaml sets it")
-        config = cls(**block)
-        if config.naip_bands not in (3, 4):
-            raise ValueError(f"shard.naip_bands must be 3 or 4, got {config.naip_bands}")
-        return config
-
-
-def _caps(build: str, spec: Mapping[str, Any], scale: float) -> dict[str, int | None]:
-    """``source -> cap`` (``None``: all) after ``cap_scale``; the build's options are skipped."""
-    caps: dict[str, int | None] = {}
-    for source, cap in (spec or {}).items():
-        if source == ALLOW_SHORT:
-            continue
-        if cap == "all":
-            caps[source] = None
-        elif isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
-            caps[source] = math.ceil(cap * scale)
-        else:
-            raise BuildError(f"builds.{build}.{source}: a cap is a count or 'all', got {cap!r}")
-    if not caps:
-        raise BuildError(f"build {build!r} names no sources")
-    return caps
-
-
-def allows_short(build: str, spec: Mapping[str, Any]) -> bool:
-    """Whether the build may hold fewer images than its caps ask (``allow_short: true``)."""
-    flag = (spec or {}).get(ALLOW_SHORT, False)
-    if not isinstance(flag, bool):
-        raise BuildError(f"builds.{build}.{ALLOW_SHORT}: must be true or false, got {flag!r}")
-    return flag
+def caps(spec: Build, scale: float = 1.0) -> dict[str, int | None]:
+    """``source -> cap`` (``None``: all) after ``cap_scale``."""
+    return {source: None if cap == "all" else math.ceil(int(cap) * scale)
+            for source, cap in spec.caps.items()}
 
 
 def source_order(sources: Iterable[str], priority: Sequence[str]) -> list[str]:
@@ -168,7 +122,7 @@ def shortfall_message(build: str, curation: Mapping[str, Mapping[str, Any]]) -> 
 def select(
     curated: pa.Table,
     build: str,
-    spec: Mapping[str, Any],
+    spec: Build,
     seed: int,
     scale: float = 1.0,
     *,
@@ -190,8 +144,8 @@ def select(
     ``curate_counts`` (``curate.json``) ``in``, ``filtered`` and ``contaminated``. A source
     that falls short stops the build with :class:`BuildError` unless it allows short.
     """
-    caps = _caps(build, spec, scale)
-    allow = allows_short(build, spec)
+    wanted = caps(spec, scale)
+    allow = spec.allow_short is True
     if "cluster" not in curated.column_names:
         raise BuildError("the curated table has no 'cluster' column (written by an older "
                          "geopile curate): run `geopile curate` again")
@@ -203,11 +157,11 @@ def select(
     taken: dict[int, int] = {}  # cluster -> row of the member this build holds
     chosen: list[int] = []
     curation: dict[str, dict[str, Any]] = {}
-    for source in source_order(caps, priority):
+    for source in source_order(wanted, priority):
         rows = np.flatnonzero(sources == source)
         if len(rows) == 0:
             raise BuildError(f"build {build!r} wants {source!r}, which has no curated images")
-        cap = caps[source]
+        cap = wanted[source]
         rows = rows[_hash_rank([keys[i] for i in rows], seed)]
         counts: dict[str, Any] = {**_upstream((curate_counts or {}).get(source)),
                                   "curated": len(rows), "exact_duplicate": 0,
@@ -298,7 +252,7 @@ def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     return summary
 
 
-def encode_sample(record: Mapping[str, Any], data_dir: Path, config: ShardConfig) -> dict:
+def encode_sample(record: Mapping[str, Any], data_dir: Path, config: Shard) -> dict:
     """The tar members of one sample.
 
     JPEG bytes are copied; other images become JPEG, except NAIP's 4 bands when ``naip_bands``
@@ -363,7 +317,7 @@ class ShardPlanner:
     cuts a list of sizes by it for writers that work apart, so both give the same shards.
     """
 
-    def __init__(self, config: ShardConfig) -> None:
+    def __init__(self, config: Shard) -> None:
         self.config, self.samples, self.used = config, 0, 0
 
     def opens(self, size: int) -> bool:
@@ -382,7 +336,7 @@ def shard_name(n: int) -> str:
     return f"shard-{n:06d}.tar"
 
 
-def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, int]]:
+def plan_shards(sizes: Sequence[int], config: Shard) -> list[tuple[int, int]]:
     """Shard boundaries ``[(start, end), ...]`` over samples of these member sizes."""
     planner, starts = ShardPlanner(config), [0] if sizes else []
     starts += [i for i, size in enumerate(sizes) if planner.opens(size)]
@@ -392,10 +346,10 @@ def plan_shards(sizes: Sequence[int], config: ShardConfig) -> list[tuple[int, in
 class _ShardFile:
     """One shard being written: samples appended to a temp file, then digested and stored."""
 
-    def __init__(self, store: ShardStore, name: str, config: ShardConfig) -> None:
+    def __init__(self, store: ShardStore, name: str, config: Shard) -> None:
         self.store, self.name = store, name
         self.tmp = store.temp_path(name)
-        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish()
+        self.file = open(self.tmp, "wb")  # closed in finish()
         self.sink = wds.TarWriter(self.file, encoder=False, mtime=config.mtime)
         self.keys: list[str] = []
         self.offsets: list[int] = []
@@ -428,7 +382,7 @@ class _ShardFile:
 
 
 def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, store: ShardStore,
-                name: str, config: ShardConfig) -> dict[str, Any]:
+                name: str, config: Shard) -> dict[str, Any]:
     """Write one whole shard (temp file, then stored); returns its index entry."""
     shard = _ShardFile(store, name, config)
     try:
@@ -462,7 +416,7 @@ def _room_for(store: ShardStore, records: Sequence[Mapping[str, Any]], build: st
 
 
 def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
-                  config: ShardConfig, progress: Callable[[int], Any] | None) -> list[dict]:
+                  config: Shard, progress: Callable[[int], Any] | None) -> list[dict]:
     """Fill shards in record order, in this process and one pass (each sample encoded once)."""
     shards: list[dict[str, Any]] = []
     shard: _ShardFile | None = None
@@ -488,13 +442,13 @@ def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
     return shards
 
 
-def _size_of(shared: tuple[Path, ShardConfig], record: dict[str, Any]) -> int:
+def _size_of(shared: tuple[Path, Shard], record: dict[str, Any]) -> int:
     """A sample's tar bytes (encoding converted images: the costly part, in the workers)."""
     data_dir, config = shared
     return member_bytes(encode_sample(record, data_dir, config))
 
 
-def _write_planned(shared: tuple[Path, ShardStore, ShardConfig],
+def _write_planned(shared: tuple[Path, ShardStore, Shard],
                    shard: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """One planned shard, written (and stored) by the worker that got it."""
     data_dir, store, config = shared
@@ -505,7 +459,7 @@ def _write_planned(shared: tuple[Path, ShardStore, ShardConfig],
 
 
 def mapped_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
-                  config: ShardConfig, mapper: Mapper,
+                  config: Shard, mapper: Mapper,
                   progress: Callable[[int], Any] | None) -> list[dict]:
     """The same shards as :func:`stream_shards`, each written by one of ``mapper``'s workers.
 
@@ -532,7 +486,7 @@ def write_build(
     out: Path | ShardStore,
     build: str,
     seed: int,
-    config: ShardConfig,
+    config: Shard,
     progress: Callable[[int], Any] | None = None,
     curation: Mapping[str, Mapping[str, Any]] | None = None,
     mapper: Mapper | None = None,

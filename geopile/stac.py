@@ -213,7 +213,7 @@ def search_tiles(
             yield tile
     except StacError:
         raise
-    except Exception as err:  # noqa: BLE001 - pystac-client raises whatever its stack raised
+    except Exception as err:  # pystac-client raises whatever its stack raised
         what, check = _diagnose(err, timeout_s, setting, collection)
         raise StacError(f"STAC search at {url} failed: {what}. Check {check}.") from None
 
@@ -299,6 +299,6 @@ def search_items(
             )
     except StacError:
         raise
-    except Exception as err:  # noqa: BLE001 - pystac-client raises whatever its stack raised
+    except Exception as err:  # pystac-client raises whatever its stack raised
         what, check = _diagnose(err, timeout_s, setting, collection)
         raise StacError(f"STAC search at {url} failed: {what}. Check {check}.") from None

@@ -69,7 +69,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed call: the handler reports it
+        except Exception:  # a malformed call: the handler reports it
             return True
         cleaned = redact(message)
         if cleaned != message:

@@ -16,9 +16,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from geopile.atomic import write_text
-from geopile.curate import CurateConfig, curate, rgb_thumbnail
-from geopile.params import ParamsError, path_of
+from geopile.curate import curate, rgb_thumbnail
+from geopile.params import ParamsError
 from geopile.records import read_records, records_path, write_table_atomic
+from geopile.settings import Settings
 from geopile.writelock import data_lock, write_lock
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,10 @@ def curated_path(data: Path) -> Path:
     return data / CURATED
 
 
-def reports_dir(params: dict[str, Any]) -> Path:
-    """The reports directory from ``paths.reports``."""
-    return path_of(params, "reports")
-
-
-def _sources_by_role(params: dict[str, Any], role: str) -> list[str]:
-    return [
-        name for name, sp in (params.get("sources") or {}).items()
-        if (sp or {}).get("enabled", True) and (sp or {}).get("role", "pretrain") == role
-    ]
+def sources_by_role(settings: Settings, role: str) -> list[str]:
+    """The enabled sources of ``role`` (``pretrain`` or ``eval``), in file order."""
+    return [name for name, source in settings.sources.items()
+            if source.enabled is not False and (source.role or "pretrain") == role]
 
 
 def _load(data: Path, names: list[str]) -> dict[str, pa.Table]:
@@ -135,17 +130,13 @@ def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
     return True
 
 
-def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[str, Any]:
+def run_curate(settings: Settings, *, progress: bool) -> dict[str, Any]:
     """Curate every enabled pretraining source against the configured evaluation sets."""
+    data, config = settings.paths.data, settings.curate
     with write_lock(data_lock(data), f"the data directory {data}"):
-        block = params["curate"]
-        config = CurateConfig.from_params(block)
-        pretrain = _sources_by_role(params, "pretrain")
+        pretrain = sources_by_role(settings, "pretrain")
         if not pretrain:
             raise ParamsError("no enabled source with role: pretrain")
-        unknown = [s for s in config.eval_sets if s not in (params.get("sources") or {})]
-        if unknown:
-            raise ParamsError(f"curate.eval_sets names unknown sources: {', '.join(unknown)}")
         with tqdm(desc="align near-duplicate candidates", unit="pair", disable=not progress) as bar:
             evals = [s for s, splits in config.eval_sets.items() if splits]  # []: none of it
             tables = {**_load(data, pretrain), **_load(data, evals)}
@@ -153,15 +144,15 @@ def run_curate(params: dict[str, Any], data: Path, *, progress: bool) -> dict[st
                             config, progress=bar.update)
         write_table_atomic(result.curated, curated_path(data))
 
-        reports = reports_dir(params)
+        reports = settings.paths.reports
         plots = reports / "plots"
         plots.mkdir(parents=True, exist_ok=True)
-        sheet = block["contact_sheet"]
+        sheet = config.contact_sheet
         for name in pretrain:
             part = result.curated.filter(pc.equal(result.curated["source"], name))
             entropy_histogram(part, name, plots / f"entropy_{name}.png")
-            contact_sheet(part, data, plots / f"contact_{name}.png",
-                          int(sheet["samples"]), int(sheet["thumb"]), int(params["seed"]))
+            contact_sheet(part, data, plots / f"contact_{name}.png", sheet.samples, sheet.thumb,
+                          settings.seed)
         paths = {k: p for t in tables.values()
                  for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
         boundary = plots / BOUNDARY
@@ -206,6 +197,6 @@ def curate_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_report(params: dict[str, Any]) -> dict[str, Any]:
+def read_report(settings: Settings) -> dict[str, Any]:
     """The last ``reports/curate.json``."""
-    return json.loads((reports_dir(params) / REPORT).read_text())
+    return json.loads((settings.paths.reports / REPORT).read_text())

@@ -50,7 +50,7 @@ class EnergyMeter:
             # codecarbon's own flush() computes exactly this but returns only the kg
             self.tracker._measure_power_and_energy_if_stale()
             return _figures(self.tracker._prepare_emissions_data())
-        except Exception as err:  # noqa: BLE001 - a private API: never fail a run over it
+        except Exception as err:  # a private API: never fail a run over it
             log.warning("energy snapshot failed: %s", err)
             return None
 

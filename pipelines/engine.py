@@ -96,7 +96,7 @@ def rank0_first(where: Dist, make: Callable[[], Any]) -> Any:
     return made
 
 
-def autocast(device: torch.device):  # noqa: ANN201 - a context manager
+def autocast(device: torch.device):  # a context manager
     """bf16 autocast on CUDA, float32 on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -305,12 +305,7 @@ class Run:
                                self.rows, where.main)
         self.scheduler.step_update(self.step)
 
-        trainable = model
-        if self.compile and where.device.type == "cuda":
-            trainable = torch.compile(model)
-        if where.world > 1:
-            trainable = DistributedDataParallel(
-                trainable, device_ids=[where.device.index] if where.device.type == "cuda" else None)
+        trainable = self._trainable()
         meter = EnergyMeter(self.energy) if self.energy is not None and where.main else None
         if meter:
             meter.start()
@@ -349,20 +344,8 @@ class Run:
             done = self.step == loop.steps
             evaluating = evaluate is not None and (done or self.step % loop.eval_every == 0)
             if self.step % loop.log_every == 0 or evaluating or done:
-                if where.world > 1:
-                    dist.all_reduce(sums)
-                    sums /= where.world
-                means = dict(zip(self.columns, (sums / logged).tolist(), strict=True))
-                row = {"step": self.step, "epoch": _epoch(self.step, loop.steps_per_epoch),
-                       **means, "lr": self.optimizer.param_groups[-1]["lr"],
-                       "images_per_s": logged * loop.images_per_step
-                       / (time.perf_counter() - tic)}
-                if evaluating:
-                    row["val"] = self._validate(evaluate)
-                self.history.add(row)
-                for key, value in row.items():
-                    if board and key not in ("step", "epoch") and isinstance(value, float):
-                        board.add_scalar(f"{self.tag}/{key}", value, self.step)
+                means = self._log(sums, logged, time.perf_counter() - tic,
+                                  evaluate if evaluating else None, board)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
                 sums.zero_()
                 logged, tic = 0, time.perf_counter()
@@ -378,6 +361,39 @@ class Run:
         self.energy_used = add_energy(self.energy_before, meter.stop() if meter else None)
         self._check_replicas()
         return self.history.last()
+
+    def _trainable(self) -> nn.Module:
+        """The model as the steps run it: compiled on CUDA, wrapped for DDP over ranks."""
+        where, trainable = self.where, self.model
+        if self.compile and where.device.type == "cuda":
+            trainable = torch.compile(trainable)
+        if where.world > 1:
+            trainable = DistributedDataParallel(
+                trainable, device_ids=[where.device.index] if where.device.type == "cuda" else None)
+        return trainable
+
+    def _log(self, sums: torch.Tensor, steps: int, seconds: float,
+             evaluate: Callable[[nn.Module], dict[str, float]] | None,
+             board: Any) -> dict[str, float]:
+        """A history row: the interval's mean losses (over ranks), then validation; the means.
+
+        ``sums`` (the interval's summed losses) is reduced over ranks in place.
+        """
+        loop, where = self.loop, self.where
+        if where.world > 1:
+            dist.all_reduce(sums)
+            sums /= where.world
+        means = dict(zip(self.columns, (sums / steps).tolist(), strict=True))
+        row = {"step": self.step, "epoch": _epoch(self.step, loop.steps_per_epoch),
+               **means, "lr": self.optimizer.param_groups[-1]["lr"],
+               "images_per_s": steps * loop.images_per_step / seconds}
+        if evaluate is not None:
+            row["val"] = self._validate(evaluate)
+        self.history.add(row)
+        for key, value in row.items():
+            if board and key not in ("step", "epoch") and isinstance(value, float):
+                board.add_scalar(f"{self.tag}/{key}", value, self.step)
+        return means
 
     def _validate(self, evaluate: Callable[[nn.Module], dict[str, float]]) -> float | None:
         """The validation score ``loop.select``; a new best writes ``checkpoints/best.pt``."""

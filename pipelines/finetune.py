@@ -18,8 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from geopile.params import path_of
-from pipelines.common import load_settings
+from geopile.settings import Settings
 from pipelines.encoders import resolve_init
 from pipelines.engine import (
     Run,
@@ -35,12 +34,12 @@ from pipelines.tasks import get_task
 log = logging.getLogger(__name__)
 
 
-def run_dir(params: dict[str, Any], task: str, init_name: str) -> Path:
+def run_dir(settings: Settings, task: str, init_name: str) -> Path:
     """Where a finetuning run lives."""
-    return path_of(params, "runs") / "finetune" / task / init_name
+    return settings.paths.runs / "finetune" / task / init_name
 
 
-def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: bool = False,
+def run_finetune(settings: Settings, task_name: str, init: str, *, resume: bool = False,
                  length: int | None = None, progress: bool = True,
                  out: Path | None = None) -> dict[str, Any]:
     """Finetune ``init`` on ``task_name``; returns rank 0's metrics.
@@ -48,17 +47,17 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
     ``length`` overrides the recipe's epochs (classification) or iterations (dense tasks).
     """
     task = get_task(task_name)
-    settings = load_settings(params).finetune
-    seed = int(params["seed"])
+    recipe = settings.finetune
+    seed = settings.seed
     where = init_distributed()
-    img_size, window = task.geometry(settings)
-    encoder = resolve_init(init, settings, img_size, window, path_of(params, "runs"))
-    root = out or run_dir(params, task.name, encoder.name)
+    img_size, window = task.geometry(recipe)
+    encoder = resolve_init(init, recipe, img_size, window, settings.paths.runs)
+    root = out or run_dir(settings, task.name, encoder.name)
 
     seed_everything(seed)
-    splits = rank0_first(where, lambda: task.splits(params))
-    prepared = task.prepare(settings, splits, encoder, where, seed, length)
-    override = settings.tasks.get(task.name)  # e.g. Vaihingen's ground truth
+    splits = rank0_first(where, lambda: task.splits(settings))
+    prepared = task.prepare(recipe, splits, encoder, where, seed, length)
+    override = recipe.tasks.get(task.name)  # e.g. Vaihingen's ground truth
     stamp = fingerprint(task=task.name, weights=file_digest(encoder.file),
                         window=window, seed=seed, world=where.world,
                         override=override.model_dump() if override else None,
@@ -75,7 +74,7 @@ def run_finetune(params: dict[str, Any], task_name: str, init: str, *, resume: b
             "init_name": encoder.name, "weights": encoder.file,
             "architecture": encoder.spec.name, "arch": encoder.spec.arch, "img_size": img_size,
             "window_size": window, "world_size": where.world, "seed": seed,
-            "protocol": task.protocol, "settings": settings.model_dump(), **prepared.config})
+            "protocol": task.protocol, "settings": recipe.model_dump(), **prepared.config})
         for name, data in prepared.files.items():
             write_json(root / name, data)
 

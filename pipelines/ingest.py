@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pyarrow.compute as pc
 
 from geopile.engines import LocalMapper, RayMapper
 from geopile.ingest import IngestSummary, ingest
-from geopile.params import source_params
+from geopile.params import ParamsError
 from geopile.records import (
     RECORD_SCHEMA,
     REJECT_SCHEMA,
@@ -19,45 +18,42 @@ from geopile.records import (
     rejects_path,
     write_table_atomic,
 )
+from geopile.settings import Settings
 from geopile.sources import create_source
 from geopile.writelock import data_lock, write_lock
 
 log = logging.getLogger(__name__)
 
 
-def enabled_sources(params: dict[str, Any]) -> list[str]:
-    """Sources configured and enabled in params, in file order."""
-    return [n for n, p in (params.get("sources") or {}).items() if (p or {}).get("enabled", True)]
+def enabled_sources(settings: Settings) -> list[str]:
+    """Sources configured and enabled, in file order."""
+    return [n for n, source in settings.sources.items() if source.enabled is not False]
 
 
-def run_ingest(
-    params: dict[str, Any], names: list[str], data: Path, *, workers: int | None, progress: bool,
-    engine: str | None = None, ray_address: str | None = None,
-) -> list[IngestSummary]:
+def run_ingest(settings: Settings, names: list[str], *, workers: int | None = None,
+               progress: bool, engine: str | None = None,
+               ray_address: str | None = None) -> list[IngestSummary]:
     """Ingest each named source in turn; ``engine``/``ray_address`` override ``ingest:``.
 
     One ingest at a time writes the data directory (:func:`geopile.writelock.write_lock`).
     """
-    blocks = {name: source_params(params, name) for name in names}  # unknown: before any write
+    unknown = [n for n in names if n not in settings.sources]
+    if unknown:  # before any write
+        raise ParamsError(f"no source {unknown[0]!r} under 'sources:' in the params "
+                          f"(known: {', '.join(settings.sources)})")
+    data = settings.paths.data
+    engine = engine or settings.ingest.engine
+    ray_address = ray_address or settings.ingest.ray_address
+    summaries = []
     with write_lock(data_lock(data), f"the data directory {data}"):
-        engine = engine or params["ingest"].get("engine") or "local"
-        ray_address = ray_address or params["ingest"].get("ray_address")
-        summaries = []
-        for name, sp in blocks.items():
-            if not sp.get("enabled", True):
-                # empty outputs, so that a pipeline over every configured source still runs
-                log.warning("%s is disabled (sources.%s.enabled: false): writing no records",
-                            name, name)
-                write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
-                write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
-                raw = data / "raw" / name
-                # its extraction was removed: relink empty
-                if raw.is_symlink() and not raw.exists():
-                    raw.unlink()
-                raw.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source_settings = settings.sources[name]
+            if source_settings.enabled is False:
+                _write_empty(data, name)
                 continue
-            n_workers = workers or int(sp.get("workers") or params["ingest"]["workers"])
-            source = create_source(name, sp, data, seed=int(params["seed"]), progress=progress)
+            n_workers = workers or source_settings.workers or settings.ingest.workers
+            source = create_source(name, source_settings, data, seed=settings.seed,
+                                   progress=progress)
             # the cluster (ingest.engine: ray) or a pool here: the driver is the same
             mapper = (RayMapper(ray_address, threads=n_workers) if engine == "ray"
                       else LocalMapper(n_workers))
@@ -65,7 +61,18 @@ def run_ingest(
                 summaries.append(ingest(source, mapper=mapper, progress=progress))
             finally:
                 mapper.close()
-        return summaries
+    return summaries
+
+
+def _write_empty(data: Path, name: str) -> None:
+    """Empty outputs for a disabled source, so a pipeline over every configured source runs."""
+    log.warning("%s is disabled (sources.%s.enabled: false): writing no records", name, name)
+    write_table_atomic(RECORD_SCHEMA.empty_table(), records_path(data, name))
+    write_table_atomic(REJECT_SCHEMA.empty_table(), rejects_path(data, name))
+    raw = data / "raw" / name
+    if raw.is_symlink() and not raw.exists():  # its extraction was removed: relink empty
+        raw.unlink()
+    raw.mkdir(parents=True, exist_ok=True)
 
 
 def summary_table(data: Path, names: list[str]) -> str:

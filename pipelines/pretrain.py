@@ -34,8 +34,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from geopile.augment import GfmTransform
-from geopile.params import path_of
-from geopile.settings import Pretrain, check_params
+from geopile.settings import Pretrain, Settings
 from geopile.stream.index import INDEX
 from model.configs import GfmConfig, get_config
 from model.export import export_encoder, load_exported
@@ -69,16 +68,16 @@ def model_config(settings: Pretrain) -> GfmConfig:
     return config
 
 
-def shards_url(params: dict[str, Any], build: str, settings: Pretrain) -> str:
+def shards_url(settings: Settings, build: str) -> str:
     """The build's location: local ``paths.shards/BUILD`` or ``stream.url/BUILD`` on S3."""
-    if settings.stream.url:
-        return f"{settings.stream.url.rstrip('/')}/{build}"
-    return str(path_of(params, "shards") / build)
+    if settings.pretrain.stream.url:
+        return f"{settings.pretrain.stream.url.rstrip('/')}/{build}"
+    return str(settings.paths.shards / build)
 
 
-def run_dir(params: dict[str, Any], build: str) -> Path:
+def run_dir(settings: Settings, build: str) -> Path:
     """Where a build's pretraining run lives."""
-    return path_of(params, "runs") / build
+    return settings.paths.runs / build
 
 
 @dataclass
@@ -247,41 +246,41 @@ def teacher_channels(settings: Pretrain) -> list[int] | None:
     return None if at == [0, 1, 2] and len(settings.bands) == 3 else at
 
 
-def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
+def run_pretrain(settings: Settings, build: str, *, resume: bool = False,
                  steps: int | None = None, progress: bool = True,
                  out: Path | None = None, shards: str | None = None) -> dict[str, Any]:
     """Pretrain on ``build`` (read from ``shards`` if given); returns rank 0's final metrics."""
-    settings = check_params(params).pretrain
+    pre = settings.pretrain
     if steps is not None:
-        settings = settings.model_copy(update={"steps": steps})
-    seed = int(params["seed"])
+        pre = pre.model_copy(update={"steps": steps})
+    seed = settings.seed
     where = init_distributed()
-    config = model_config(settings)
-    root = out or run_dir(params, build)
-    url = shards or shards_url(params, build, settings)
-    check_inputs(build, url, settings, given="--shards" if shards else
-                 "pretrain.stream.url" if settings.stream.url else "paths.shards")
+    config = model_config(pre)
+    root = out or run_dir(settings, build)
+    url = shards or shards_url(settings, build)
+    check_inputs(build, url, pre, given="--shards" if shards else
+                 "pretrain.stream.url" if pre.stream.url else "paths.shards")
     seed_everything(seed)
     cuda = where.device.type == "cuda"
-    to_teacher = teacher_channels(settings)
-    in_chans = 3 if settings.bands is None else len(settings.bands)
+    to_teacher = teacher_channels(pre)
+    in_chans = 3 if pre.bands is None else len(pre.bands)
 
     # the frozen teacher, the student with its SimMIM decoder, the stream of masked images
-    teacher = FrozenTeacher(config.teacher, file=settings.teacher.file,
-                            distill_stage=settings.distill_stage).to(where.device)
-    model = GFM(config, teacher_features=teacher.distill_features, alpha=settings.alpha,
-                distill_stage=settings.distill_stage, in_chans=in_chans).to(where.device)
+    teacher = FrozenTeacher(config.teacher, file=pre.teacher.file,
+                            distill_stage=pre.distill_stage).to(where.device)
+    model = GFM(config, teacher_features=teacher.distill_features, alpha=pre.alpha,
+                distill_stage=pre.distill_stage, in_chans=in_chans).to(where.device)
     transform = GfmTransform(size=config.img_size, mask_patch=config.mask_patch,
                              model_patch=config.model_patch, mask_ratio=config.mask_ratio,
                              seed=seed)
-    loader = GeoPileLoader(url, batch_size=settings.batch_size, workers=settings.workers,
+    loader = GeoPileLoader(url, batch_size=pre.batch_size, workers=pre.workers,
                            rank=where.rank, world=where.world, seed=seed, transform=transform,
-                           cache_dir=settings.stream.cache_dir,
-                           cache_bytes=settings.stream.cache_bytes, pin_memory=cuda,
-                           max_bad_per_shard=settings.stream.max_bad_per_shard,
-                           bands=settings.bands)
-    sched = make_schedule(settings, len(loader), where.world)
-    optimizer = make_optimizer(model, settings, sched.lr)
+                           cache_dir=pre.stream.cache_dir,
+                           cache_bytes=pre.stream.cache_bytes, pin_memory=cuda,
+                           max_bad_per_shard=pre.stream.max_bad_per_shard,
+                           bands=pre.bands)
+    sched = make_schedule(pre, len(loader), where.world)
+    optimizer = make_optimizer(model, pre, sched.lr)
     # the reference's schedule: timm's per-step cosine with linear warm-up
     scheduler = CosineLRScheduler(optimizer, t_initial=sched.total, lr_min=sched.min_lr,
                                   warmup_lr_init=sched.warmup_lr, warmup_t=sched.warmup,
@@ -291,44 +290,44 @@ def run_pretrain(params: dict[str, Any], build: str, *, resume: bool = False,
     # the global batch, not the world size: a run resumes on another number of processes
     # when world x accumulate stays the same (the loader deals the epoch's rest out again)
     # RGB runs leave the band settings out: their fingerprints stay those of older runs
-    rgb_only = {"bands", "teacher_bands"} if settings.bands is None else set()
-    stamp = fingerprint(settings=settings.model_dump(exclude=VOLATILE | {"accumulate"} | rgb_only),
+    rgb_only = {"bands", "teacher_bands"} if pre.bands is None else set()
+    stamp = fingerprint(settings=pre.model_dump(exclude=VOLATILE | {"accumulate"} | rgb_only),
                         seed=seed, global_batch=sched.global_batch, index=index_digest.hexdigest())
     run = Run(root, where, model, optimizer, scheduler, Endless(loader),
               Loop(steps=sched.total, steps_per_epoch=sched.per_epoch,
-                   log_every=settings.log_every, checkpoint_every=settings.checkpoint_every,
-                   accumulate=settings.accumulate, clip_grad=settings.clip_grad,
+                   log_every=pre.log_every, checkpoint_every=pre.checkpoint_every,
+                   accumulate=pre.accumulate, clip_grad=pre.clip_grad,
                    images_per_step=sched.global_batch),
               stamp, LOSSES, history_name="loss.csv", desc=f"pretrain {build}", tag="pretrain",
-              progress=progress, compile=settings.compile,
-              energy=settings.energy if settings.energy.enabled else None)
+              progress=progress, compile=pre.compile,
+              energy=pre.energy if pre.energy.enabled else None)
     if resume:
         run.resume()
 
     run_config = {
-        "build": build, "shards": url, "model": settings.model,
+        "build": build, "shards": url, "model": pre.model,
         "teacher": {"name": config.teacher.name, "source": teacher.source,
                     "img_size": config.teacher.img_size},
         "world_size": where.world, "global_batch": sched.global_batch,
         "steps": sched.total, "warmup_steps": sched.warmup, "steps_per_epoch": sched.per_epoch,
         "lr": sched.lr, "device": str(where.device), "precision": "bf16" if cuda else "fp32",
-        "fingerprint": stamp, "settings": settings.model_dump(), "seed": seed,
+        "fingerprint": stamp, "settings": pre.model_dump(), "seed": seed,
     }
     if where.main:
         write_json(root / "config.json", run_config)
         log.info("pretraining %s (%s) on %s: teacher %s, %d steps of %d images, %s",
-                 settings.model, run_config["precision"], url, teacher.source, sched.total,
+                 pre.model, run_config["precision"], url, teacher.source, sched.total,
                  sched.global_batch, where.device)
-    teacher_fn = torch.compile(teacher) if settings.compile and cuda else teacher
-    keys: list[str] | None = [] if settings.trace else None
-    last = run.fit(gfm_step(teacher_fn, where.device, keys, stretched=settings.bands is not None,
+    teacher_fn = torch.compile(teacher) if pre.compile and cuda else teacher
+    keys: list[str] | None = [] if pre.trace else None
+    last = run.fit(gfm_step(teacher_fn, where.device, keys, stretched=pre.bands is not None,
                             teacher_channels=to_teacher),
                    after_step=_tracer(root, where, model, keys) if keys is not None else None)
 
     metrics: dict[str, Any] = {}
     if where.main:
         plot_losses(root / "loss.csv", root / "loss.png", f"GFM pretraining: {build}")
-        meta = {"build": build, "model": settings.model, "steps": run.step,
+        meta = {"build": build, "model": pre.model, "steps": run.step,
                 "teacher": teacher.source, "fingerprint": stamp}
         export_encoder(model, config, root / "encoder", meta)
         energy = run.energy_used

@@ -24,14 +24,13 @@ from PIL import Image
 from geopile.atomic import write_text
 from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
-from geopile.params import path_of
 from geopile.records import read_records, records_path, rejects_path
+from geopile.settings import Settings
 from geopile.stream import LocalStorage, read_build_index
 from geopile.stream.index import INDEX, StreamError
 from pipelines.arp import from_rows, paper_arp, paper_scores
-from pipelines.curate import DUPLICATES, REPORT, reports_dir
+from pipelines.curate import DUPLICATES, REPORT
 from pipelines.energy import energy_line
-from pipelines.shard import build_names, shards_dir
 
 _SELFCHECK = """<script>
 window.addEventListener('load', () => {
@@ -134,8 +133,8 @@ def _key_paths(data: Path, sources: list[str]) -> dict[str, Path]:
     return paths
 
 
-def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) -> None:
-    reports = reports_dir(params)
+def _curation(page: _Page, settings: Settings, examples: int) -> None:
+    data, reports = settings.paths.data, settings.paths.reports
     report = json.loads((reports / REPORT).read_text())
     page.heading("Curation: per source")
     rows = []
@@ -166,8 +165,7 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     for p in sorted(plots.glob("contact_*.png")):
         page.image(p.read_bytes(), p.stem.removeprefix("contact_"))
     dups = json.loads((reports / DUPLICATES).read_text())
-    eval_sets = (params.get("curate") or {}).get("eval_sets") or {}
-    sources = sorted({*(params.get("sources") or {}), *eval_sets})
+    sources = sorted({*settings.sources, *settings.curate.eval_sets})
     paths = _key_paths(data, sources)
     page.heading("Duplicate clusters (every copy, side by side; a build keeps one)")
     sheets = []
@@ -182,7 +180,7 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     if boundary.exists():
         page.heading("Near-duplicate threshold")
         page.text("Candidate pairs whose aligned thumbnails correlate just above and just below "
-                  f"curate.min_correlation ({(params.get('curate') or {}).get('min_correlation')}"
+                  f"curate.min_correlation ({settings.curate.min_correlation}"
                   "): above it they count as copies, below it as distinct images. Judge the "
                   "threshold by eye.")
         page.image(boundary.read_bytes(), "pairs either side of the correlation threshold")
@@ -196,11 +194,11 @@ def _curation(page: _Page, params: dict[str, Any], data: Path, examples: int) ->
     page.images(pairs)
 
 
-def _builds(page: _Page, params: dict[str, Any]) -> None:
+def _builds(page: _Page, settings: Settings) -> None:
     """Per build (each written one's index.json): what curation and deduplication removed."""
     indexes, refused = [], []
-    for build in build_names(params):
-        folder = shards_dir(params) / build
+    for build in settings.builds:
+        folder = settings.paths.shards / build
         if not (folder / INDEX).exists():
             continue
         try:  # through the gate, as every reader of a build: it may come from anywhere
@@ -226,10 +224,9 @@ def _builds(page: _Page, params: dict[str, Any]) -> None:
         page.text(f"not shown: {line}")
 
 
-def _pretraining(page: _Page, params: dict[str, Any]) -> None:
-    runs = path_of(params, "runs")
-    builds = [b for b in params.get("pretrain_builds") or []
-              if (runs / b / "metrics.json").exists()]
+def _pretraining(page: _Page, settings: Settings) -> None:
+    runs = settings.paths.runs
+    builds = [b for b in settings.pretrain_builds if (runs / b / "metrics.json").exists()]
     if not builds:
         return
     page.heading("Pretraining")
@@ -248,8 +245,8 @@ def _pretraining(page: _Page, params: dict[str, Any]) -> None:
             page.text(f"{build}: {energy_line(e)}")
 
 
-def _downstream(page: _Page, params: dict[str, Any]) -> None:
-    arp_file = reports_dir(params) / "arp.json"
+def _downstream(page: _Page, settings: Settings) -> None:
+    arp_file = settings.paths.reports / "arp.json"
     if not arp_file.exists():
         return
     result = json.loads(arp_file.read_text())
@@ -272,8 +269,7 @@ def _downstream(page: _Page, params: dict[str, Any]) -> None:
                [[t, TASKS[t].dataset, " ".join(TASKS[t].protocol.split())] for t in shown])
 
 
-def build_report(params: dict[str, Any], data: Path, out: Path,
-                 examples: int = 8) -> tuple[Path, Path]:
+def build_report(settings: Settings, out: Path, examples: int = 8) -> tuple[Path, Path]:
     """Write ``out``.html and ``out``.md (+ ``out``_files/); returns both paths."""
     out = Path(out)
     files = out.with_name(out.name + "_files")
@@ -282,10 +278,10 @@ def build_report(params: dict[str, Any], data: Path, out: Path,
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page.heading("GeoPile report", 1)
     page.text(f"Generated {stamp} from {Path.cwd()}.")
-    _curation(page, params, data, examples)
-    _builds(page, params)
-    _pretraining(page, params)
-    _downstream(page, params)
+    _curation(page, settings, examples)
+    _builds(page, settings)
+    _pretraining(page, settings)
+    _downstream(page, settings)
     body = "\n".join(page.html)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>GeoPile report</title>"
            f"{_STYLE}</head><body>{body}<p id='selfcheck'>checking...</p>{_SELFCHECK}"

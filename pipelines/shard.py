@@ -17,43 +17,32 @@ from tqdm import tqdm
 
 from geopile.card import BOUNDARY_PLOT, CARD, render_card
 from geopile.engines import RayMapper
-from geopile.params import ParamsError, path_of
+from geopile.params import ParamsError
 from geopile.records import read_records
+from geopile.settings import Settings
 from geopile.shards import (
-    ALLOW_SHORT,
     BuildError,
-    ShardConfig,
     select,
     shortfall_message,
     write_build,
 )
 from geopile.shardstore import LocalStore, ShardStore, open_store
 from geopile.writelock import build_lock, write_lock
-from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
+from pipelines.curate import DUPLICATES, REPORT, curated_path
 
 log = logging.getLogger(__name__)
-
-
-def shards_dir(params: dict[str, Any]) -> Path:
-    """The shard root from ``paths.shards``."""
-    return path_of(params, "shards")
-
-
-def build_names(params: dict[str, Any]) -> list[str]:
-    """Builds defined under ``builds:``, in file order."""
-    return list(params.get("builds") or {})
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _copy_boundary_plot(params: dict[str, Any], store: ShardStore) -> str | None:
+def _copy_boundary_plot(settings: Settings, store: ShardStore) -> str | None:
     """Store curate's boundary contact sheet beside the build; its name, or None.
 
     A copy left from an earlier build is removed when curate drew none this time.
     """
-    source = reports_dir(params) / "plots" / BOUNDARY_PLOT
+    source = settings.paths.reports / "plots" / BOUNDARY_PLOT
     if not source.exists():
         store.delete(BOUNDARY_PLOT)
         return None
@@ -61,30 +50,25 @@ def _copy_boundary_plot(params: dict[str, Any], store: ShardStore) -> str | None
     return BOUNDARY_PLOT
 
 
-def destination(params: dict[str, Any], build: str, to: str | None = None) -> ShardStore:
+def destination(settings: Settings, build: str, to: str | None = None) -> ShardStore:
     """Where ``build`` is written: ``paths.shards/BUILD``, or ``TO/BUILD``.
 
     ``to``: a directory (every Ray node's shared mount) or ``s3://bucket/prefix``.
     """
     if to is None:
-        return LocalStore(shards_dir(params) / build)
+        return LocalStore(settings.paths.shards / build)
     return open_store(f"{str(to).rstrip('/')}/{build}")
 
 
-def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
-                  curated: set[str] | None = None) -> None:
+def check_sources(settings: Settings, build: str, curated: set[str] | None = None) -> None:
     """Fail naming the setting when a source of the build is disabled or was never ingested.
 
     Optional sources (``sentinel2``) are off by default; their build then says how to get them
     rather than that the curated table lacks them. ``curated``: the curated table's sources
     (None: check only that the sources are enabled).
     """
-    sources = params.get("sources") or {}
-    for source in spec:
-        if source == ALLOW_SHORT:
-            continue
-        block = sources.get(source) or {}
-        if not block.get("enabled", True):
+    for source in settings.builds[build].caps:
+        if settings.sources[source].enabled is False:
             raise BuildError(f"build {build!r} needs sources.{source}, which is disabled: set "
                              f"sources.{source}.enabled: true in params.yaml, then run `geopile "
                              f"ingest {source}` and `geopile curate`")
@@ -94,17 +78,16 @@ def check_sources(params: dict[str, Any], build: str, spec: dict[str, Any],
                              f"(sources.{source} enabled)")
 
 
-def _shard_writers(params: dict[str, Any], engine: str | None,
+def _shard_writers(settings: Settings, engine: str | None,
                    address: str | None) -> RayMapper | None:
     """Ray tasks under ``ingest.engine: ray`` (or ``--engine ray``); None: this process writes."""
-    if (engine or params["ingest"].get("engine") or "local") != "ray":
+    if (engine or settings.ingest.engine) != "ray":
         return None
-    return RayMapper(address or params["ingest"].get("ray_address"))
+    return RayMapper(address or settings.ingest.ray_address)
 
 
-def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
-              engine: str | None = None, ray_address: str | None = None,
-              to: str | None = None) -> dict:
+def run_shard(settings: Settings, build: str, *, progress: bool, engine: str | None = None,
+              ray_address: str | None = None, to: str | None = None) -> dict:
     """Select (one image per duplicate cluster), shuffle and write one build; returns its index.
 
     ``to``: write to ``TO/BUILD`` instead of ``paths.shards/BUILD`` (:func:`destination`).
@@ -112,34 +95,32 @@ def run_shard(params: dict[str, Any], build: str, data: Path, *, progress: bool,
     Raises :class:`geopile.shards.BuildError` naming every source that falls short of its cap,
     unless the build allows it (``allow_short: true``). One writer at a time per build.
     """
-    builds = params.get("builds") or {}
-    if build not in builds:
-        raise ParamsError(f"no build {build!r} under 'builds:' (known: {', '.join(builds)})")
-    with write_lock(build_lock(shards_dir(params), build), f"build {build}"):
-        config = ShardConfig.from_params(params["shard"])
-        check_sources(params, build, builds[build])  # a disabled source: say so before anything
+    if build not in settings.builds:
+        raise ParamsError(f"no build {build!r} under 'builds:' "
+                          f"(known: {', '.join(settings.builds)})")
+    data, reports, config = settings.paths.data, settings.paths.reports, settings.shard
+    with write_lock(build_lock(settings.paths.shards, build), f"build {build}"):
+        check_sources(settings, build)  # a disabled source: say so before anything
         path = curated_path(data)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `geopile curate` first")
-        seed = int(params["seed"])
-        reports = reports_dir(params)
         report = _read_json(reports / REPORT)
         duplicates = _read_json(reports / DUPLICATES) or {}
         curated = read_records(path)
-        check_sources(params, build, builds[build], set(curated["source"].to_pylist()))
-        chosen = select(curated, build, builds[build], seed, config.cap_scale,
-                        priority=params["curate"]["priority"],
+        check_sources(settings, build, set(curated["source"].to_pylist()))
+        chosen = select(curated, build, settings.builds[build], settings.seed, config.cap_scale,
+                        priority=settings.curate.priority,
                         pairs=duplicates.get("pairs") or (),
                         curate_counts=(report or {}).get("counts"))
-        out = destination(params, build, to)
+        out = destination(settings, build, to)
         with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
                   disable=not progress) as bar:
-            index = write_build(chosen.table, data, out, build, seed, config, progress=bar.update,
-                                curation=chosen.curation,
+            index = write_build(chosen.table, data, out, build, settings.seed, config,
+                                progress=bar.update, curation=chosen.curation,
                                 # the pipeline's one cluster setting (ingest.engine), or the CLI's
-                                mapper=_shard_writers(params, engine, ray_address))
-        plot = _copy_boundary_plot(params, out)
-        out.put_bytes(CARD, render_card(index, params, report, boundary_plot=plot).encode())
+                                mapper=_shard_writers(settings, engine, ray_address))
+        plot = _copy_boundary_plot(settings, out)
+        out.put_bytes(CARD, render_card(index, settings, report, boundary_plot=plot).encode())
         if chosen.shortfall:
             log.warning("%s (allow_short: true, written as is)",
                         shortfall_message(build, chosen.curation))

@@ -13,14 +13,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from geopile.downstream import mirrors_of
-from geopile.params import ParamsError, path_of, source_params
+from geopile.settings import Settings
 from geopile.sources import create_source
+from geopile.sources.published import Mirrors
 from geopile.urls import strip_secrets
 from pipelines.tasks import downstream_sets
 
@@ -48,25 +48,23 @@ class Probe:
     size: int | None = None
 
 
-def wanted_files(params: dict[str, Any]) -> list[Wanted]:
+def wanted_files(settings: Settings) -> list[Wanted]:
     """Every file of every enabled source and every ``downstream_sets`` entry, with mirrors.
 
     Each source says what its ``fetch`` reads (:meth:`geopile.sources.base.Source.inputs`):
     published files with their mirrors, a STAC API, or a path the user supplies.
     """
     out: list[Wanted] = []
-    data = path_of(params, "data")
-    for name, block in (params.get("sources") or {}).items():
-        if not (block or {}).get("enabled", True):
+    for name, block in settings.sources.items():
+        if block.enabled is False:
             continue
-        source = create_source(name, source_params(params, name), data, progress=False)
+        source = create_source(name, block, settings.paths.data, progress=False)
         for which, urls in source.inputs().items():
             out.append(Wanted(name, which, tuple(urls), hint=f"set sources.{name}.{which}"))
     sets = downstream_sets()  # the task files' published sets
-    for name in params.get("downstream_sets") or []:
-        if name not in sets:
-            raise ParamsError(f"downstream_sets: unknown set {name!r}; known: {sorted(sets)}")
-        for which, urls in mirrors_of(name, sets[name], params).items():
+    for name in settings.downstream_sets:  # the schema checked them against the task files
+        mirrors = Mirrors.of(settings.downstream.get(name))
+        for which, urls in mirrors_of(sets[name], mirrors).items():
             out.append(Wanted(f"downstream/{name}", which, tuple(urls),
                               hint=f"download it from {sets[name].homepage} and set "
                               f"downstream.{name}.urls.{which}"))
@@ -175,9 +173,9 @@ def listing(files: list[Wanted]) -> str:
     return "\n".join(lines)
 
 
-def run(params: dict[str, Any], *, do_check: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+def run(settings: Settings, *, do_check: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """Print the mirrors (``do_check``: asking each); exit status 1 if a file has none serving."""
-    files = wanted_files(params)
+    files = wanted_files(settings)
     if not do_check:
         print(listing(files))
         return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from geopile.params import load_params
-from pipelines.common import load_settings as check_params
+from pipelines.common import checked
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "dvc.yaml"
@@ -53,7 +53,7 @@ def make_workspace(workspace: Path, params_files: list[str | Path]) -> Path:
     """Create or refresh a workspace: ``dvc.yaml`` copied, ``params.yaml`` merged, DVC set up."""
     workspace.mkdir(parents=True, exist_ok=True)
     params = load_params(params_files)
-    check_params(params, params_files)  # a bad overlay stops here, before DVC runs anything
+    checked(params, params_files, with_tasks=True)  # a bad overlay stops here, before DVC runs
     header = "# Written by geopile: the merge of " + ", ".join(map(str, params_files)) + "\n"
     for name, text in (("params.yaml", header + yaml.safe_dump(params, sort_keys=False)),
                        ("dvc.yaml", PIPELINE.read_text())):

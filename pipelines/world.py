@@ -8,7 +8,8 @@ import time
 from contextlib import chdir
 from pathlib import Path
 
-from geopile.params import load_params, path_of
+from geopile.params import load_params
+from geopile.settings import check_params
 from geopile.stream import read_index
 from geopile.world.downstream import FIXTURES
 from geopile.world.world import (
@@ -21,7 +22,7 @@ from geopile.world.world import (
     world_up,
 )
 from pipelines.curate import curate_table, read_report
-from pipelines.shard import build_names, shard_table, shards_dir
+from pipelines.shard import shard_table
 from pipelines.workspace import dvc, make_workspace
 
 
@@ -75,34 +76,33 @@ def demo(args: argparse.Namespace) -> int:
         workspace = make_workspace(args.workspace, [Path(f).resolve() for f in files])
         env = world_env(endpoints["s3"])
         dvc(workspace, "repro", env=env)
-        params = load_params([workspace / "params.yaml"])
+        settings = check_params(load_params([workspace / "params.yaml"]))
         # every build's shards into a DVC remote on the world's S3 (content-addressed, the
         # credentials from the environment): what `dvc pull` restores on another machine
         remote = f"s3://{endpoints['bucket']}/dvc"
         dvc(workspace, "remote", "add", "--force", "--default", "world", remote, capture=True)
         dvc(workspace, "remote", "modify", "world", "endpointurl", endpoints["s3"], capture=True)
-        builds = build_names(params)
+        builds = list(settings.builds)
         dvc(workspace, "push", *[f"shard@{b}" for b in builds], env=env)
         with chdir(workspace):
-            print("\n" + curate_table(read_report(params)))
-            indexes = [read_index(str(shards_dir(params) / b))
-                       for b in build_names(params)]
+            print("\n" + curate_table(read_report(settings)))
+            indexes = [read_index(str(settings.paths.shards / b)) for b in builds]
             print("\n" + shard_table(indexes))
-            for build_name in params.get("pretrain_builds") or []:
-                print("\n" + pretrain_summary(run_dir(params, build_name).resolve()))
-            arp_file = path_of(params, "reports") / "arp.json"
+            for build_name in settings.pretrain_builds:
+                print("\n" + pretrain_summary(run_dir(settings, build_name).resolve()))
+            arp_file = settings.paths.reports / "arp.json"
             if arp_file.exists():
                 result = json.loads(arp_file.read_text())
-                print(f"\nfinetuned on {', '.join(params['finetune_tasks'])}: ours "
-                      f"({params['finetune']['pretrained']}) against "
-                      f"{params['finetune_inits'][-1]}")
+                print(f"\nfinetuned on {', '.join(settings.finetune_tasks)}: ours "
+                      f"({settings.finetune.pretrained}) against "
+                      f"{settings.finetune_inits[-1]}")
                 print(arp_table(from_rows(result["rows"])))
     finally:
         world_down(world)
     root = workspace.resolve()
     print(f"\ndvc push  the shards of {len(builds)} builds -> {remote} on the world's S3 (the "
           "workspace's default DVC remote)")
-    report = root / path_of(params, "reports") / "report.html"
+    report = root / settings.paths.reports / "report.html"
     if report.exists():
         print(f"\nreport    {report}  (open it in a browser; Markdown: report.md)")
     print(f"""

@@ -32,6 +32,25 @@ def torchrun(args: list[str], procs: int = 2, timeout: int = 300,
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def typed(params: dict):  # geopile.settings.Settings
+    """The params as every stage takes them: validated once, typed (the task registry too)."""
+    from pipelines.common import checked
+
+    return checked(params, with_tasks=True)
+
+
+def source_of(name: str, block: dict, data_dir: Path, **kwargs):  # a Source
+    """One source from its raw ``sources.<name>`` block, typed as the CLI would type it."""
+    from geopile.sources import create_source, source_settings
+
+    return create_source(name, source_settings(name, block), data_dir, **kwargs)
+
+
+def make_source(params: dict, name: str, data_dir: Path, **kwargs):  # a Source
+    """The source ``name`` of a whole params dict."""
+    return source_of(name, params["sources"][name], data_dir, **kwargs)
+
+
 def s3_objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
     """Every object under ``prefix/`` of the world's bucket, by name below the prefix."""
     client = s3_client(endpoint)
@@ -100,7 +119,7 @@ def ingested(world, world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         "shards": str(root / "shards"),
     }}))
     params = load_params([REPO / "params.yaml", world_dir / PARAMS_OVERLAY, overlay])
-    run_ingest(params, enabled_sources(params), root / "data", workers=2, progress=False)
+    run_ingest(typed(params), enabled_sources(typed(params)), workers=2, progress=False)
     return params
 
 
@@ -109,20 +128,20 @@ def curated(ingested: dict) -> dict:
     """``ingested`` after ``geopile curate``; returns the params (report under paths.reports)."""
     from pipelines.curate import run_curate
 
-    run_curate(ingested, Path(ingested["paths"]["data"]), progress=False)
+    run_curate(typed(ingested), progress=False)
     return ingested
 
 
 @pytest.fixture(scope="module")
 def shards(curated, tmp_path_factory) -> Path:
     """The world's ``full`` build in about ten shards."""
-    from pipelines.shard import run_shard, shards_dir
+    from pipelines.shard import run_shard
 
     params = {**curated, "paths": {**curated["paths"],
                                    "shards": str(tmp_path_factory.mktemp("stream"))},
               "shard": {**curated["shard"], "max_samples": 70}}
-    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
-    return shards_dir(params) / "full"
+    run_shard(typed(params), "full", progress=False)
+    return Path(params["paths"]["shards"]) / "full"
 
 
 @pytest.fixture

@@ -19,15 +19,17 @@ import pyarrow.compute as pc
 import pytest
 import xxhash
 import yaml
+from pydantic import ValidationError
 
 from geopile.card import BOUNDARY_PLOT, CARD
 from geopile.params import ParamsError
 from geopile.records import read_records, records_path
-from geopile.settings import check_params
-from geopile.shards import BuildError, _caps, allows_short, select, source_order
+from geopile.settings import Build, check_params
+from geopile.shards import BuildError, caps, select, source_order
 from geopile.stream.index import INDEX
-from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
-from pipelines.shard import run_shard, shards_dir
+from pipelines.curate import DUPLICATES, REPORT, curated_path
+from pipelines.shard import run_shard
+from tests.conftest import typed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +64,17 @@ PAIRS = [
 ]
 
 
+def _pick(table: pa.Table, build: str, spec: dict, *args, **kwargs):
+    """``select`` with the build's spec as params.yaml writes it."""
+    return select(table, build, Build.model_validate(spec), *args, **kwargs)
+
+
 def _keys(table: pa.Table) -> set[str]:
     return set(table["key"].to_pylist())
 
 
 def test_select_keeps_one_per_cluster_by_priority_and_counts_why():
-    chosen = select(SYNTHETIC, "b", {"lo": "all", "hi": "all"}, 0, priority=["hi", "lo"],
+    chosen = _pick(SYNTHETIC, "b", {"lo": "all", "hi": "all"}, 0, priority=["hi", "lo"],
                     pairs=PAIRS)
     keys = _keys(chosen.table)
     assert {"hi/a", "hi/b", "hi/d", "hi/f", "lo/g", "lo/h"} <= keys
@@ -85,7 +92,7 @@ def test_select_keeps_one_per_cluster_by_priority_and_counts_why():
 
 
 def test_a_dropped_source_costs_no_image():
-    chosen = select(SYNTHETIC, "b", {"lo": "all"}, 0, priority=["hi", "lo"], pairs=PAIRS)
+    chosen = _pick(SYNTHETIC, "b", {"lo": "all"}, 0, priority=["hi", "lo"], pairs=PAIRS)
     clusters = set(SYNTHETIC.filter(pc.equal(SYNTHETIC["source"], "lo"))["cluster"]
                    .to_pylist())
     assert chosen.table.num_rows == len(clusters)
@@ -102,13 +109,13 @@ def _seed_ranking(first: str, second: str) -> int:
 def test_a_copy_beyond_its_cap_lets_the_lower_priority_copy_stand_for_it():
     table = _table([("hi/x", 10, "X"), ("hi/y", 11, "Y"), ("lo/y", 11, "Y")])
     seed = _seed_ranking("hi/x", "hi/y")  # hi/x fills hi's cap of 1; hi/y is beyond it
-    chosen = select(table, "b", {"hi": 1, "lo": 1}, seed, priority=["hi", "lo"])
+    chosen = _pick(table, "b", {"hi": 1, "lo": 1}, seed, priority=["hi", "lo"])
     assert _keys(chosen.table) == {"hi/x", "lo/y"}
     assert chosen.curation["hi"]["available"] == 2 and chosen.curation["hi"]["selected"] == 1
     assert chosen.curation["lo"]["exact_duplicate"] == 0
     # the other way round the copy taken within the cap claims the cluster
     seed = _seed_ranking("hi/y", "hi/x")
-    chosen = select(table, "b", {"hi": 1, "lo": 1, "allow_short": True}, seed,
+    chosen = _pick(table, "b", {"hi": 1, "lo": 1, "allow_short": True}, seed,
                     priority=["hi", "lo"])
     assert _keys(chosen.table) == {"hi/y"}
     assert chosen.curation["lo"]["exact_duplicate"] == 1
@@ -117,29 +124,29 @@ def test_a_copy_beyond_its_cap_lets_the_lower_priority_copy_stand_for_it():
 
 def test_caps_are_exact_or_the_build_stops_naming_each_short_source():
     spec = {"hi": 3, "lo": 2}
-    chosen = select(SYNTHETIC, "b", spec, 0, priority=["hi", "lo"], pairs=PAIRS)
+    chosen = _pick(SYNTHETIC, "b", spec, 0, priority=["hi", "lo"], pairs=PAIRS)
     assert chosen.curation["hi"]["selected"] == 3 and chosen.curation["lo"]["selected"] == 2
     assert chosen.table.num_rows == 5
     with pytest.raises(BuildError) as err:
-        select(SYNTHETIC, "big", {"hi": 2000, "lo": 31500}, 0, priority=["hi", "lo"])
+        _pick(SYNTHETIC, "big", {"hi": 2000, "lo": 31500}, 0, priority=["hi", "lo"])
     assert str(err.value) == ("big: hi asks 2,000, 4 left after curation; "
                               "lo asks 31,500, 3 left after curation")
     with pytest.raises(BuildError, match=r"^big: lo asks 200, 3 left after curation$"):
-        select(SYNTHETIC, "big", {"hi": "all", "lo": 20000}, 0, 0.01, priority=["hi", "lo"])
-    short = select(SYNTHETIC, "big", {"hi": 2000, "lo": 2, "allow_short": True}, 0,
+        _pick(SYNTHETIC, "big", {"hi": "all", "lo": 20000}, 0, 0.01, priority=["hi", "lo"])
+    short = _pick(SYNTHETIC, "big", {"hi": 2000, "lo": 2, "allow_short": True}, 0,
                    priority=["hi", "lo"])
     assert short.shortfall == {"hi": 1996} and short.curation["hi"]["asked"] == 2000
 
 
 def test_build_options_are_not_sources():
-    assert _caps("b", {"naip": 10, "rsd46": "all", "allow_short": True}, 0.5) == {
-        "naip": 5, "rsd46": None}
-    assert allows_short("b", {"naip": 1, "allow_short": True})
-    assert not allows_short("b", {"naip": 1})
-    with pytest.raises(BuildError, match="allow_short: must be true or false"):
-        allows_short("b", {"naip": 1, "allow_short": "yes"})
-    with pytest.raises(BuildError, match="names no sources"):
-        _caps("b", {"allow_short": True}, 1.0)
+    spec = Build.model_validate({"naip": 10, "rsd46": "all", "allow_short": True})
+    assert caps(spec, 0.5) == {"naip": 5, "rsd46": None}
+    assert spec.allow_short is True
+    assert Build.model_validate({"naip": 1}).allow_short is None
+    with pytest.raises(ValidationError, match="allow_short"):
+        Build.model_validate({"naip": 1, "allow_short": "yes"})
+    with pytest.raises(ValidationError, match="must name at least one source"):
+        Build.model_validate({"allow_short": True})
     assert source_order(["zz", "lo", "aa", "hi"], ["hi", "lo", "absent"]) == [
         "hi", "lo", "aa", "zz"]
 
@@ -168,7 +175,7 @@ def test_settings_accept_allow_short_as_a_bool_only():
 
 
 def _inputs(params: dict) -> dict[str, Any]:
-    reports = reports_dir(params)
+    reports = Path(params["paths"]["reports"])
     return {"curated": read_records(curated_path(Path(params["paths"]["data"]))),
             "priority": params["curate"]["priority"],
             "pairs": json.loads((reports / DUPLICATES).read_text())["pairs"],
@@ -182,7 +189,7 @@ def inputs(curated) -> dict[str, Any]:
 
 
 def _select(inputs: dict, build: str, spec: dict, scale: float, seed: int = 0):
-    return select(inputs["curated"], build, spec, seed, scale, priority=inputs["priority"],
+    return _pick(inputs["curated"], build, spec, seed, scale, priority=inputs["priority"],
                   pairs=inputs["pairs"], curate_counts=inputs["counts"])
 
 
@@ -204,8 +211,8 @@ def _forbidden(params: dict, truth: dict) -> set[str]:
         refs.update({(name, o): k for k, o in zip(table["key"].to_pylist(),
                                                   table["origin"].to_pylist(), strict=True)})
     planted = {refs[(c["copy"]["source"], c["copy"]["member"])] for c in truth["contaminants"]}
-    listed = {c["key"] for c in json.loads((reports_dir(params) / DUPLICATES).read_text())
-              ["contaminated"]}
+    report = json.loads((Path(params["paths"]["reports"]) / DUPLICATES).read_text())
+    listed = {c["key"] for c in report["contaminated"]}
     assert planted and planted <= listed
     return listed
 
@@ -318,17 +325,17 @@ def test_a_cap_above_whats_left_stops_the_build(curated, inputs, tmp_path):
     left = _left(inputs, ["naip", "resisc45"])
     params = _with_build(curated, tmp_path, "too_big", {"naip": 300000, "resisc45": 31500}, 1.0)
     with pytest.raises(BuildError) as err:
-        run_shard(params, "too_big", Path(params["paths"]["data"]), progress=False)
+        run_shard(typed(params), "too_big", progress=False)
     assert str(err.value) == (f"too_big: naip asks 300,000, {left['naip']:,} left after "
                               f"curation; resisc45 asks 31,500, {left['resisc45']:,} left "
                               "after curation")
-    assert not (shards_dir(params) / "too_big").exists()
+    assert not (Path(params["paths"]["shards"]) / "too_big").exists()
     # cap_scale applies before the comparison: the world's paper, without allow_short
     spec = {k: v for k, v in curated["builds"]["paper"].items() if k != "allow_short"}
     params = _with_build(curated, tmp_path, "strict", spec)
     scale = params["shard"]["cap_scale"]
     with pytest.raises(BuildError) as err:
-        run_shard(params, "strict", Path(params["paths"]["data"]), progress=False)
+        run_shard(typed(params), "strict", progress=False)
     asked = math.ceil(spec["naip"] * scale)
     assert left["naip"] < asked
     assert str(err.value) == f"strict: naip asks {asked:,}, {left['naip']:,} left after curation"
@@ -336,8 +343,8 @@ def test_a_cap_above_whats_left_stops_the_build(curated, inputs, tmp_path):
 
 def test_allow_short_writes_the_shortfall_into_index_and_card(curated, inputs, tmp_path):
     params = _with_build(curated, tmp_path, "paper", curated["builds"]["paper"])
-    index = run_shard(params, "paper", Path(params["paths"]["data"]), progress=False)
-    out = shards_dir(params) / "paper"
+    index = run_shard(typed(params), "paper", progress=False)
+    out = Path(params["paths"]["shards"]) / "paper"
     assert json.loads((out / INDEX).read_text()) == index
     naip = index["curation"]["naip"]
     asked = math.ceil(curated["builds"]["paper"]["naip"] * params["shard"]["cap_scale"])
@@ -359,7 +366,7 @@ def test_allow_short_writes_the_shortfall_into_index_and_card(curated, inputs, t
     assert (f"| naip | {naip['in']:,} | {naip['filtered']:,} | 0 | 0 | 0 | "
             f"{naip['available']:,} | {asked:,} | {naip['selected']:,} | "
             f"{naip['shortfall']:,} |") in body
-    plot = reports_dir(params) / "plots" / BOUNDARY_PLOT
+    plot = Path(params["paths"]["reports"]) / "plots" / BOUNDARY_PLOT
     if plot.exists():
         assert (out / BOUNDARY_PLOT).read_bytes() == plot.read_bytes()
         assert f"]({BOUNDARY_PLOT})" in body and "curate.min_correlation" in body
@@ -371,9 +378,9 @@ def test_a_cap_below_whats_left_is_met_exactly(curated, inputs, tmp_path):
     left = _left(inputs, ["patternnet", "resisc45"])
     spec = {"resisc45": left["resisc45"] - 3, "patternnet": 5}
     params = _with_build(curated, tmp_path, "exact", spec, 1.0)
-    index = run_shard(params, "exact", Path(params["paths"]["data"]), progress=False)
+    index = run_shard(typed(params), "exact", progress=False)
     assert index["sources"] == {"patternnet": 5, "resisc45": left["resisc45"] - 3}
     assert index["samples"] == sum(s["samples"] for s in index["shards"]) == sum(spec.values())
     assert all(c["shortfall"] == 0 for c in index["curation"].values())
-    card = (shards_dir(params) / "exact" / CARD).read_text()
+    card = (Path(params["paths"]["shards"]) / "exact" / CARD).read_text()
     assert "Short of the caps" not in card

@@ -2,16 +2,16 @@
 
 import json
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from geopile.curate import CurateConfig, curate
+from geopile.curate import curate
 from geopile.records import read_records, records_path
-from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
+from geopile.settings import Curate
+from pipelines.curate import DUPLICATES, REPORT, curated_path
 
 PRETRAIN = ["naip", "rsd46", "mlrsnet", "resisc45", "patternnet"]
 
@@ -25,9 +25,9 @@ def _keys_by_ref(data: Path) -> dict[tuple[str, str], str]:
     return refs
 
 
-def _config(params: dict, **changes) -> CurateConfig:
+def _config(params: dict, **changes) -> Curate:
     """``curate:`` as params.yaml (and the world) set it, with ``changes``."""
-    return replace(CurateConfig.from_params(params["curate"]), **changes)
+    return Curate.model_validate({**params["curate"], **changes})
 
 
 def _key(refs: dict, ref: dict) -> str:
@@ -36,7 +36,7 @@ def _key(refs: dict, ref: dict) -> str:
 
 def test_planted_duplicates_and_contaminants_are_found(curated, truth):
     data = Path(curated["paths"]["data"])
-    reports = reports_dir(curated)
+    reports = Path(curated["paths"]["reports"])
     refs = _keys_by_ref(data)
     dup = json.loads((reports / DUPLICATES).read_text())
     removed = {r["key"]: r["reason"] for r in dup["removed"]}
@@ -70,7 +70,7 @@ def test_planted_duplicates_and_contaminants_are_found(curated, truth):
 
 
 def test_reports_and_plots(curated):
-    reports = reports_dir(curated)
+    reports = Path(curated["paths"]["reports"])
     report = json.loads((reports / REPORT).read_text())
     for name in PRETRAIN:
         stats = report["entropy"][name]["entropy_global"]

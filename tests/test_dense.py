@@ -12,7 +12,7 @@ import yaml
 from pipelines.finetune import run_finetune
 from pipelines.tasks import TASKS
 from pipelines.tasks.dense import IGNORE, predict_slide
-from tests.conftest import REPO, torchrun
+from tests.conftest import REPO, torchrun, typed
 
 CPU = torch.device("cpu")
 
@@ -81,7 +81,7 @@ def test_psnr_and_ssim_against_closed_forms():
 
 def test_sliding_windows_cover_the_image_and_average_overlaps():
     image = torch.arange(2 * 70 * 90, dtype=torch.float32).reshape(2, 70, 90)
-    same = predict_slide(lambda x: x * 2, image, crop=32, stride=21)  # noqa: E731 - a stand-in
+    same = predict_slide(lambda x: x * 2, image, crop=32, stride=21)  # a stand-in
     assert torch.equal(same, image * 2)  # every pixel, overlaps averaged back to itself
     up = predict_slide(lambda x: torch.nn.functional.interpolate(x, scale_factor=4), image,
                        crop=16, stride=10, scale=4)
@@ -102,7 +102,7 @@ def test_sliding_windows_cover_the_image_and_average_overlaps():
 @pytest.mark.parametrize("task", ["whu", "vaihingen", "oscd", "dsifn", "sn2"])
 def test_each_task_trains_on_the_world(curated, tmp_path, task):
     out = tmp_path / task
-    metrics = run_finetune(curated, task, "random", length=8, progress=False, out=out)
+    metrics = run_finetune(typed(curated), task, "random", length=8, progress=False, out=out)
     assert metrics["task"] == task and metrics["steps"] == 8
     assert set(metrics["scores"]) == set(TASKS[task].scores)
     assert all(math.isfinite(v) for v in metrics["scores"].values())
@@ -116,23 +116,23 @@ def test_each_task_trains_on_the_world(curated, tmp_path, task):
 
 def test_a_complete_run_resumed_writes_its_history_again(curated, tmp_path):
     out = tmp_path / "whu"
-    metrics = run_finetune(curated, "whu", "random", length=8, progress=False, out=out)
+    metrics = run_finetune(typed(curated), "whu", "random", length=8, progress=False, out=out)
     whole = (out / "history.csv").read_text()
     assert len(whole.splitlines()) > 1
     (out / "history.csv").unlink()  # as `dvc repro` does before running the stage again
-    again = run_finetune(curated, "whu", "random", length=8, resume=True, progress=False,
+    again = run_finetune(typed(curated), "whu", "random", length=8, resume=True, progress=False,
                          out=out)
     assert (out / "history.csv").read_text() == whole and again == metrics
 
 
 def test_segmentation_learns_buildings(curated, tmp_path, truth):
     task = TASKS["whu"]
-    test = task.splits(curated)["test"]
-    assert {s: len(ds) for s, ds in task.splits(curated).items()} == \
+    test = task.splits(typed(curated))["test"]
+    assert {s: len(ds) for s, ds in task.splits(typed(curated)).items()} == \
         truth["downstream"]["whu"]["splits"]
     share = float(torch.cat([test[i]["mask"].flatten() for i in range(len(test))])
                   .float().mean())
-    metrics = run_finetune(curated, "whu", "random", progress=False, out=tmp_path / "whu")
+    metrics = run_finetune(typed(curated), "whu", "random", progress=False, out=tmp_path / "whu")
     # predicting "building" everywhere scores IoU = the building share
     assert metrics["scores"]["iou"] > 100 * share + 20, (metrics, share)
 
@@ -153,15 +153,15 @@ def test_vaihingen_reader_matches_torchgeo_on_torchgeos_fixture(tmp_path):
     from torchgeo.datasets import Vaihingen2D
 
     from geopile.downstream import DownstreamSet, fetch
+    from geopile.sources.published import Mirrors
     from pipelines.tasks.vaihingen import PUBLISHED, VaihingenTiles
 
     fixture = REPO / "tests" / "data" / "torchgeo" / "vaihingen"
     complete = DownstreamSet(PUBLISHED.name, PUBLISHED.licence, PUBLISHED.homepage,
                              {k: PUBLISHED.files[k] for k in ("images", "labels")})
-    params = {"downstream": {"vaihingen": {
-        "urls": {k: str(fixture / f.filename) for k, f in complete.files.items()},
-        "md5s": dict.fromkeys(complete.files)}}}  # torchgeo's fixture, not the ISPRS files
-    root = fetch("vaihingen", complete, params, tmp_path / "data", progress=False)
+    mirrors = Mirrors({k: str(fixture / f.filename) for k, f in complete.files.items()},
+                      dict.fromkeys(complete.files))  # torchgeo's fixture, not the ISPRS files
+    root = fetch("vaihingen", complete, mirrors, tmp_path / "data", progress=False)
     for split in ("train", "test"):
         ours, theirs = VaihingenTiles(root, split, eroded=False), Vaihingen2D(str(root), split)
         assert len(ours) == len(theirs) == 2
@@ -176,7 +176,7 @@ def test_vaihingen_scores_the_boundary_eroded_labels(curated):
     task = TASKS["vaihingen"]
     full_params = deep_merge(curated, {"finetune": {"tasks": {"vaihingen": {
         "ground_truth": "full"}}}})
-    eroded, full = task.splits(curated)["test"], task.splits(full_params)["test"]
+    eroded, full = task.splits(typed(curated))["test"], task.splits(typed(full_params))["test"]
     for i in range(len(full)):
         e, f = eroded[i]["mask"], full[i]["mask"]
         ignored = e == IGNORE

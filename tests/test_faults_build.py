@@ -29,9 +29,9 @@ from geopile.writelock import build_lock, write_lock
 from pipelines.cli import main
 from pipelines.loader import GeoPileLoader
 from pipelines.push import push_build
-from pipelines.shard import run_shard, shards_dir
+from pipelines.shard import run_shard
 from pipelines.verify import verify_build
-from tests.conftest import s3_objects
+from tests.conftest import s3_objects, typed
 from tests.test_faults_params import PARAMS, REPO
 from tests.test_faults_stream import BUCKET_URL, _index
 from tests.test_stream import BATCH
@@ -286,8 +286,8 @@ def test_push_killed_over_an_earlier_push_never_serves_the_old_index(build, cura
     push_build(build, url, progress=False)
     params = {**curated, "paths": {**curated["paths"], "shards": str(tmp_path / "v2")},
               "shard": {**curated["shard"], "max_samples": 50}}
-    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
-    v2 = shards_dir(params) / "full"
+    run_shard(typed(params), "full", progress=False)
+    v2 = Path(params["paths"]["shards"]) / "full"
     ready = tmp_path / "ready"
     child = subprocess.Popen([sys.executable, "-c", KILLABLE_PUSH, str(v2), url, str(ready)],
                              cwd=REPO, start_new_session=True)
@@ -326,8 +326,9 @@ SLOW_SHARD = textwrap.dedent("""
         return encode(*a, **k)
     shards.encode_sample = slow
     from pipelines.shard import run_shard
+    from tests.conftest import typed
     params = json.loads(Path(sys.argv[1]).read_text())
-    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    run_shard(typed(params), "full", progress=False)
 """)
 
 
@@ -380,7 +381,7 @@ def test_a_lock_left_by_a_killed_writer_is_taken_over(curated, tmp_path, caplog)
     holder.kill()
     holder.wait(timeout=30)
     params = {**curated, "paths": {**curated["paths"], "shards": str(tmp_path / "shards")}}
-    run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    run_shard(typed(params), "full", progress=False)
     assert "taking over the lock of" in caplog.text
 
 

@@ -23,7 +23,8 @@ import yaml
 from PIL import Image, ImageOps
 
 from geopile.records import records_path, rejects_path
-from geopile.shards import ShardConfig, encode_sample
+from geopile.settings import Shard
+from geopile.shards import encode_sample
 from pipelines.cli import main
 from tests.test_faults_params import PARAMS, REPO
 
@@ -187,7 +188,7 @@ def test_exif_orientation_is_applied_and_counted(tmp_path, capsys):
     assert (phone["width"], phone["height"], phone["orientation"]) == (40, 64, 6)
     assert rows["cls/plain.jpg"]["orientation"] is None
 
-    sample = encode_sample(phone, tmp_path / "data", ShardConfig(
+    sample = encode_sample(phone, tmp_path / "data", Shard(
         max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95, mtime=0,
         cap_scale=1.0))
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(stored)))).astype(int)
@@ -197,7 +198,7 @@ def test_exif_orientation_is_applied_and_counted(tmp_path, capsys):
     assert error < 6 and error < np.abs(shard_pixels - upright[::-1, ::-1]).mean() / 4
     assert Image.open(io.BytesIO(sample["jpg"])).getexif().get(274, 1) == 1
     plain = rows["cls/plain.jpg"]
-    assert encode_sample(plain, tmp_path / "data", ShardConfig(
+    assert encode_sample(plain, tmp_path / "data", Shard(
         max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95, mtime=0,
         cap_scale=1.0))["jpg"] == (folder / "cls" / "plain.jpg").read_bytes()  # copied
 
@@ -283,7 +284,7 @@ def test_pillows_orientation_fixtures_come_out_upright(tmp_path, capsys):
     code, err = _ingest(capsys, tmp_path, folder)
     assert code == 0, err
     upright = np.asarray(Image.open(fixtures / "hopper.jpg").convert("RGB")).astype(int)
-    config = ShardConfig(max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95,
+    config = Shard(max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95,
                          mtime=0, cap_scale=1.0)
     for row in _records(tmp_path):
         n = int(row["origin"][len("cls/o"):-len(".jpg")])

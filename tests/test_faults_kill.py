@@ -14,20 +14,19 @@ import pyarrow.parquet as pq
 import yaml
 
 from geopile.ingest import ingest
-from geopile.params import source_params
 from geopile.records import records_path
-from geopile.sources import create_source
 from geopile.stream.index import INDEX
 from pipelines.shard import run_shard
+from tests.conftest import make_source, typed
 from tests.killing import kill_once
 
 INGEST = """
 import sys, yaml
 from pathlib import Path
 from geopile.ingest import ingest
-from geopile.sources import create_source
+from tests.conftest import make_source
 params = yaml.safe_load(open(sys.argv[1]))
-src = create_source("naip", params["sources"]["naip"], Path(params["paths"]["data"]),
+src = make_source(params, "naip", Path(params["paths"]["data"]),
                     progress=False)
 ingest(src, workers=1, chunk_size=2, flush_every=2, progress=False)
 """
@@ -36,8 +35,9 @@ SHARD = """
 import sys, yaml
 from pathlib import Path
 from pipelines.shard import run_shard
+from tests.conftest import typed
 params = yaml.safe_load(open(sys.argv[1]))
-run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+run_shard(typed(params), "full", progress=False)
 """
 
 
@@ -58,7 +58,7 @@ def test_kill9_during_naip_ingest_then_rerun_is_byte_identical(params, tmp_path)
     assert not records_path(killed, "naip").exists()
 
     for data in (killed, clean):
-        source = create_source("naip", source_params(params, "naip"), data, progress=False)
+        source = make_source(params, "naip", data, progress=False)
         ingest(source, workers=2, progress=False)
     raw_killed = _digests(killed / "raw" / "naip", "*")
     assert raw_killed and raw_killed == _digests(clean / "raw" / "naip", "*")
@@ -71,7 +71,6 @@ def test_kill9_during_shard_then_rerun_is_byte_identical(curated, tmp_path):
     """Trial: SIGKILL `geopile shard full` after 3 of its shards. Expected: the rerun writes
     shards and an index byte-identical to a clean build's, and no temp file is left."""
     base = {**curated, "shard": {**curated["shard"], "max_samples": 8}}
-    data = Path(curated["paths"]["data"])
     runs = {}
     for name in ("killed", "clean"):
         runs[name] = {**base, "paths": {**base["paths"], "shards": str(tmp_path / name)}}
@@ -82,7 +81,7 @@ def test_kill9_during_shard_then_rerun_is_byte_identical(curated, tmp_path):
     assert not (out / INDEX).exists()
 
     for name in ("killed", "clean"):
-        run_shard(runs[name], "full", data, progress=False)
+        run_shard(typed(runs[name]), "full", progress=False)
     killed, clean = _digests(out, "*"), _digests(tmp_path / "clean" / "full", "*")
     assert len([k for k in killed if k.endswith(".tar")]) > 3
     assert killed == clean  # every shard, index.json and the card

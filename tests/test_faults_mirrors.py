@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import geopile.download as dl
+from tests.conftest import REPO, make_source
 from tests.httpserver import FlakyServer
 
 SIZE = 300_000
@@ -245,22 +246,25 @@ def test_every_published_file_has_mirrors_with_one_local_name():
 
 
 def test_params_mirrors_go_first_and_mirror_root_replaces_the_published():
-    from geopile.params import ParamsError
-    from geopile.sources.published import mirror_urls
+    from geopile.params import ParamsError, load_params
+    from geopile.settings import check_params
+    from geopile.sources.published import Mirrors
     from geopile.sources.ucmerced import UCMerced
 
     item = UCMerced.publication.downloads["split_test"]
-    assert mirror_urls(item, {"urls": {"split_test": "http://mine/x.txt"}}, "split_test") == \
+    assert Mirrors({"split_test": "http://mine/x.txt"}).urls_for(item, "split_test") == \
         ["http://mine/x.txt", *item.mirrors]
-    assert mirror_urls(item, {"urls": {"split_test": ["http://a/x", "http://b/x"]}},
-                       "split_test")[:2] == ["http://a/x", "http://b/x"]
-    rooted = mirror_urls(item, {"mirror_root": "http://127.0.0.1:9/world/"}, "split_test")
+    assert Mirrors({"split_test": ["http://a/x", "http://b/x"]}).urls_for(
+        item, "split_test")[:2] == ["http://a/x", "http://b/x"]
+    rooted = Mirrors(root="http://127.0.0.1:9/world/").urls_for(item, "split_test")
     assert rooted == [
         "http://127.0.0.1:9/world/storage.googleapis.com/remote_sensing_representations/"
         "uc_merced-test.txt",
         "http://127.0.0.1:9/world/" + TORCHGEO_UCM.removeprefix("https://") + "uc_merced-test.txt"]
-    with pytest.raises(ParamsError, match=r"sources.ucmerced.urls.split_test"):
-        mirror_urls(item, {"urls": {"split_test": 3}}, "split_test", "sources.ucmerced")
+    params = load_params([REPO / "params.yaml"])
+    params["sources"]["ucmerced"]["urls"] = {"split_test": 3}
+    with pytest.raises(ParamsError, match=r"sources\.ucmerced\.urls\.split_test: 3 is invalid"):
+        check_params(params)
 
 
 def test_downstream_fetch_falls_through_and_records_the_mirror_used(tmp_path, monkeypatch,
@@ -268,13 +272,14 @@ def test_downstream_fetch_falls_through_and_records_the_mirror_used(tmp_path, mo
     import json
 
     from geopile.downstream import DownstreamSet, PublishedFile, fetch
+    from geopile.sources.published import Mirrors
 
     root, data, md5 = _root(tmp_path)
     with FlakyServer(root) as srv:
         srv.status_for["/dead/a.zip"] = 404
         item = PublishedFile((f"{srv.url}/dead/a.zip", f"{srv.url}/good/a.zip"), md5, "a.bin")
         published = DownstreamSet("tiny", "none", "nowhere", {"blob": item})
-        out = fetch("tiny", published, {}, tmp_path / "data", progress=False)
+        out = fetch("tiny", published, Mirrors(), tmp_path / "data", progress=False)
     assert (out / "a.bin").read_bytes() == data
     record = json.loads((tmp_path / "data" / "fetched" / "tiny.json").read_text())
     assert record["files"]["blob"]["url"] == f"{srv.url}/good/a.zip"
@@ -336,11 +341,7 @@ def test_sources_cli_exit_status(tmp_path, capsys):
 # -- the offline world -------------------------------------------------------------------------
 
 def _ucm(params: dict, tmp_path: Path):
-    from geopile.params import source_params
-    from geopile.sources import create_source
-
-    return create_source("ucmerced", source_params(params, "ucmerced"), tmp_path / "data",
-                         progress=False)
+    return make_source(params, "ucmerced", tmp_path / "data", progress=False)
 
 
 def test_world_serves_ucm_lists_from_the_rehost_only(world_dir):

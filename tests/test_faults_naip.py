@@ -26,15 +26,14 @@ from rasterio.windows import Window
 
 from geopile.cog import CogReadError, read_window
 from geopile.ingest import IngestError, ingest
-from geopile.params import source_params
 from geopile.records import read_records, records_path, rejects_path
-from geopile.sources import create_source
 from geopile.stac import StacError, search_tiles
 from geopile.urls import redact
 from geopile.world import servers
 from geopile.world.corpora import mirror_path
 from geopile.world.world import BUCKET, PARAMS_OVERLAY, world_env
 from tests import signers
+from tests.conftest import source_of
 from tests.httpserver import FlakyServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +121,7 @@ class _Html(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>\n"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -145,9 +144,9 @@ def _html_server() -> Iterator[str]:
 
 
 def _naip(params: dict, **overrides):
-    sp = {**source_params(params, "naip"), **overrides}
+    sp = {**params["sources"]["naip"], **overrides}
     data = Path(params["paths"]["data"])
-    source = create_source("naip", sp, data, progress=False)
+    source = source_of("naip", sp, data, progress=False)
     return ingest(source, workers=4, progress=False)
 
 

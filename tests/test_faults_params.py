@@ -20,6 +20,7 @@ from geopile.settings import SOURCE_SETTINGS, check_params, field_at
 from geopile.sources import SOURCES
 from geopile.world.world import PARAMS_OVERLAY, s3_client, world_env
 from pipelines.cli import main
+from tests.conftest import source_of
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -271,18 +272,20 @@ def test_ingest_driver_never_empties_earlier_output(params, tmp_path, bad):
     """Below the schema (a library caller): quotas asking for nothing, or a run whose filter
     keeps nothing, stop with an IngestError and leave earlier records and patches as they were."""
     from geopile.ingest import IngestError, ingest
-    from geopile.sources import create_source
+    from geopile.sources import create_source, source_settings
 
     data = Path(params["paths"]["data"])
     block = {**params["sources"]["naip"], "count": 4}
-    ingest(create_source("naip", block, data, progress=False), workers=2, progress=False)
+    ingest(source_of("naip", block, data, progress=False), workers=2, progress=False)
     def outputs() -> tuple[dict, dict]:  # the run's own checkpoint (.parts) may stay
         records = {k: v for k, v in _tree(data / "records").items() if ".parts" not in k}
         return _tree(data / "raw" / "naip"), records
 
     before = outputs()
     assert before[0] and before[1]
-    source = create_source("naip", {**block, **bad}, data, progress=False)
+    # model_copy skips validation: what a caller building settings by hand could pass
+    settings = source_settings("naip", block).model_copy(update=bad)
+    source = create_source("naip", settings, data, progress=False)
     with pytest.raises(IngestError, match="no image|kept no image") as err:
         ingest(source, workers=2, progress=False)
     assert "naip" in str(err.value)

@@ -30,10 +30,11 @@ from geopile.card import render_card
 from geopile.download import UnsafeArchiveError
 from geopile.imagestats import MAX_PIXELS, MIN_SIDE, BadImage, image_stats
 from geopile.ingest import ingest
+from geopile.params import load_params
 from geopile.records import read_records, records_path, rejects_path
-from geopile.sources import create_source
 from geopile.sources.mlrsnet import MLRSNet
 from geopile.staging import INPUT_STAMP
+from tests.conftest import source_of, typed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def _folder(tmp_path: Path, path: Path, name: str = "mine", **extra) -> tuple:
     """Ingest a folder source; returns (summary, records, rejects)."""
     data = tmp_path / "data"
     params = {"type": "folder", "path": str(path), "licence": "CC0-1.0", **extra}
-    source = create_source(name, params, data, progress=False)
+    source = source_of(name, params, data, progress=False)
     summary = ingest(source, workers=1, progress=False)
     return (summary, read_records(records_path(data, name)).to_pylist(),
             pq.read_table(rejects_path(data, name)).to_pylist())
@@ -197,7 +198,7 @@ def test_hostile_archive_is_refused_naming_the_member(tmp_path, attack):
     archive.parent.mkdir()
     member = make(archive, outside)
     data = tmp_path / "data"
-    source = create_source("mine", {"type": "folder", "path": str(archive), "licence": "CC0-1.0"},
+    source = source_of("mine", {"type": "folder", "path": str(archive), "licence": "CC0-1.0"},
                            data, progress=False)
     with pytest.raises(UnsafeArchiveError) as err:
         source.fetch()
@@ -391,7 +392,8 @@ def _mlrsnet(tmp_path: Path, with_path: bool, **params):
         dest.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(_hf_table([(names[i] if with_path else None, _image(30 + i), [0, i + 1])]),
                        dest)
-    return create_source("mlrsnet", params, data, progress=False)
+    block = {"enabled": True, "role": "pretrain", **params}
+    return source_of("mlrsnet", block, data, progress=False)
 
 
 def test_mlrsnet_category_from_image_path(tmp_path):
@@ -429,24 +431,31 @@ def _index(source: str) -> dict:
                         "sha256": "0" * 64}]}
 
 
+def _with_source(tmp_path: Path, name: str, block: dict):  # Settings
+    """params.yaml with one more source and its data under ``tmp_path``, typed."""
+    params = load_params([REPO / "params.yaml"])
+    params["sources"][name] = block
+    params["paths"]["data"] = str(tmp_path)
+    return typed(params)
+
+
 def test_card_of_a_folder_source_names_its_licence_origin_and_citation(tmp_path):
-    params = {"paths": {"data": str(tmp_path)}, "sources": {"survey": {
+    settings = _with_source(tmp_path, "survey", {
         "type": "folder", "path": str(tmp_path / "x.zip"), "licence": "CC-BY-NC-SA-4.0",
-        "origin": "https://example.org/survey-2024", "citation": "Doe et al., Survey 2024"}}}
-    card = render_card(_index("survey"), params, None)
+        "origin": "https://example.org/survey-2024", "citation": "Doe et al., Survey 2024"})
+    card = render_card(_index("survey"), settings, None)
     assert "| survey | 3 | CC-BY-NC-SA-4.0 | https://example.org/survey-2024" in card
     assert "Doe et al., Survey 2024" in card
     assert "non-commercial purposes only" in card  # derived from the licence text, not the name
 
 
 def test_card_of_a_folder_source_without_licence_says_unknown(tmp_path, caplog):
-    params = {"paths": {"data": str(tmp_path)},
-              "sources": {"survey": {"type": "folder", "path": str(tmp_path / "x")}}}
-    card = render_card(_index("survey"), params, None)
+    settings = _with_source(tmp_path, "survey", {"type": "folder", "path": str(tmp_path / "x")})
+    card = render_card(_index("survey"), settings, None)
     assert "| survey | 3 | unknown |" in card
     assert "sources.survey.licence" in card
     folder = _write_dir(tmp_path / "x", {"fields/a.jpg": _image(1)})
-    source = create_source("survey", {"type": "folder", "path": str(folder)}, tmp_path / "d")
+    source = source_of("survey", {"type": "folder", "path": str(folder)}, tmp_path / "d")
     with caplog.at_level(logging.WARNING):
         source.fetch()
     assert "sources.survey.licence" in caplog.text

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from geopile.downstream import downstream_root
 from geopile.params import deep_merge, load_params
 from geopile.world.downstream import covers as ben_covers
-from pipelines.common import load_settings
 from pipelines.encoders import build_classifier, resolve_init
 from pipelines.finetune import run_finetune
 from pipelines.pretrain import run_pretrain
@@ -22,7 +21,7 @@ from pipelines.shard import run_shard
 from pipelines.tasks import get_task
 from pipelines.tasks.ben import ben_to_255
 from pipelines.tasks.classification import subset_indices
-from tests.conftest import REPO, torchrun
+from tests.conftest import REPO, torchrun, typed
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,14 @@ def pretrained(curated, tmp_path_factory) -> tuple[dict, Path]:
         "pretrain": {"batch_size": 8, "workers": 0, "energy": {"enabled": False},
                      "stream": {"url": None}},
     })
-    run_shard(params, "paper", Path(params["paths"]["data"]), progress=False)
-    run_pretrain(params, "paper", steps=10, progress=False)
+    run_shard(typed(params), "paper", progress=False)
+    run_pretrain(typed(params), "paper", steps=10, progress=False)
     return params, root / "runs" / "paper"
 
 
 def test_ucm_splits_are_the_published_ones(pretrained, truth):
     params, _ = pretrained
-    splits = get_task("ucm").splits(params)
+    splits = get_task("ucm").splits(typed(params))
     sizes = {name: len(ds) for name, ds in splits.items()}
     assert sizes == truth["sources"]["ucmerced"]["splits"]
     files = {name: {Path(f).name for f, _ in ds.samples} for name, ds in splits.items()}
@@ -50,7 +49,7 @@ def test_ucm_splits_are_the_published_ones(pretrained, truth):
 
 def test_export_loads_with_the_window_change(pretrained):
     params, run = pretrained
-    settings = load_settings(params).finetune
+    settings = typed(params).finetune
     spec, file, fetch, name = resolve_init(str(run), settings, 128, 8)
     assert (spec.img_size, spec.window_size, fetch, name) == (128, 8, False, "ours-paper")
     model = build_classifier(spec, file, fetch, 21, 0.1)
@@ -66,9 +65,9 @@ def test_export_loads_with_the_window_change(pretrained):
 def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     params, run = pretrained
     out = tmp_path / "ucm"
-    run_finetune(params, "ucm", str(run), length=4, progress=False, out=out)
+    run_finetune(typed(params), "ucm", str(run), length=4, progress=False, out=out)
     (out / "history.csv").unlink()  # `dvc repro` removes a stage's outputs, not its checkpoints
-    metrics = run_finetune(params, "ucm", str(run), length=7, resume=True, progress=False,
+    metrics = run_finetune(typed(params), "ucm", str(run), length=7, resume=True, progress=False,
                            out=out)
     with (out / "history.csv").open() as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 8))
@@ -78,7 +77,8 @@ def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     whole = (out / "history.csv").read_text()
     (out / "history.csv").unlink()
     (out / "metrics.json").unlink()
-    again = run_finetune(params, "ucm", str(run), length=7, resume=True, progress=False, out=out)
+    again = run_finetune(typed(params), "ucm", str(run), length=7, resume=True, progress=False,
+                         out=out)
     assert (out / "history.csv").read_text() == whole and again == metrics
     chance = 100 / 21
     assert metrics["scores"]["top1"] > 3 * chance, metrics
@@ -103,7 +103,7 @@ def test_ben_reads_the_reference_rgb_and_19_labels(pretrained, truth):
     from torchgeo.datasets import BigEarthNet
 
     params, _ = pretrained
-    splits = get_task("ben10").splits(params)
+    splits = get_task("ben10").splits(typed(params))
     ben = truth["downstream"]["bigearthnet"]
     assert {s: len(ds) for s, ds in splits.items()} == ben["splits"]
     sample = splits["test"][3]
@@ -127,7 +127,7 @@ def test_ben_finetuning_beats_chance_on_its_subset(pretrained, tmp_path, truth, 
                                                    size):
     params, run = pretrained
     out = tmp_path / task
-    metrics = run_finetune(params, task, str(run), length=epochs, progress=False, out=out)
+    metrics = run_finetune(typed(params), task, str(run), length=epochs, progress=False, out=out)
     subset = json.loads((out / "subset.json").read_text())
     assert subset["size"] == size == metrics["train_samples"] and not subset["replacement"]
     assert len(set(subset["samples"])) == size and subset["of"] == 500
@@ -162,7 +162,7 @@ def test_torchrun_two_processes_on_gloo(pretrained, tmp_path):
 
 def test_offline_imagenet22k_baseline_says_which_parameter_to_set(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    settings = load_settings(load_params([REPO / "params.yaml"])).finetune
+    settings = typed(load_params([REPO / "params.yaml"])).finetune
     spec, file, fetch, name = resolve_init("imagenet22k", settings.model_copy(
         update={"model": "tiny"}), 128, 4, Path("runs"))
     assert fetch and file is None and name == "imagenet22k"

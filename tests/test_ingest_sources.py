@@ -14,22 +14,22 @@ import pytest
 from geopile.card import CARD
 from geopile.imagestats import BadImage, image_stats
 from geopile.ingest import ingest
-from geopile.params import source_params
 from geopile.records import RECORD_SCHEMA, read_records, records_path, rejects_path
-from geopile.sources import SOURCES, create_source
+from geopile.sources import SOURCES
 from geopile.stream import ShardStream, StreamConfig
 from geopile.world.world import world_env
 from pipelines.curate import run_curate
 from pipelines.ingest import run_ingest
 from pipelines.push import push_build
-from pipelines.shard import run_shard, shards_dir
+from pipelines.shard import run_shard
+from tests.conftest import make_source, source_of, typed
 
 LABELED = [k for k in SOURCES if k not in ("naip", "folder", "stac")]
 
 
 def _ingest(params: dict, name: str, workers: int = 2):
     data = Path(params["paths"]["data"])
-    source = create_source(name, source_params(params, name), data, progress=False)
+    source = make_source(params, name, data, progress=False)
     summary = ingest(source, workers=workers, progress=False)
     return summary, read_records(records_path(data, name)), pq.read_table(rejects_path(data, name))
 
@@ -77,9 +77,9 @@ def test_mlrsnet_multilabels(params):
 
 
 def test_rsd46_without_archive_explains_where_to_get_it(params, tmp_path):
-    sp = source_params(params, "rsd46")
+    sp = params["sources"]["rsd46"]
     sp["archive"] = None
-    source = create_source("rsd46", sp, tmp_path)
+    source = source_of("rsd46", sp, tmp_path)
     with pytest.raises(FileNotFoundError, match="no public download URL"):
         source.fetch()
 
@@ -103,7 +103,7 @@ def test_torchgeo_million_aid_fixture_through_a_folder_source(tmp_path):
     archive = Path(__file__).parent / "data" / "torchgeo" / "millionaid-train.zip"
     sp = {"type": "folder", "path": str(archive), "image_root": "train",
           "licence": "MIT (torchgeo test fixture)"}
-    source = create_source("maid", sp, tmp_path / "data", progress=False)
+    source = source_of("maid", sp, tmp_path / "data", progress=False)
     summary = ingest(source, workers=1, progress=False)
     rows = read_records(records_path(tmp_path / "data", "maid")).to_pylist()
     assert summary.images == 2 and summary.rejects == 0
@@ -183,20 +183,22 @@ def test_every_source_kind_from_ingest_to_stream(params, world, world_dir, tmp_p
             sp["count"] = 4
     name = case
     sp["role"] = "pretrain"
+    # the params of a corpus of this one source: whole, as the CLI checks them
     p = {**params, "sources": {name: sp}, "builds": {"only": {name: "all"}},
-         "curate": {**params["curate"], "eval_sets": {}},
-         "paths": {"data": str(tmp_path / "data"), "reports": str(tmp_path / "reports"),
-                   "shards": str(tmp_path / "shards")}}
+         "pretrain_builds": ["only"], "finetune": {**params["finetune"], "pretrained": "only"},
+         "curate": {**params["curate"], "eval_sets": {}, "priority": [name]},
+         "paths": {**params["paths"], "data": str(tmp_path / "data"),
+                   "reports": str(tmp_path / "reports"), "shards": str(tmp_path / "shards")}}
     data = tmp_path / "data"
-    (summary,) = run_ingest(p, [name], data, workers=2, progress=False)
+    (summary,) = run_ingest(typed(p), [name], workers=2, progress=False)
     assert summary.images > 0
-    run_curate(p, data, progress=False)
-    index = run_shard(p, "only", data, progress=False)
+    run_curate(typed(p), progress=False)
+    index = run_shard(typed(p), "only", progress=False)
     assert set(index["sources"]) == {name} and index["samples"] > 0
 
-    build_dir = shards_dir(p) / "only"
+    build_dir = Path(p["paths"]["shards"]) / "only"
     card = (build_dir / CARD).read_text()
-    source = create_source(name, sp, data)
+    source = source_of(name, sp, data)
     assert source.licence != "unknown" and source.citation != "unknown"
     assert f"| {name} | {index['samples']:,} | {source.licence} |" in card
     assert all(line in card for line in source.origin_lines())

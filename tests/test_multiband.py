@@ -23,11 +23,12 @@ from rasterio.transform import from_origin
 
 from geopile.augment import STRETCH_K, BandError, GfmTransform
 from geopile.params import deep_merge, load_params
-from geopile.shards import BuildError, ShardConfig, _caps, write_build
+from geopile.settings import Build, Shard
+from geopile.shards import BuildError, caps, write_build
 from geopile.stream.index import INDEX
 from pipelines.loader import GeoPileLoader
 from pipelines.shard import check_sources, run_shard
-from tests.conftest import shard_members
+from tests.conftest import shard_members, typed
 
 REPO = Path(__file__).resolve().parents[1]
 # params.yaml's commented sentinel2 build (uncommented once the source is enabled and ingested)
@@ -36,7 +37,7 @@ SENTINEL2_BUILD = {"sentinel2": 1300000, "allow_short": True}
 S2 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 SIDE = 160
 COUNT = 24
-CONFIG = ShardConfig(max_samples=10, max_bytes=1 << 30, naip_bands=3, jpeg_quality=90,
+CONFIG = Shard(max_samples=10, max_bytes=1 << 30, naip_bands=3, jpeg_quality=90,
                      mtime=0, cap_scale=1.0)
 
 
@@ -192,13 +193,13 @@ def test_the_sentinel2_build_needs_its_source_enabled_and_ingested(tmp_path):
     params = deep_merge(params, {"builds": {"sentinel2": SENTINEL2_BUILD}})
     with pytest.raises(BuildError, match=r"sources\.sentinel2, which is disabled.*enabled: true"
                                          r".*geopile ingest sentinel2"):
-        run_shard(params, "sentinel2", tmp_path, progress=False)
+        run_shard(typed(params), "sentinel2", progress=False)
     on = deep_merge(params, {"sources": {"sentinel2": {"enabled": True}}})
-    check_sources(on, "sentinel2", SENTINEL2_BUILD)  # enabled: passes before curate
+    check_sources(typed(on), "sentinel2")  # enabled: passes before curate
     with pytest.raises(BuildError, match=r"sources\.sentinel2, which has no curated images.*"
                                          r"geopile ingest sentinel2"):
-        check_sources(on, "sentinel2", SENTINEL2_BUILD, {"naip", "rsd46"})
-    assert _caps("sentinel2", SENTINEL2_BUILD, 0.001) == {"sentinel2": 1300}
+        check_sources(typed(on), "sentinel2", {"naip", "rsd46"})
+    assert caps(Build.model_validate(SENTINEL2_BUILD), 0.001) == {"sentinel2": 1300}
 
 
 @pytest.mark.slow
@@ -213,7 +214,7 @@ def test_pretraining_on_the_multiband_build(s2, params, tmp_path, bands, teacher
         "energy": {"enabled": False}, "stream": {"url": None}, "bands": bands,
         "teacher_bands": teacher}})
     run["paths"] = {**run["paths"], "runs": str(tmp_path / "runs")}
-    metrics = run_pretrain(run, "s2", steps=3, progress=False, shards=str(s2["dir"]))
+    metrics = run_pretrain(typed(run), "s2", steps=3, progress=False, shards=str(s2["dir"]))
     assert metrics["steps"] == 3
     losses = (tmp_path / "runs" / "s2" / "loss.csv").read_text().splitlines()
     assert len(losses) == 4 and "nan" not in "".join(losses[1:])

@@ -11,32 +11,31 @@ from rasterio.windows import Window
 
 from geopile.cog import read_window
 from geopile.ingest import ingest
-from geopile.params import source_params
 from geopile.records import read_records, records_path, rejects_path
-from geopile.sources import create_source
 from geopile.world.corpora import mirror_path
 from tests import signers
+from tests.conftest import source_of
 from tests.httpserver import FlakyServer
 
 
 def _naip(params: dict, **overrides):
-    sp = {**source_params(params, "naip"), **overrides}
+    sp = {**params["sources"]["naip"], **overrides}
     data = Path(params["paths"]["data"])
-    source = create_source("naip", sp, data, progress=False)
+    source = source_of("naip", sp, data, progress=False)
     summary = ingest(source, workers=4, progress=False)
     return source, summary, read_records(records_path(data, "naip")).to_pylist()
 
 
 def test_naip_patches_equal_direct_reads(params, world_dir, truth):
     source, summary, rows = _naip(params)
-    assert len(rows) == source.params["count"] == summary.images
+    assert len(rows) == source.settings.count == summary.images
     strata = {(r["state"], r["year"]) for r in rows}
     assert {s for s, _ in strata} == set(truth["naip"]["states"])
     assert {y for _, y in strata} == set(truth["naip"]["years"])
     data = Path(params["paths"]["data"])
     for row in rows:
         assert row["bands"] == 4 and row["width"] == row["height"] == source.patch_size
-        assert row["nodata_fraction"] <= source.params["max_nodata"]
+        assert row["nodata_fraction"] <= source.settings.max_nodata
         assert row["gsd_min"] == row["gsd_max"] == source.target_gsd
         assert row["asset_href"].startswith("http://127.0.0.1") and "?" not in row["asset_href"]
         # the multi-band STAC columns stay null for NAIP (its rows are as before them)

@@ -20,7 +20,8 @@ from geopile.world.world import world_env
 from model.export import load_exported
 from pipelines.pretrain import run_pretrain
 from pipelines.push import push_build
-from pipelines.shard import run_shard, shards_dir
+from pipelines.shard import run_shard
+from tests.conftest import typed
 from tests.killing import kill_once
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def paper(curated, tmp_path_factory) -> dict:
     """Params whose ``paths.shards`` holds the world's ``paper`` build."""
     params = {**curated, "paths": {**curated["paths"],
                                    "shards": str(tmp_path_factory.mktemp("pretrain-shards"))}}
-    run_shard(params, "paper", Path(params["paths"]["data"]), progress=False)
+    run_shard(typed(params), "paper", progress=False)
     return params
 
 
@@ -52,13 +53,13 @@ def _losses(run: Path) -> list[dict]:
 def straight(paper, tmp_path_factory) -> Path:
     """12 uninterrupted steps (the reference for the resume and S3 tests)."""
     runs = tmp_path_factory.mktemp("straight")
-    run_pretrain(_params(paper, runs), "paper", steps=12, progress=False)
+    run_pretrain(typed(_params(paper, runs)), "paper", steps=12, progress=False)
     return runs / "paper"
 
 
 def test_loss_falls_and_run_writes_its_outputs(paper, tmp_path):
     params = _params(paper, tmp_path, energy={"enabled": True, "interval_s": 1.0})
-    metrics = run_pretrain(params, "paper", steps=50, progress=False)
+    metrics = run_pretrain(typed(params), "paper", steps=50, progress=False)
     run = tmp_path / "paper"
     rows = _losses(run)
     assert [int(r["step"]) for r in rows] == list(range(1, 51))
@@ -94,23 +95,25 @@ def test_kill_and_resume_gives_the_same_losses(paper, straight, tmp_path):
     overlay = tmp_path / "params.json"
     overlay.write_text(json.dumps(params))
     script = ("import json, sys; from pipelines.pretrain import run_pretrain; "
-              "run_pretrain(json.load(open(sys.argv[1])), 'paper', steps=12, progress=False)")
+              "from tests.conftest import typed; "
+              "run_pretrain(typed(json.load(open(sys.argv[1]))), 'paper', steps=12, "
+              "progress=False)")
     kill_once(script, [str(overlay)], tmp_path / "paper" / "checkpoints", "last.pt", 1)
     done = _losses(tmp_path / "paper")
     assert 6 <= len(done) < 12  # it was killed between the checkpoint and the end
-    run_pretrain(params, "paper", steps=12, resume=True, progress=False)
+    run_pretrain(typed(params), "paper", steps=12, resume=True, progress=False)
     resumed, reference = _losses(tmp_path / "paper"), _losses(straight)
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     for a, b in zip(resumed, reference, strict=True):
         for key in ("loss", "mim", "feat", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
     # resuming a finished run trains nothing and reports the same metrics
-    again = run_pretrain(params, "paper", steps=12, resume=True, progress=False)
+    again = run_pretrain(typed(params), "paper", steps=12, resume=True, progress=False)
     assert again["steps"] == 12 and again["loss"] == pytest.approx(reference[-1]["loss"], abs=1e-5)
     assert len(_losses(tmp_path / "paper")) == 12
     # a checkpoint from other settings is not resumed
     other = _params(paper, tmp_path, checkpoint_every=6, alpha=0.5)
-    run_pretrain(other, "paper", steps=2, resume=True, progress=False)
+    run_pretrain(typed(other), "paper", steps=2, resume=True, progress=False)
     assert [r["step"] for r in _losses(tmp_path / "paper")] == [1, 2]
 
 
@@ -118,12 +121,12 @@ def test_training_streams_from_s3(paper, straight, world, tmp_path, monkeypatch)
     for key, value in world_env(world["s3"]).items():
         monkeypatch.setenv(key, value)
     url = f"s3://{world['bucket']}/pretrain-test"
-    done = push_build(shards_dir(paper) / "paper", f"{url}/paper", progress=False)
+    done = push_build(Path(paper["paths"]["shards"]) / "paper", f"{url}/paper", progress=False)
     assert done["sent"] == done["shards"] > 1
-    again = push_build(shards_dir(paper) / "paper", f"{url}/paper", progress=False)
+    again = push_build(Path(paper["paths"]["shards"]) / "paper", f"{url}/paper", progress=False)
     assert again["sent"] == 0 and again["skipped"] == done["shards"]
     params = _params(paper, tmp_path, stream={"url": url})
-    run_pretrain(params, "paper", steps=12, progress=False)
+    run_pretrain(typed(params), "paper", steps=12, progress=False)
     config = json.loads((tmp_path / "paper" / "config.json").read_text())
     assert config["shards"] == f"{url}/paper"
     # the same samples in the same order as from local disk: the same losses
@@ -139,7 +142,7 @@ def test_torchrun_two_processes_on_gloo(paper, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
          "--standalone", "-m", "pipelines.cli", "pretrain", "paper", "--steps", "4",
-         "--shards", str(shards_dir(paper) / "paper"),
+         "--shards", str(Path(paper["paths"]["shards"]) / "paper"),
          "--params", str(overlay), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,7 +165,8 @@ def test_resume_on_another_world_size_with_the_same_global_batch(paper, tmp_path
     params = _params(paper, tmp_path, workers=1, checkpoint_every=2)
     overlay = tmp_path / "params.yaml"
     overlay.write_text(yaml.safe_dump(params))
-    args = ["pretrain", "paper", "--steps", "8", "--shards", str(shards_dir(paper) / "paper"),
+    shards = Path(paper["paths"]["shards"]) / "paper"
+    args = ["pretrain", "paper", "--steps", "8", "--shards", str(shards),
             "--params", str(overlay), "--no-progress", "--resume"]
     # preempted as a cluster does it: SIGTERM to torchrun, which stops its workers (they run in
     # sessions of their own, so a SIGKILL to its group would leave them training)

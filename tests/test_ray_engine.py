@@ -6,7 +6,6 @@ stopped by process group here; ingest of an archive source and NAIP, then shards
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -24,17 +23,16 @@ import yaml
 
 pytest.importorskip("ray")
 
-from geopile.engines import RayMapper, wait_for_cpus  # noqa: E402
-from geopile.ingest import ingest  # noqa: E402
-from geopile.params import source_params  # noqa: E402
-from geopile.records import read_records, records_path  # noqa: E402
-from geopile.shards import ShardConfig, write_build  # noqa: E402
-from geopile.shardstore import open_store  # noqa: E402
-from geopile.sources import create_source  # noqa: E402
+from geopile.engines import RayMapper, wait_for_cpus
+from geopile.ingest import ingest
+from geopile.records import read_records, records_path
+from geopile.settings import Shard
+from geopile.shards import write_build
+from geopile.shardstore import open_store
 from geopile.stream.index import INDEX
-from geopile.world.world import s3_client, world_env  # noqa: E402
-from tests.conftest import s3_objects  # noqa: E402
-from tests.killing import kill_once  # noqa: E402
+from geopile.world.world import s3_client, world_env
+from tests.conftest import make_source, s3_objects
+from tests.killing import kill_once
 
 pytestmark = pytest.mark.slow
 RAY = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "bin/ray"
@@ -55,7 +53,7 @@ def _node(args: list[str], temp: Path, env: dict[str, str]) -> subprocess.Popen:
     """
     cmd = [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
            "--disable-usage-stats", *args]
-    log = open(temp / f"node-{len(list(temp.glob('node-*.log')))}.log", "wb")  # noqa: SIM115
+    log = open(temp / f"node-{len(list(temp.glob('node-*.log')))}.log", "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **env})
 
@@ -124,7 +122,7 @@ def cluster(world) -> Iterator[Cluster]:
 
 def _ingest(params: dict, data: Path, mapper: RayMapper | None = None) -> None:
     for name in SOURCES:
-        source = create_source(name, source_params(params, name), data, seed=int(params["seed"]),
+        source = make_source(params, name, data, seed=int(params["seed"]),
                                progress=False)
         ingest(source, workers=2, progress=False, mapper=mapper)
 
@@ -160,7 +158,7 @@ def test_ray_ingest_and_shards_match_local(cluster, local, tmp_path):
     assert [k for k in want if got[k] != want[k]] == []
 
     selection = pa.concat_tables([read_records(records_path(reference, n)) for n in SOURCES])
-    config = dataclasses.replace(ShardConfig.from_params(params["shard"]), max_samples=7)
+    config = Shard.model_validate(params["shard"]).model_copy(update={'max_samples': 7})
     seed = int(params["seed"])
     index_local = write_build(selection, reference, tmp_path / "local", "t", seed, config)
     index_ray = write_build(selection, reference, tmp_path / "ray", "t", seed, config,
@@ -181,7 +179,7 @@ def test_ray_shards_straight_to_s3(cluster, local, world, tmp_path, monkeypatch)
         monkeypatch.setenv(key, value)
     params, reference = local
     selection = pa.concat_tables([read_records(records_path(reference, n)) for n in SOURCES])
-    config = dataclasses.replace(ShardConfig.from_params(params["shard"]), max_samples=7)
+    config = Shard.model_validate(params["shard"]).model_copy(update={'max_samples': 7})
     seed = int(params["seed"])
     index_local = write_build(selection, reference, tmp_path / "local", "t", seed, config)
     want = _files(tmp_path / "local")
@@ -227,7 +225,7 @@ def test_dead_node_and_killed_driver_end_identical(cluster, local, tmp_path):
 
     killer = threading.Thread(target=kill_when_started)
     killer.start()
-    source = create_source("naip", source_params(params, "naip"), data,
+    source = make_source(params, "naip", data,
                            seed=int(params["seed"]), progress=False)
     ingest(source, chunk_size=2, flush_every=2, progress=False,
            mapper=RayMapper(cluster.address, threads=2))
@@ -247,9 +245,10 @@ import sys, yaml
 from pathlib import Path
 from geopile.engines import RayMapper
 from geopile.ingest import ingest
-from geopile.sources import create_source
+from tests.conftest import make_source
+from geopile.sources import source_settings
 params = yaml.safe_load(open(sys.argv[1]))
-src = create_source("naip", params["sources"]["naip"], Path(params["paths"]["data"]),
+src = make_source(params, "naip", Path(params["paths"]["data"]),
                     seed=int(params["seed"]), progress=False)
 ingest(src, chunk_size=2, flush_every=2, progress=False,
        mapper=RayMapper("{cluster.address}", threads=2))
@@ -257,7 +256,7 @@ ingest(src, chunk_size=2, flush_every=2, progress=False,
     kparts = killed / "records" / ".parts" / "naip"
     kill_once(runner, [str(params_file)], kparts, "part-*.parquet", 2)
     assert kparts.is_dir() and not records_path(killed, "naip").exists()
-    source = create_source("naip", source_params(params, "naip"), killed,
+    source = make_source(params, "naip", killed,
                            seed=int(params["seed"]), progress=False)
     ingest(source, progress=False, mapper=RayMapper(cluster.address, threads=2))
     got = _files(killed)

@@ -7,26 +7,25 @@ import pytest
 import yaml
 
 from geopile.ingest import ingest
-from geopile.params import source_params
 from geopile.records import records_path, rejects_path
-from geopile.sources import create_source
+from tests.conftest import make_source
 from tests.killing import kill_once
 
 RUNNER = """
 import sys, yaml
 from pathlib import Path
 from geopile.ingest import ingest
-from geopile.sources import create_source
+from tests.conftest import make_source
 from tests.killing import kill_once
 params = yaml.safe_load(open(sys.argv[1]))
 name = sys.argv[2]
-src = create_source(name, params["sources"][name], Path(params["paths"]["data"]), progress=False)
+src = make_source(params, name, Path(params["paths"]["data"]), progress=False)
 ingest(src, workers=1, chunk_size=2, flush_every=2, progress=False)
 """
 
 
 def _run(params: dict, name: str, data: Path) -> tuple[list, list]:
-    source = create_source(name, source_params(params, name), data, progress=False)
+    source = make_source(params, name, data, progress=False)
     ingest(source, workers=2, progress=False)
     return (pq.read_table(records_path(data, name)).to_pylist(),
             pq.read_table(rejects_path(data, name)).to_pylist())

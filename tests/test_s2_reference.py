@@ -63,7 +63,7 @@ class _Client:
         self._items = items
         self.searches: list[dict] = []
 
-    def open(self, url: str, timeout: float | None = None) -> _Client:  # noqa: ARG002
+    def open(self, url: str, timeout: float | None = None) -> _Client:
         return self
 
     def search(self, **kwargs: object) -> SimpleNamespace:

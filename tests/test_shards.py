@@ -21,12 +21,13 @@ import yaml
 from PIL import Image
 
 from geopile.records import read_records
-from geopile.shards import ShardConfig, select, write_build
+from geopile.settings import Build, Shard
+from geopile.shards import select, write_build
 from geopile.stream.index import INDEX
 from geopile.world.world import s3_client, world_env
-from pipelines.curate import DUPLICATES, REPORT, curated_path, reports_dir
-from pipelines.shard import run_shard, shards_dir
-from tests.conftest import s3_objects
+from pipelines.curate import DUPLICATES, REPORT, curated_path
+from pipelines.shard import run_shard
+from tests.conftest import s3_objects, typed
 from tests.killing import kill_once
 
 
@@ -35,21 +36,21 @@ def built(curated, tmp_path_factory):
     """Every build of the world written once; returns params with a private shard root."""
     params = {**curated, "paths": {**curated["paths"],
                                    "shards": str(tmp_path_factory.mktemp("shards"))}}
-    data = Path(params["paths"]["data"])
     for build in params["builds"]:
-        run_shard(params, build, data, progress=False)
+        run_shard(typed(params), build, progress=False)
     return params
 
 
 def _index(params: dict, build: str) -> dict:
-    return json.loads((shards_dir(params) / build / INDEX).read_text())
+    return json.loads((Path(params["paths"]["shards"]) / build / INDEX).read_text())
 
 
-def _selection(params: dict, build: str, config: ShardConfig, seed: int | None = None):
+def _selection(params: dict, build: str, config: Shard, seed: int | None = None):
     """``select`` with what the shard stage passes it (priority, duplicate edges, counts)."""
-    reports = reports_dir(params)
-    return select(read_records(curated_path(Path(params["paths"]["data"]))), build,
-                  params["builds"][build], params["seed"] if seed is None else seed,
+    reports = Path(params["paths"]["reports"])
+    curated = read_records(curated_path(Path(params["paths"]["data"])))
+    seed = params["seed"] if seed is None else seed
+    return select(curated, build, Build.model_validate(params["builds"][build]), seed,
                   config.cap_scale, priority=params["curate"]["priority"],
                   pairs=json.loads((reports / DUPLICATES).read_text())["pairs"],
                   curate_counts=json.loads((reports / REPORT).read_text())["counts"])
@@ -98,7 +99,7 @@ def test_samples_are_the_same_images_in_every_build(built):
 
 
 def test_index_matches_the_tars(built):
-    root = shards_dir(built) / "paper"
+    root = Path(built["paths"]["shards"]) / "paper"
     index = _index(built, "paper")
     seen = []
     for shard in index["shards"]:
@@ -131,7 +132,7 @@ def test_jpeg_bytes_are_copied(built):
     data = Path(built["paths"]["data"])
     curated = read_records(curated_path(data))
     paths = dict(zip(curated["key"].to_pylist(), curated["path"].to_pylist(), strict=True))
-    urls = sorted(str(p) for p in (shards_dir(built) / "paper").glob("*.tar"))
+    urls = sorted(str(p) for p in (Path(built["paths"]["shards"]) / "paper").glob("*.tar"))
     checked = 0
     for sample in wds.WebDataset(urls, shardshuffle=False):
         meta = json.loads(sample["json"])
@@ -146,11 +147,11 @@ def test_jpeg_bytes_are_copied(built):
 
 def test_rebuild_is_byte_identical(built, tmp_path):
     data = Path(built["paths"]["data"])
-    config = ShardConfig.from_params(built["shard"])
+    config = Shard.model_validate(built["shard"])
     chosen = _selection(built, "paper", config)
     index = write_build(chosen.table, data, tmp_path / "again", "paper", built["seed"], config,
                         curation=chosen.curation)
-    first = shards_dir(built) / "paper"
+    first = Path(built["paths"]["shards"]) / "paper"
     assert index == _index(built, "paper")
     for shard in index["shards"]:
         assert (tmp_path / "again" / shard["name"]).read_bytes() == \
@@ -159,7 +160,7 @@ def test_rebuild_is_byte_identical(built, tmp_path):
 
 def test_naip_four_bands_are_lossless(built, tmp_path):
     data = Path(built["paths"]["data"])
-    config = ShardConfig.from_params({**built["shard"], "naip_bands": 4})
+    config = Shard.model_validate({**built["shard"], "naip_bands": 4})
     chosen = _selection(built, "paper_no_labeled", config, seed=0)
     write_build(chosen.table, data, tmp_path, "naip4", 0, config)
     import rasterio
@@ -176,7 +177,7 @@ def test_loads_in_hf_datasets(built, monkeypatch):
     import datasets
 
     index = _index(built, "paper")
-    urls = [str(shards_dir(built) / "paper" / s["name"]) for s in index["shards"]]
+    urls = [str(Path(built["paths"]["shards"]) / "paper" / s["name"]) for s in index["shards"]]
     ds = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
                                cache_dir=str(Path(built["paths"]["data"]) / "hf-cache"))
     assert ds.num_rows == index["samples"]
@@ -189,8 +190,9 @@ KILLED_BUILD = """
 import sys, yaml
 from pathlib import Path
 from pipelines.shard import run_shard
+from tests.conftest import typed
 params = yaml.safe_load(open(sys.argv[1]))
-run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+run_shard(typed(params), "full", progress=False)
 """
 
 
@@ -205,7 +207,7 @@ def test_killed_build_leaves_only_whole_shards(built, tmp_path):
     for tar in out.glob("shard-*.tar"):  # every shard that has its final name is whole
         with tarfile.open(tar) as t:
             assert len(t.getmembers()) == 8 * 3
-    index = run_shard(params, "full", Path(params["paths"]["data"]), progress=False)
+    index = run_shard(typed(params), "full", progress=False)
     assert not list(out.glob("*.tmp"))
     assert sorted(p.name for p in out.glob("*.tar")) == [s["name"] for s in index["shards"]]
     for shard in index["shards"]:
@@ -214,13 +216,11 @@ def test_killed_build_leaves_only_whole_shards(built, tmp_path):
 
 def test_unknown_build_and_bad_cap(built):
     from geopile.params import ParamsError
-    from geopile.shards import BuildError
 
-    data = Path(built["paths"]["data"])
     with pytest.raises(ParamsError, match="nosuch"):
-        run_shard(built, "nosuch", data, progress=False)
-    with pytest.raises(BuildError, match="builds.x.naip"):
-        select(read_records(curated_path(data)), "x", {"naip": "many"}, 0)
+        run_shard(typed(built), "nosuch", progress=False)
+    with pytest.raises(ParamsError, match=r"builds\.x\.naip"):
+        typed({**built, "builds": {"x": {"naip": "many"}}})
 
 
 def test_dataset_card_lists_sources_licences_and_hashes(built):
@@ -229,7 +229,7 @@ def test_dataset_card_lists_sources_licences_and_hashes(built):
 
     for build, nc_expected in (("paper", True), ("paper_no_resisc45", False)):
         index = _index(built, build)
-        text = (shards_dir(built) / build / CARD).read_text()
+        text = (Path(built["paths"]["shards"]) / build / CARD).read_text()
         _, header, body = text.split("---\n", 2)
         meta = yaml.safe_load(header)
         assert meta["source_datasets"] == sorted(index["sources"])
@@ -256,8 +256,8 @@ def test_shard_to_s3_writes_the_local_bytes(built, world, monkeypatch):
     client = s3_client(world["s3"])
     for stale in (INDEX, "shard-000999.tar"):
         client.put_object(Bucket=world["bucket"], Key=f"to-test/{build}/{stale}", Body=b"old")
-    run_shard(built, build, Path(built["paths"]["data"]), progress=False,
+    run_shard(typed(built), build, progress=False,
               to=f"s3://{world['bucket']}/to-test")
-    local = shards_dir(built) / build
+    local = Path(built["paths"]["shards"]) / build
     want = {p.name: p.read_bytes() for p in local.iterdir() if p.is_file()}
     assert s3_objects(world["s3"], world["bucket"], f"to-test/{build}") == want

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,12 +15,11 @@ from rasterio.enums import Resampling
 
 from geopile.imagestats import band_names, decode, rgb_preview
 from geopile.ingest import ingest
-from geopile.params import source_params
 from geopile.records import read_records, records_path, rejects_path
-from geopile.sources import create_source
-from geopile.sources.stac import StacSource, query_filter, stratum_of
+from geopile.sources.stac import Harmonize, query_filter, stratum_of
 from geopile.stac import ItemRef
 from geopile.world.sentinel2 import BOA_ADD_OFFSET
+from tests.conftest import make_source, source_of
 from tests.killing import kill_once
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
@@ -48,18 +46,13 @@ def test_query_filter_has_the_query_extension_semantics():
 
 
 def test_harmonize_shifts_only_later_baselines():
-    rule = {"property": "s2:processing_baseline", "since": "04.00", "offset": 1000}
-    source = SimpleNamespace(params={"harmonize": rule})
-    item = ItemRef("id", "2022-07-15T18:50:19Z", 32610, (0, 0, 1, 1), {}, {})
+    rule = Harmonize(property="s2:processing_baseline", since="04.00", offset=1000)
     for baseline, shifted in (("02.12", False), ("03.01", False), ("04.00", True),
                               ("05.09", True)):
-        item.properties["s2:processing_baseline"] = baseline
-        assert StacSource.shifted(source, item) is shifted, baseline
-    item.properties.clear()  # no baseline recorded: left as published
-    assert not StacSource.shifted(source, item)
-    assert not StacSource.shifted(SimpleNamespace(params={}), item)
+        assert rule.applies({"s2:processing_baseline": baseline}) is shifted, baseline
+    assert not rule.applies({})  # no baseline recorded: left as published
     dn = np.array([[[0, 999, 1000, 1001, 11000]]], dtype=np.uint16)
-    out = StacSource.harmonized(source, dn)
+    out = rule.undo(dn)
     assert out.dtype == np.uint16 and out.tolist() == [[[0, 0, 0, 1, 10000]]]
 
 
@@ -78,9 +71,9 @@ def test_stratum_keys():
 # --- the world's Sentinel-2 --------------------------------------------------------------------
 
 def _ingest(params: dict, **overrides) -> tuple:
-    sp = {**source_params(params, "sentinel2"), **overrides}
+    sp = {**params["sources"]["sentinel2"], **overrides}
     data = Path(params["paths"]["data"])
-    source = create_source("sentinel2", sp, data, progress=False)
+    source = source_of("sentinel2", sp, data, progress=False)
     summary = ingest(source, workers=4, progress=False)
     return source, summary, read_records(records_path(data, "sentinel2")).to_pylist()
 
@@ -112,13 +105,13 @@ def test_sentinel2_patches_are_lossless_filtered_and_stratified(params, world_di
     for r in rows:
         counts[r["key"].split("/", 1)[1].rsplit("_", 1)[0]] = counts.get(
             r["key"].split("/", 1)[1].rsplit("_", 1)[0], 0) + 1
-    assert counts == dict(quotas) and len(rows) == summary.images == source.params["count"]
+    assert counts == dict(quotas) and len(rows) == summary.images == source.settings.count
 
     data = Path(params["paths"]["data"])
     for row in rows:
         assert row["bands"] == 12 and row["dtype"] == "uint16" and row["format"] == "tiff"
         assert row["band_names"] == S2 and row["width"] == row["height"] == size
-        assert row["cloud_fraction"] <= source.params["max_cloud"]
+        assert row["cloud_fraction"] <= source.settings.max_cloud
         assert _when(row["datetime"]) == _when(items[row["stac_item"]]["datetime"])
         assert row["asset_href"].startswith("http://127.0.0.1") and "?" not in row["asset_href"]
         raw = (data / row["path"]).read_bytes()
@@ -157,7 +150,7 @@ def test_cloud_filter_rejects_exactly_the_cloudy_windows(params, world_dir, trut
     assert cloudy, "the partly cloudy date should have rejected some windows"
     items = {t["item_id"]: t for t in truth["sentinel2"]["item_truth"]}
     classes = truth["sentinel2"]["cloud_classes"]
-    max_cloud = source.params["max_cloud"]
+    max_cloud = source.settings.max_cloud
     by_key = {c.key: c for c in source.candidates()}
     for outcome, rejected in [(r, False) for r in rows] + [(r, True) for r in cloudy]:
         task = by_key[outcome["key"]].task
@@ -171,9 +164,9 @@ def test_cloud_filter_rejects_exactly_the_cloudy_windows(params, world_dir, trut
 
 
 def test_query_setting_is_validated(params):
-    from pydantic import ValidationError  # noqa: PLC0415
+    from pydantic import ValidationError
 
-    from geopile.sources.stac import StacSettings  # noqa: PLC0415
+    from geopile.sources.stac import StacSettings
 
     block = params["sources"]["sentinel2"]
     StacSettings.model_validate(block)  # the world's overlay (sentinel2 on) is valid
@@ -185,9 +178,9 @@ RUNNER = """
 import sys, yaml
 from pathlib import Path
 from geopile.ingest import ingest
-from geopile.sources import create_source
+from tests.conftest import make_source
 params = yaml.safe_load(open(sys.argv[1]))
-src = create_source("sentinel2", params["sources"]["sentinel2"], Path(params["paths"]["data"]),
+src = make_source(params, "sentinel2", Path(params["paths"]["data"]),
                     progress=False)
 ingest(src, workers=1, chunk_size=2, flush_every=2, progress=False)
 """
@@ -197,7 +190,7 @@ ingest(src, workers=1, chunk_size=2, flush_every=2, progress=False)
 def test_killed_ingest_resumes_to_identical_records(params, tmp_path):
     params["sources"]["sentinel2"]["count"] = 16
     clean = tmp_path / "clean"
-    source = create_source("sentinel2", source_params(params, "sentinel2"), clean, progress=False)
+    source = make_source(params, "sentinel2", clean, progress=False)
     ingest(source, workers=2, progress=False)
     want = pq.read_table(records_path(clean, "sentinel2")).to_pylist()
     killed = tmp_path / "killed"
@@ -205,7 +198,7 @@ def test_killed_ingest_resumes_to_identical_records(params, tmp_path):
     params_file.write_text(yaml.safe_dump({**params, "paths": {"data": str(killed)}}))
     parts = killed / "records" / ".parts" / "sentinel2"
     kill_once(RUNNER, [str(params_file)], parts, "part-*.parquet", 3)
-    source = create_source("sentinel2", source_params(params, "sentinel2"), killed,
+    source = make_source(params, "sentinel2", killed,
                            progress=False)
     ingest(source, workers=2, progress=False)
     got = pq.read_table(records_path(killed, "sentinel2")).to_pylist()
@@ -225,9 +218,9 @@ def test_no_record_holds_a_token(params):
 
 
 def test_twelve_band_tiff_decodes_and_previews(tmp_path):
-    from geopile.cog import Patch, encode_geotiff  # noqa: PLC0415
-    from geopile.curate import _grey, rgb_thumbnail  # noqa: PLC0415
-    from geopile.imagestats import luma  # noqa: PLC0415
+    from geopile.cog import Patch, encode_geotiff
+    from geopile.curate import _grey, rgb_thumbnail
+    from geopile.imagestats import luma
 
     px = np.random.default_rng(0).integers(1, 6000, (12, 40, 40)).astype(np.uint16)
     path = tmp_path / "p.tif"

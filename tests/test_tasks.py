@@ -17,6 +17,7 @@ from pipelines.arp import dataset_of, paper_scores
 from pipelines.finetune import run_finetune
 from pipelines.tasks import TASKS, downstream_sets, list_tasks
 from pipelines.tasks.base import read_sample
+from tests.conftest import typed
 
 
 def test_the_registry_holds_each_paper_task_once():
@@ -47,7 +48,7 @@ def test_task_declares_its_facts(name):
 @pytest.mark.parametrize("name", list_tasks())
 def test_task_reads_its_world_copy(curated, truth, name):
     task = TASKS[name]
-    splits = task.splits(curated)
+    splits = task.splits(typed(curated))
     assert {"train", "test"} <= set(splits) and all(len(d) > 0 for d in splits.values())
     made = truth["sources"]["ucmerced"] if name == "ucm" else truth["downstream"][task.dataset]
     sizes = {s: len(d) for s, d in splits.items()}
@@ -63,15 +64,15 @@ def test_task_reads_its_world_copy(curated, truth, name):
 def test_task_trains_evaluates_and_resumes_exactly(curated, tmp_path, name):
     task = TASKS[name]
     steps = 2  # epochs or iterations, by the task's family
-    straight = run_finetune(curated, name, "random", length=steps, progress=False,
+    straight = run_finetune(typed(curated), name, "random", length=steps, progress=False,
                             out=tmp_path / "straight")
     assert straight["task"] == name and straight["dataset"] == task.dataset
     assert set(straight["scores"]) == set(task.scores)
     assert all(math.isfinite(v) for v in straight["scores"].values())
     # stopped after one epoch (or iteration) and resumed: the same weights as the straight run
-    run_finetune(curated, name, "random", length=1, progress=False, out=tmp_path / "resumed")
-    resumed = run_finetune(curated, name, "random", length=steps, resume=True, progress=False,
-                           out=tmp_path / "resumed")
+    run_finetune(typed(curated), name, "random", length=1, progress=False, out=tmp_path / "resumed")
+    resumed = run_finetune(typed(curated), name, "random", length=steps, resume=True,
+                           progress=False, out=tmp_path / "resumed")
     weights = [torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=False)
                ["model"] for run in ("straight", "resumed")]
     assert weights[0].keys() == weights[1].keys()
@@ -82,7 +83,7 @@ def test_task_trains_evaluates_and_resumes_exactly(curated, tmp_path, name):
     history = (out / "history.csv").read_text()
     (out / "history.csv").unlink()
     (out / "metrics.json").unlink()
-    again = run_finetune(curated, name, "random", length=steps, resume=True, progress=False,
+    again = run_finetune(typed(curated), name, "random", length=steps, resume=True, progress=False,
                          out=out)
     assert again == straight and (out / "history.csv").read_text() == history
     assert json.loads((out / "config.json").read_text())["protocol"] == task.protocol

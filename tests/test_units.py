@@ -117,15 +117,13 @@ def test_every_source_file_holds_its_published_facts():
         assert pub.downloads or cls.user_input or cls.inputs is not Source.inputs
 
 
-def test_curate_and_shard_configs_take_their_values_from_params():
-    from geopile.curate import CurateConfig
-    from geopile.shards import ShardConfig
+def test_curate_and_shard_settings_take_their_values_from_params():
+    from geopile.settings import check_params
 
     params = load_params([Path(__file__).resolve().parents[1] / "params.yaml"])
-    assert CurateConfig.from_params(params["curate"]).min_correlation == 0.9
-    assert ShardConfig.from_params(params["shard"]).max_samples == 10_000
-    with pytest.raises(ValueError, match="curate.min_correlation: missing"):
-        CurateConfig.from_params({k: v for k, v in params["curate"].items()
-                                  if k != "min_correlation"})
-    with pytest.raises(ValueError, match="shard.naip_bands: missing"):
-        ShardConfig.from_params({k: v for k, v in params["shard"].items() if k != "naip_bands"})
+    settings = check_params(params)
+    assert settings.curate.min_correlation == 0.9 and settings.shard.max_samples == 10_000
+    for block, key in (("curate", "min_correlation"), ("shard", "naip_bands")):
+        without = {**params, block: {k: v for k, v in params[block].items() if k != key}}
+        with pytest.raises(ParamsError, match=rf"{block}\.{key}: missing"):
+            check_params(without)

@@ -6,10 +6,12 @@ so several ``folder`` sources can sit side by side.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from geopile.params import ParamsError
+from geopile.schema import SourceSettings
 from geopile.sources.base import IngestContext, Source
 from geopile.sources.folder import FolderSource
 from geopile.sources.mlrsnet import MLRSNet
@@ -31,12 +33,23 @@ def list_sources() -> list[str]:
     return list(SOURCES)
 
 
-def create_source(
-    name: str, params: dict[str, Any], data_dir: Path, *, seed: int = 0, progress: bool = True
-) -> Source:
-    """Instantiate the source configured as ``sources.<name>`` in ``params``."""
-    kind = params.get("type", name)
+def create_source(name: str, settings: SourceSettings, data_dir: Path, *, seed: int = 0,
+                  progress: bool = True) -> Source:
+    """The source configured as ``sources.<name>`` (its typed block, ``Settings.sources``)."""
+    kind = settings.type or name
     if kind not in SOURCES:
         raise ParamsError(f"source {name!r} has type {kind!r}; known types: {', '.join(SOURCES)}")
-    ctx = IngestContext(Path(data_dir), name, params, seed=seed, progress=progress)
+    ctx = IngestContext(Path(data_dir), name, settings, seed=seed, progress=progress)
     return SOURCES[kind](ctx)
+
+
+def source_settings(name: str, block: Mapping[str, Any]) -> SourceSettings:
+    """One ``sources.<name>`` block typed by its kind's model, for a script holding just it.
+
+    The CLI validates the whole params file once instead (:func:`geopile.settings.check_params`,
+    with every problem named); this raises pydantic's own error.
+    """
+    kind = block.get("type", name)
+    if kind not in SOURCES:
+        raise ParamsError(f"source {name!r} has type {kind!r}; known types: {', '.join(SOURCES)}")
+    return SOURCES[kind].settings.model_validate({**block, "type": kind})

@@ -26,7 +26,7 @@ from geopile.imagestats import BadImage, image_stats
 from geopile.params import ParamsError
 from geopile.records import file_key, make_key
 from geopile.schema import SourceSettings
-from geopile.sources.published import Publication, local_name, mirror_urls
+from geopile.sources.published import Mirrors, Publication
 from geopile.staging import install_archive
 from geopile.urls import strip_secrets
 
@@ -39,7 +39,7 @@ class IngestContext:
 
     data_dir: Path
     name: str  # the params entry (a folder source may be registered under any name)
-    params: dict[str, Any]
+    settings: SourceSettings  # its block of params, typed by the source's own model
     seed: int = 0
     progress: bool = True
 
@@ -111,21 +111,22 @@ class Source:
 
     def __init__(self, ctx: IngestContext) -> None:
         self.ctx = ctx
-        self.params = ctx.params
+        self.settings = ctx.settings
+        self.mirrors = Mirrors.of(ctx.settings)
 
     # -- facts ------------------------------------------------------------------------------
     @property
     def licence(self) -> str:
         """Licence of the images (params may override, e.g. for a folder source)."""
-        if self.params.get("licence"):
-            return str(self.params["licence"])
+        if self.settings.licence:
+            return self.settings.licence
         return self.publication.licence if self.publication else "unknown"
 
     @property
     def citation(self) -> str:
         """How to cite the images: params ``citation`` (a folder's), else the publisher's BibTeX."""
-        if self.params.get("citation"):
-            return str(self.params["citation"]).strip()
+        if self.settings.citation:
+            return self.settings.citation.strip()
         return self.bibtex.strip() if self.bibtex else "unknown"
 
     def origin_lines(self) -> list[str]:
@@ -135,19 +136,17 @@ class Source:
         downloaded from (recorded beside the download) or, before any download, the first one
         to try, with its md5. Secrets are stripped: the card is published.
         """
-        given = self.params.get("origin") or self.params.get("homepage")
+        given = self.settings.origin or self.settings.homepage
         if given:
-            return [strip_secrets(str(given))]
+            return [strip_secrets(given)]
         if self.publication is None:
             return [f"unknown (set sources.{self.ctx.name}.origin)"]
-        md5s = self.params.get("md5s") or {}
         lines = []
         for which, published in self.publication.downloads.items():
             used = recorded_source(
-                self.ctx.download_dir / local_name(published, self.params, which))
-            url = used or mirror_urls(published, self.params, which,
-                                      f"sources.{self.ctx.name}")[0]
-            md5 = md5s[which] if which in md5s else published.md5
+                self.ctx.download_dir / self.mirrors.local_name(published, which))
+            url = used or self.mirrors.urls_for(published, which)[0]
+            md5 = self.mirrors.md5_for(published, which)
             lines.append(f"{strip_secrets(url)} (md5 {md5})" if md5
                          else f"{strip_secrets(url)} (no published md5)")
         return lines or [f"{self.publication.homepage} (no public download: supplied by the user)"]
@@ -155,9 +154,9 @@ class Source:
     @property
     def gsd_range(self) -> tuple[float | None, float | None]:
         """The dataset's GSD range in metres, used where the per-image GSD is unknown."""
-        if "gsd_m" in self.params:
-            lo_hi = self.params["gsd_m"]
-            lo, hi = (lo_hi, lo_hi) if isinstance(lo_hi, int | float) else lo_hi
+        lo_hi = getattr(self.settings, "gsd_m", None)
+        if lo_hi is not None:
+            lo, hi = (lo_hi, lo_hi) if isinstance(lo_hi, int | float) else (lo_hi[0], lo_hi[-1])
             return float(lo), float(hi)
         return self.publication.gsd_m if self.publication else (None, None)
 
@@ -169,10 +168,10 @@ class Source:
         ``geopile sources`` asks each of them before an ingest depends on it.
         """
         if self.user_input is not None:
-            given = self.params.get(self.user_input)
+            given = getattr(self.settings, self.user_input, None)
             return {self.user_input: [str(given)] if given else []}
         downloads = self.publication.downloads if self.publication else {}
-        return {which: mirror_urls(published, self.params, which, f"sources.{self.ctx.name}")
+        return {which: self.mirrors.urls_for(published, which)
                 for which, published in downloads.items()}
 
     def quotas(self) -> Mapping[str, int] | None:
@@ -213,13 +212,12 @@ class Source:
         if self.publication is None:
             raise TypeError(f"{type(self).__name__}.download_file needs a publication")
         published = self.publication.downloads.get(which)
-        urls = mirror_urls(published, self.params, which, f"sources.{self.ctx.name}")
+        urls = self.mirrors.urls_for(published, which)
         if not urls:
             raise ParamsError(f"source {self.ctx.name}: no URL for {which!r} (set urls.{which})")
-        md5s = self.params.get("md5s") or {}
-        md5 = md5s[which] if which in md5s else (published.md5 if published else None)
-        dest = self.ctx.download_dir / local_name(published, self.params, which)
-        return download_first(urls, dest, md5, progress=self.ctx.progress)
+        dest = self.ctx.download_dir / self.mirrors.local_name(published, which)
+        return download_first(urls, dest, self.mirrors.md5_for(published, which),
+                              progress=self.ctx.progress)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -251,7 +249,7 @@ class ImageFolderArchive(Source):
         split_of: dict[str, str] = {}
         for split, which in self.split_files.items():
             published = self.publication.downloads.get(which)  # type: ignore[union-attr]
-            listing = self.ctx.download_dir / local_name(published, self.params, which)
+            listing = self.ctx.download_dir / self.mirrors.local_name(published, which)
             for line in listing.read_text().splitlines():
                 if line.strip():
                     split_of[line.strip()] = split

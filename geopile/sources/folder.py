@@ -47,13 +47,13 @@ class FolderSource(ImageFolderArchive):
     @property
     def image_root(self) -> str:  # type: ignore[override]
         """Sub-folder of the extracted tree that holds the class folders."""
-        return str(self.params.get("image_root", "."))
+        return self.settings.image_root or "."
 
     @property
     def classes(self) -> tuple[str, ...]:  # type: ignore[override]
         """Class order from params, else the sorted class folder names."""
-        if "classes" in self.params:
-            return tuple(self.params["classes"])
+        if self.settings.classes is not None:
+            return tuple(self.settings.classes)
         root = self.ctx.raw_dir / self.image_root
         return tuple(p.name for p in self.class_dirs(root)) if root.is_dir() else ()
 
@@ -62,11 +62,11 @@ class FolderSource(ImageFolderArchive):
         return rel.with_suffix("").parts
 
     def _input(self) -> Path:
-        if not self.params.get("path"):
+        if not self.settings.path:
             raise ParamsError(
                 f"source {self.ctx.name}: set sources.{self.ctx.name}.path to a folder or archive"
             )
-        path = Path(self.params["path"]).expanduser()
+        path = Path(self.settings.path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"source {self.ctx.name}: {path} does not exist")
         return path
@@ -78,7 +78,7 @@ class FolderSource(ImageFolderArchive):
         changed path or a changed archive is never read through an earlier run's files.
         """
         path = self._input()
-        if not self.params.get("licence"):
+        if not self.settings.licence:
             log.warning(
                 "source %s has no licence: its images are recorded with licence 'unknown' and "
                 "the dataset card will say so; set sources.%s.licence (e.g. CC-BY-4.0, or "
@@ -88,6 +88,6 @@ class FolderSource(ImageFolderArchive):
             point_raw_dir(self.ctx, path.resolve())
             self._origin_sha256, self.input_id = None, str(path.resolve())
             return
-        fetched = verify_file(path, str(path), self.params.get("md5"))
+        fetched = verify_file(path, str(path), self.settings.md5)
         self._origin_sha256 = self.input_id = fetched.sha256
         install_archive(self.ctx, path, fetched.sha256)

@@ -129,7 +129,7 @@ class MLRSNet(Source):
     @property
     def require_category(self) -> bool:
         """Whether a row without a scene category stops the ingest (params, default true)."""
-        return bool(self.params.get("require_category", True))
+        return self.settings.require_category is not False
 
     def fetch(self) -> None:
         """Download the parquet files and unpack their images, once per version of the files.

@@ -99,45 +99,44 @@ class Naip(StacSource):
 
     def origin_lines(self) -> list[str]:
         """The STAC search the patches were sampled from (for the dataset card)."""
-        p = self.params
-        return [f"STAC {strip_secrets(str(p['stac_url']))} collection "
-                f"`{p['collection']}`, bbox {p.get('bbox')}, {p.get('datetime')}"]
+        s = self.settings
+        return [f"STAC {strip_secrets(s.stac_url)} collection `{s.collection}`, bbox {s.bbox}, "
+                f"{s.datetime}"]
 
     def inputs(self) -> dict[str, list[str]]:
         """The STAC API the windows are planned from (their COGs are read on demand)."""
-        return {"stac_api": [str(self.params["stac_url"])]}
+        return {"stac_api": [self.settings.stac_url]}
 
     @cached_property
     def tiles(self) -> dict[str, list[TileRef]]:
         """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
-        p = self.params
+        p = self.settings
         where = f"sources.{self.ctx.name}"
         by_stratum: dict[str, list[TileRef]] = {}
         for tile in search_tiles(
-            p["stac_url"],
-            collection=p["collection"],
-            bbox=p["bbox"],
-            datetime=p["datetime"],
-            states=p["states"],
-            years=p["years"],
-            gsds=p["gsds"],
-            page_size=int(p["page_size"]),
+            p.stac_url,
+            collection=p.collection,
+            bbox=p.bbox,
+            datetime=p.datetime,
+            states=p.states,
+            years=p.years,
+            gsds=p.gsds,
+            page_size=p.page_size,
             setting=f"{where}.stac_url",
         ):
             by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
         if not by_stratum:
             raise StacError(
-                f"the STAC search at {p['stac_url']} found no items of collection "
-                f"{p['collection']!r} for bbox={p.get('bbox')}, "
-                f"datetime={p.get('datetime')}, states={p.get('states')}, "
-                f"years={p.get('years')}, gsds={p.get('gsds')}. Check {where}.collection and "
+                f"the STAC search at {p.stac_url} found no items of collection "
+                f"{p.collection!r} for bbox={p.bbox}, datetime={p.datetime}, "
+                f"states={p.states}, years={p.years}, gsds={p.gsds}. Check {where}.collection and "
                 "those filters"
             )
         return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
 
     def quotas(self) -> Mapping[str, int]:
         """Patches to accept per (state, year) stratum."""
-        return split_quota(int(self.params["count"]), list(self.tiles))
+        return split_quota(self.settings.count, list(self.tiles))
 
     def fetch(self) -> None:
         """Nothing to download up front: windows are read on demand."""
@@ -168,19 +167,19 @@ class Naip(StacSource):
             window,
             self.patch_size,
             self.signer,
-            retries=int(self.params["retries"]),
-            backoff_s=float(self.params.get("backoff_s", 0.5)),
-            env=self.params.get("gdal_env"),
+            retries=self.settings.retries,
+            backoff_s=self.backoff_s,
+            env=self.settings.gdal_env,
         )
         pixels = np.moveaxis(patch.pixels, 0, -1)
         if pixels.shape[2] != self.expected_bands:
             raise BadImage(f"wrong band count: {pixels.shape[2]}, expected {self.expected_bands}")
         data = encode_geotiff(patch)
         stats = pixel_stats(pixels, data, "tiff", nodata=0)
-        max_nodata = float(self.params["max_nodata"])
+        max_nodata = self.settings.max_nodata
         if stats.nodata_fraction > max_nodata:
             raise BadImage(f"nodata fraction {stats.nodata_fraction:.3f} > max_nodata {max_nodata}")
-        min_entropy = float(self.params["min_entropy"])
+        min_entropy = self.settings.min_entropy
         if stats.entropy_global < min_entropy:
             raise BadImage(f"entropy {stats.entropy_global:.2f} < min_entropy {min_entropy}")
         name = cand.key.split("/", 1)[1]

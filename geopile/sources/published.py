@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from geopile.download import url_filename
-from geopile.params import ParamsError
 
 
 @dataclass(frozen=True, init=False)
@@ -67,44 +66,59 @@ def rehost(url: str, mirror_root: str) -> str:
     return f"{mirror_root.rstrip('/')}/{parts.netloc}{parts.path}"
 
 
-def mirror_urls(published: Download | None, block: Mapping[str, Any], which: str,
-                where: str = "") -> list[str]:
-    """The URLs to try for file ``which``, in order, from a params block over the published ones.
+def _given(block: Any) -> dict[str, Any]:
+    """What a settings block sets (a model's set fields, or a mapping), not its defaults."""
+    if block is None:
+        return {}
+    if hasattr(block, "model_dump"):
+        return block.model_dump(exclude_unset=True)
+    return dict(block)
 
-    ``urls.<which>`` (one URL or a list: the user's own mirrors) come first, then the published
-    mirrors. With ``mirror_root`` set the published mirrors are replaced by their copies under
-    it (see :func:`rehost`), so nothing past that root is asked (the offline world).
 
-    Args:
-        published: The source's entry for the file, if the file is published.
-        block: The ``sources.<name>`` or ``downstream.<name>`` params block.
-        which: The file's key (``archive``, ``split_train``...).
-        where: The block's params path, for error messages (``sources.ucmerced``).
+@dataclass(frozen=True)
+class Mirrors:
+    """What a params block says about its published files, over what the publisher says.
 
-    Raises:
-        ParamsError: If ``urls.<which>`` is neither a string nor a list of strings.
+    ``urls``: your own mirrors per file (a URL, a path or a list), tried first; ``md5s``: the md5
+    to check per file (``null``: no check); ``root``: a copy of the web laid out as
+    ``<root>/<host>/<path>`` (the offline world), which replaces the published mirrors.
     """
-    user = (block.get("urls") or {}).get(which)
-    own = [user] if isinstance(user, str) else user
-    if own is None:
-        own = []
-    if not isinstance(own, list) or not all(isinstance(u, str) and u for u in own):
-        raise ParamsError(f"{where or 'params'}.urls.{which} must be a URL or a list of URLs, "
-                          f"not {user!r}")
-    listed = list(published.mirrors) if published else []
-    root = block.get("mirror_root")
-    if root:
-        listed = [rehost(u, str(root)) for u in listed]
-    return list(dict.fromkeys(own + listed))
 
+    urls: Mapping[str, str | list[str]] = field(default_factory=dict)
+    md5s: Mapping[str, str | None] = field(default_factory=dict)
+    root: str | None = None
 
-def local_name(published: Download | None, block: Mapping[str, Any], which: str) -> str:
-    """The local file name of ``which``: the published name, else the user URL's path end."""
-    if published is not None:
-        return published.filename
-    urls = mirror_urls(None, block, which)
-    name = url_filename(urls[0]) if urls else ""
-    return name or which
+    @classmethod
+    def of(cls, block: Any) -> Mirrors:
+        """From a ``sources.NAME`` or ``downstream.SET`` settings block (what it sets)."""
+        return cls(_given(getattr(block, "urls", None)), _given(getattr(block, "md5s", None)),
+                   getattr(block, "mirror_root", None))
+
+    def urls_for(self, published: Download | None, which: str) -> list[str]:
+        """The URLs to try for file ``which``, in order: yours, then the published mirrors.
+
+        With ``root`` set the published mirrors are replaced by their copies under it (see
+        :func:`rehost`), so nothing past that root is asked (the offline world).
+        """
+        own = self.urls.get(which) or []
+        listed = list(published.mirrors) if published else []
+        if self.root:
+            listed = [rehost(u, str(self.root)) for u in listed]
+        return list(dict.fromkeys(([own] if isinstance(own, str) else list(own)) + listed))
+
+    def md5_for(self, published: Download | None, which: str) -> str | None:
+        """The md5 to check ``which`` by: yours if set (``null``: none), else the publisher's."""
+        if which in self.md5s:
+            return self.md5s[which]
+        return published.md5 if published else None
+
+    def local_name(self, published: Download | None, which: str) -> str:
+        """The local file name of ``which``: the published name, else the user URL's path end."""
+        if published is not None:
+            return published.filename
+        urls = self.urls_for(None, which)
+        name = url_filename(urls[0]) if urls else ""
+        return name or which
 
 
 # Hosts that serve files of several corpora (each source's file names its own re-host):

@@ -88,17 +88,17 @@ class RSD46(ImageFolderArchive):
     @property
     def image_root(self) -> str:  # type: ignore[override]
         """Top folder of the extracted archive (params ``image_root``, default ``RSD46-WHU``)."""
-        return str(self.params.get("image_root", "RSD46-WHU"))
+        return self.settings.image_root or "RSD46-WHU"
 
     def fetch(self) -> None:
         """Verify (if an md5 is given) and extract the user's archive, keyed by its hash."""
-        archive = self.params.get("archive")
+        archive = self.settings.archive
         if not archive:
             raise FileNotFoundError(HOW_TO_GET)
         path = Path(archive).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist. {HOW_TO_GET}")
-        fetched = verify_file(path, str(path), self.params.get("md5"))
+        fetched = verify_file(path, str(path), self.settings.md5)
         self._origin_sha256 = self.input_id = fetched.sha256
         install_archive(self.ctx, path, fetched.sha256)
 

@@ -174,6 +174,21 @@ class Harmonize(Block):
     since: Text = Field(description="items whose property is >= this (as text) are shifted")
     offset: int = Field(gt=0, description="added to every band value by later processing")
 
+    def applies(self, properties: Mapping[str, Any]) -> bool:
+        """Whether an item with these properties is shifted (its property at or past ``since``).
+
+        Sentinel-2 L2A from processing baseline 04.00 (January 2022) stores DN + 1000
+        (``BOA_ADD_OFFSET``); the Planetary Computer's recipe puts those items back on the
+        earlier scale, so one corpus has one scale. An item without the property is left as
+        published.
+        """
+        value = properties.get(self.property)
+        return value is not None and str(value) >= self.since
+
+    def undo(self, pixels: np.ndarray) -> np.ndarray:
+        """``clip(DN, offset) - offset``, in the stored dtype (the Planetary Computer's recipe)."""
+        return (np.maximum(pixels, self.offset) - self.offset).astype(pixels.dtype)
+
 
 class StacSettings(StacSearch):
     """``type: stac``: multi-band patches of any STAC collection (geopile/sources/stac.py)."""
@@ -224,18 +239,18 @@ class StacSource(Source):
 
     def origin_lines(self) -> list[str]:
         """The STAC search the patches were sampled from (for the dataset card)."""
-        p = self.params
-        return [f"STAC {strip_secrets(str(p['stac_url']))} collection `{p['collection']}`, "
-                f"bbox {p.get('bbox')}, {p.get('datetime')}, query {p.get('query')}"]
+        s = self.settings
+        return [f"STAC {strip_secrets(s.stac_url)} collection `{s.collection}`, "
+                f"bbox {s.bbox}, {s.datetime}, query {getattr(s, 'query', None)}"]
 
     def inputs(self) -> dict[str, list[str]]:
         """The STAC API the boxes are planned from (their COGs are read on demand)."""
-        return {"stac_api": [str(self.params["stac_url"])]}
+        return {"stac_api": [self.settings.stac_url]}
 
     @cached_property
-    def signer(self):  # noqa: ANN201 - a Signer
+    def signer(self):  # a Signer
         """The URL signer named by ``signer`` (``planetary_computer`` for its collections)."""
-        return resolve_signer(self.params.get("signer"))
+        return resolve_signer(self.settings.signer)
 
     @property
     def where(self) -> str:
@@ -245,51 +260,50 @@ class StacSource(Source):
     @property
     def assets(self) -> list[str]:
         """Asset keys stacked as bands, in order."""
-        return [str(a) for a in self.params["assets"]]
+        return list(self.settings.assets)
 
     @property
     def cloud_asset(self) -> str | None:
         """The scene classification asset the cloud filter reads (Sentinel-2: SCL)."""
-        return self.params.get("cloud_asset") or None
+        return self.settings.cloud_asset or None
 
     @property
     def patch_size(self) -> int:
         """Output patch side in pixels at ``target_gsd``."""
-        return int(self.params["patch_size"])
+        return self.settings.patch_size
 
     @property
     def target_gsd(self) -> float:
         """Output ground sample distance in metres."""
-        return float(self.params["target_gsd"])
+        return self.settings.target_gsd
 
     @cached_property
     def items(self) -> dict[str, list[ItemRef]]:
         """Matching items per stratum, sorted by item id."""
-        p = self.params
-        keep = query_filter(p.get("query"), f"{self.where}.query")
+        p = self.settings
+        keep = query_filter(p.query, f"{self.where}.query")
         wanted = self.assets + ([self.cloud_asset] if self.cloud_asset else [])
         by_stratum: dict[str, list[ItemRef]] = {}
         for item in search_items(
-            p["stac_url"], collection=p["collection"], bbox=p.get("bbox"),
-            datetime=p.get("datetime"), assets=wanted, keep=keep,
-            page_size=int(p["page_size"]), setting=f"{self.where}.stac_url",
+            p.stac_url, collection=p.collection, bbox=p.bbox, datetime=p.datetime,
+            assets=wanted, keep=keep, page_size=p.page_size, setting=f"{self.where}.stac_url",
         ):
             try:
-                stratum = stratum_of(item, list(p.get("strata") or []))
+                stratum = stratum_of(item, list(p.strata))
             except KeyError as err:
                 raise StacError(f"STAC item {item.item_id!r} has no property {err} named in "
                                 f"{self.where}.strata") from None
             by_stratum.setdefault(stratum, []).append(item)
         if not by_stratum:
             raise StacError(
-                f"the STAC search at {p['stac_url']} found no items of collection "
-                f"{p['collection']!r} for bbox={p.get('bbox')}, datetime={p.get('datetime')}, "
-                f"query={p.get('query')}. Check {self.where}.collection and those filters")
+                f"the STAC search at {p.stac_url} found no items of collection "
+                f"{p.collection!r} for bbox={p.bbox}, datetime={p.datetime}, "
+                f"query={p.query}. Check {self.where}.collection and those filters")
         return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
 
     def quotas(self) -> Mapping[str, int]:
         """Patches to accept per stratum."""
-        return split_quota(int(self.params["count"]), list(self.items))
+        return split_quota(self.settings.count, list(self.items))
 
     def fetch(self) -> None:
         """Nothing to download up front: windows are read on demand."""
@@ -318,9 +332,9 @@ class StacSource(Source):
         Shared with NAIP (its draws are windows of one tile): the same seed gives the same
         keys, in the same order, on every run.
         """
-        seed = int(self.params.get("seed", self.ctx.seed))
+        seed = self.ctx.seed if self.settings.seed is None else self.settings.seed
         quotas = self.quotas()
-        factor = int(self.params["max_draws_factor"])
+        factor = self.settings.max_draws_factor
         rngs = {s: np.random.default_rng([seed, zlib.crc32(s.encode())]) for s in quotas}
         for draw in range(max(quotas.values()) * factor):
             for stratum in quotas:
@@ -357,37 +371,23 @@ class StacSource(Source):
         window = self.window(task, asset)
         return read_window(
             ref.href, window, self.patch_size, self.signer,
-            retries=int(self.params["retries"]),
-            backoff_s=float(self.params.get("backoff_s", 0.5)),
-            env=self.gdal_env, resampling=resampling)
+            retries=self.settings.retries, backoff_s=self.backoff_s, env=self.gdal_env,
+            resampling=resampling)
+
+    @property
+    def backoff_s(self) -> float:
+        """Seconds before the first retry of a window read (``backoff_s``, else 0.5)."""
+        return 0.5 if self.settings.backoff_s is None else self.settings.backoff_s
 
     @cached_property
     def gdal_env(self) -> dict[str, object]:
         """``gdal_env``, plus requester-pays S3 settings when ``requester_pays`` is on."""
-        env = dict(self.params.get("gdal_env") or {})
-        if self.params.get("requester_pays"):
+        env: dict[str, object] = dict(self.settings.gdal_env or {})
+        if getattr(self.settings, "requester_pays", False):
             env["AWS_REQUEST_PAYER"] = "requester"
-            if self.params.get("aws_profile"):
-                env["AWS_PROFILE"] = str(self.params["aws_profile"])
+            if self.settings.aws_profile:
+                env["AWS_PROFILE"] = self.settings.aws_profile
         return env
-
-    def shifted(self, item: ItemRef) -> bool:
-        """Whether ``harmonize`` applies to ``item`` (its property is at or past ``since``).
-
-        Sentinel-2 L2A from processing baseline 04.00 (January 2022) stores DN + 1000
-        (``BOA_ADD_OFFSET``); the Planetary Computer's recipe puts those items back on the
-        earlier scale, so one corpus has one scale.
-        """
-        rule = self.params.get("harmonize")
-        if not rule:
-            return False
-        value = item.properties.get(rule["property"])
-        return value is not None and str(value) >= str(rule["since"])
-
-    def harmonized(self, pixels: np.ndarray) -> np.ndarray:
-        """``clip(DN, offset) - offset``, in the stored dtype (the Planetary Computer's recipe)."""
-        offset = int(self.params["harmonize"]["offset"])
-        return (np.maximum(pixels, offset) - offset).astype(pixels.dtype)
 
     def process(self, cand: Candidate) -> Processed:
         """Read every band, filter (nodata, cloud, entropy), encode and measure one patch."""
@@ -399,8 +399,9 @@ class StacSource(Source):
                                f"{self.where}.assets takes single-band assets")
         stack = np.concatenate([r.pixels for r in reads])
         nodata = (stack == 0).all(axis=0)  # on the published values: 0 is nodata on any scale
-        if self.shifted(task.item):
-            stack = self.harmonized(stack)
+        rule = self.settings.harmonize
+        if rule is not None and rule.applies(task.item.properties):
+            stack = rule.undo(stack)
         fine = min(range(len(reads)), key=lambda i: task.item.assets[self.assets[i]].gsd)
         patch = Patch(stack, reads[fine].crs, reads[fine].transform, reads[fine].bounds)
         pixels = np.moveaxis(stack, 0, -1)
@@ -408,18 +409,18 @@ class StacSource(Source):
         if self.cloud_asset:
             scl = self._read(task, self.cloud_asset, Resampling.nearest).pixels[0]
             nodata |= scl == 0
-            classes = [int(c) for c in self.params["cloud_classes"]]
+            classes = list(self.settings.cloud_classes)
             cloud_fraction = float(np.isin(scl, classes).mean())
         nodata_fraction = float(nodata.mean())
-        max_nodata = float(self.params["max_nodata"])
+        max_nodata = self.settings.max_nodata
         if nodata_fraction > max_nodata:
             raise BadImage(f"nodata fraction {nodata_fraction:.3f} > max_nodata {max_nodata}")
-        max_cloud = self.params.get("max_cloud")
+        max_cloud = self.settings.max_cloud
         if cloud_fraction is not None and max_cloud is not None and cloud_fraction > max_cloud:
             raise BadImage(f"cloud fraction {cloud_fraction:.3f} > max_cloud {max_cloud}")
         data = encode_geotiff(patch, self.assets)
         stats = pixel_stats(rgb_preview(pixels, self.assets), data, "tiff")
-        min_entropy = float(self.params["min_entropy"])
+        min_entropy = self.settings.min_entropy
         if stats.entropy_global < min_entropy:
             raise BadImage(f"entropy {stats.entropy_global:.2f} < min_entropy {min_entropy}")
         h, w, c = pixels.shape

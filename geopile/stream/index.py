@@ -203,12 +203,7 @@ def _check_shard(shard: Any, at: str, refuse: _Refuse, names: set[str], keys: se
         raise refuse(f"{at}.samples", shard["samples"],
                      f"the shard lists {len(shard_keys)} keys (the counts disagree)")
     if "xxh3" in shard:
-        hashes = shard["xxh3"]
-        if not isinstance(hashes, list) or len(hashes) != len(shard_keys):
-            raise refuse(f"{at}.xxh3", hashes, f"must be a list of {len(shard_keys)} digests")
-        for h in hashes:
-            if not isinstance(h, str) or not _XXH3.fullmatch(h):
-                raise refuse(f"{at}.xxh3", h, "a digest is 16 lowercase hexadecimal digits")
+        _check_digests(shard["xxh3"], len(shard_keys), f"{at}.xxh3", refuse)
     _check_offsets(offsets, size, f"{at}.offsets", refuse)
     for key in shard_keys:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS or "\0" in key:
@@ -217,6 +212,15 @@ def _check_shard(shard: Any, at: str, refuse: _Refuse, names: set[str], keys: se
             raise refuse(f"{at}.keys", key, "a key appears twice in the build")
         keys.add(key)
     return len(shard_keys)
+
+
+def _check_digests(hashes: Any, count: int, at: str, refuse: _Refuse) -> None:
+    """The optional per-sample xxh3 digests: one per key, each 16 lowercase hex digits."""
+    if not isinstance(hashes, list) or len(hashes) != count:
+        raise refuse(at, hashes, f"must be a list of {count} digests")
+    for h in hashes:
+        if not isinstance(h, str) or not _XXH3.fullmatch(h):
+            raise refuse(at, h, "a digest is 16 lowercase hexadecimal digits")
 
 
 def _check_offsets(offsets: list[Any], size: int, at: str, refuse: _Refuse) -> None:

@@ -357,7 +357,7 @@ FIXTURES: dict[str, Fixture] = {
 }
 
 
-def build_downstream(writer, sets: Mapping[str, tuple[DownstreamSet, Fixture]],  # noqa: ANN001
+def build_downstream(writer, sets: Mapping[str, tuple[DownstreamSet, Fixture]],
                      seed: int = 0) -> dict:
     """Every set at its published URL's mirror path or (no URL) under ``user/``.
 

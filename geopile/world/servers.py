@@ -60,7 +60,7 @@ def _tool(name: str) -> str:
 
 def _spawn(name: str, cmd: list[str], run_dir: Path, env: dict[str, str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
+    log = open(run_dir / f"{name}.log", "wb")  # handed to the child
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, env={**os.environ, **(env or {})}, cwd=run_dir,

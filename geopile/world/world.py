@@ -81,7 +81,7 @@ def load_truth(world_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def s3_client(endpoint: str):  # noqa: ANN201 - a boto3 S3 client
+def s3_client(endpoint: str):  # a boto3 S3 client
     """A boto3 client for the world's S3 server."""
     return boto3.client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", **WORLD_CREDENTIALS,

@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, fetched_root
-from geopile.params import path_of
-from geopile.settings import Finetune
+from geopile.settings import Finetune, Settings
+from geopile.sources.published import Mirrors
 from pipelines.encoders import Init
 from pipelines.engine import Dist, Loop, Resumable
 
@@ -67,14 +67,15 @@ class Task:
     protocol: str  # how it is evaluated, and where that protocol comes from
     family: ClassVar[str] = ""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """The task's datasets by split (``train``, ``test``, ``val`` where published)."""
         raise NotImplementedError
 
-    def root(self, params: dict[str, Any]) -> Path:
+    def root(self, settings: Settings) -> Path:
         """The verified, extracted published files (fetched on first use)."""
         assert self.published is not None
-        return fetched_root(self.dataset, self.published, params, path_of(params, "data"))
+        return fetched_root(self.dataset, self.published,
+                            Mirrors.of(settings.downstream.get(self.dataset)), settings.paths.data)
 
     def geometry(self, settings: Finetune) -> tuple[int, int]:
         """(input size, window): the task's, or ``finetune.tasks.NAME``'s overrides."""

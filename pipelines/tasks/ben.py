@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.classification import ClassificationTask
 
@@ -54,7 +55,7 @@ def ben_to_255(image: torch.Tensor) -> torch.Tensor:
 class BigEarthNet(ClassificationTask):
     """torchgeo's ``BigEarthNet`` (S2, 19 classes), reading only the reference's three bands."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / val / test."""
         from torchgeo.datasets import BigEarthNet as Reader
 
@@ -65,7 +66,7 @@ class BigEarthNet(ClassificationTask):
                 folder = Path(self.folders[index]["s2"])
                 return [str(folder / f"{folder.name}_{band}.tif") for band in RGB]
 
-        root = self.root(params)
+        root = self.root(settings)
         return {split: RGBReader(str(root), split=split, bands="s2", num_classes=19)
                 for split in ("train", "val", "test")}
 

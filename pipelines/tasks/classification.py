@@ -96,7 +96,7 @@ class ClassificationTask(Task):
         ops.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
         return v2.Compose(ops)
 
-    def metric(self, device: torch.device):  # noqa: ANN201 - a torchmetrics Metric
+    def metric(self, device: torch.device):  # a torchmetrics Metric
         """Top-1 (single label) or micro average precision (multi-label)."""
         from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 

@@ -8,11 +8,10 @@ masks are ``.tif``, the others ``.png``: pairs are matched by file stem.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import ChangeTask, PairedFolders, split_dir
 
@@ -29,9 +28,9 @@ PUBLISHED = DownstreamSet(
 class Dsifn(ChangeTask):
     """``t1``, ``t2`` and ``mask`` (change 255) paired by file stem."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / val / test."""
-        root = self.root(params)
+        root = self.root(settings)
         return {s: PairedFolders(split_dir(root, s, "t1"), ("t1", "t2"), "mask")
                 for s in ("train", "val", "test")}
 

@@ -8,12 +8,11 @@ checkpoint is scored, as in the reference.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.ben import ben_to_255
 from pipelines.tasks.dense import ChangeTask
@@ -42,11 +41,11 @@ PUBLISHED = DownstreamSet(
 class Oscd(ChangeTask):
     """torchgeo's ``OSCD`` reading the RGB bands of both dates."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / test."""
         from torchgeo.datasets import OSCD
 
-        root = self.root(params)
+        root = self.root(settings)
         return {s: OSCD(str(root), split=s, bands=OSCD.rgb_bands) for s in ("train", "test")}
 
     def sample(self, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import SuperResolutionTask
 
@@ -84,10 +84,10 @@ def sn2_pairs(root: Path) -> list[tuple[Path, Path]]:
 class SpaceNet2(SuperResolutionTask):
     """Multispectral to pan-sharpened RGB pairs, split 80/10/10 with the run's seed."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / val / test."""
-        pairs = sn2_pairs(self.root(params))
-        order = np.random.default_rng(int(params["seed"])).permutation(len(pairs))
+        pairs = sn2_pairs(self.root(settings))
+        order = np.random.default_rng(settings.seed).permutation(len(pairs))
         n_val = n_test = max(1, len(pairs) // 10)
         picks = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
                  "train": order[n_test + n_val:]}

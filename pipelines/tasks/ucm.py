@@ -10,12 +10,11 @@ GeoPile against, so the task has no published files of its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import Dataset
 
 from geopile.downstream import link
-from geopile.params import path_of
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.classification import ClassificationTask
 
@@ -23,9 +22,9 @@ from pipelines.tasks.classification import ClassificationTask
 class UCMerced(ClassificationTask):
     """torchgeo's ``UCMerced`` over ingest's download."""
 
-    def root(self, params: dict[str, Any]) -> Path:
+    def root(self, settings: Settings) -> Path:
         """A torchgeo ``UCMerced`` root assembled from ingest's download and extraction."""
-        data = path_of(params, "data")
+        data = settings.paths.data
         images = data / "raw" / "ucmerced" / "UCMerced_LandUse"
         splits = [data / "downloads" / "ucmerced" / f"uc_merced-{s}.txt"
                   for s in ("train", "val", "test")]
@@ -39,11 +38,11 @@ class UCMerced(ClassificationTask):
             link(split, root / split.name)
         return root
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / val / test."""
         from torchgeo.datasets import UCMerced as Reader
 
-        root = self.root(params)
+        root = self.root(settings)
         return {split: Reader(str(root), split=split) for split in ("train", "val", "test")}
 
 

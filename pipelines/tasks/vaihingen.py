@@ -12,7 +12,6 @@ complete labels instead. Vaihingen has no validation split: the last checkpoint 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import IGNORE, SegmentationTask
 
@@ -38,7 +38,6 @@ PUBLISHED = DownstreamSet(
             archive=True),
     },
 )
-GROUND_TRUTHS = ("eroded", "full")
 
 
 def eroded_name(name: str) -> str:
@@ -49,14 +48,11 @@ def eroded_name(name: str) -> str:
 class Vaihingen(SegmentationTask):
     """torchgeo's ``Vaihingen2D`` splits and images, with the eroded or the complete labels."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / test."""
-        truth = ((params["finetune"].get("tasks") or {}).get(self.name) or {}).get(
-            "ground_truth") or "eroded"
-        if truth not in GROUND_TRUTHS:
-            raise ValueError(f"finetune.tasks.{self.name}.ground_truth: {truth!r} is neither "
-                             f"of {GROUND_TRUTHS}")
-        root = self.root(params)
+        override = settings.finetune.tasks.get(self.name)
+        truth = (override.ground_truth if override else None) or "eroded"  # (the schema checked)
+        root = self.root(settings)
         return {s: VaihingenTiles(root, s, eroded=truth == "eroded") for s in ("train", "test")}
 
 

@@ -7,11 +7,10 @@ checkpoint, predicted by mmseg's sliding windows.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch.utils.data import Dataset
 
 from geopile.downstream import DownstreamSet, PublishedFile
+from geopile.settings import Settings
 from pipelines.tasks.base import PaperScore
 from pipelines.tasks.dense import PairedFolders, SegmentationTask, split_dir
 
@@ -28,9 +27,9 @@ PUBLISHED = DownstreamSet(
 class Whu(SegmentationTask):
     """Images and building masks (255) paired by file name."""
 
-    def splits(self, params: dict[str, Any]) -> dict[str, Dataset]:
+    def splits(self, settings: Settings) -> dict[str, Dataset]:
         """Train / val / test."""
-        root = self.root(params)
+        root = self.root(settings)
         return {s: PairedFolders(split_dir(root, s, "image"), ("image",), "label")
                 for s in ("train", "val", "test")}
 
