@@ -10,6 +10,7 @@ leaves this module goes through :func:`geopile.urls.redact`.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from geopile.imagestats import BadImage
 from geopile.stac import Signer
 from geopile.urls import redact, strip_secrets
 
@@ -50,11 +52,46 @@ class CogReadError(OSError):
 
     An ``OSError``: an unreadable input, which the ingest driver records as a reject with this
     message as its reason. The message is redacted on construction, since GDAL's text quotes
-    the signed href.
+    the signed href. ``network``: whether the network or the server is the cause (an HTTP
+    status, a dropped connection), as opposed to the file (not a TIFF, a window out of range).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, network: bool = False) -> None:
         super().__init__(redact(message))
+        self.network = network
+
+
+class GridMismatch(BadImage):
+    """The COG's own header disagrees with the grid the catalog gives for it (a counted reject).
+
+    The file's header wins: reading the catalog's window would put the band on other ground.
+    """
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a catalog says a COG's pixels lie: its shape (rows, cols) and affine transform."""
+
+    shape: tuple[int, int]
+    transform: tuple[float, ...]
+
+    def check(self, src: rasterio.DatasetReader, href: str) -> None:
+        """Raise :class:`GridMismatch` naming both grids unless ``src`` lies on this one."""
+        shape = (src.height, src.width)
+        actual = tuple(src.transform)[:6]
+        res = max(abs(self.transform[0]), abs(self.transform[4]))
+        same = shape == tuple(self.shape) and all(
+            math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-3 * res)
+            for a, b in zip(actual, self.transform, strict=True))
+        if not same:
+            raise GridMismatch(
+                f"{strip_secrets(href)}: the catalog's grid (proj:shape {list(self.shape)}, "
+                f"proj:transform {_short(self.transform)}) is not the file's (shape "
+                f"{list(shape)}, transform {_short(actual)})")
+
+
+def _short(transform: Sequence[float]) -> list[float]:
+    return [round(float(v), 6) for v in transform]
 
 
 @dataclass(frozen=True)
@@ -65,6 +102,7 @@ class Patch:
     crs: str
     transform: tuple[float, ...]  # affine of the patch at its own resolution
     bounds: tuple[float, float, float, float]
+    nodata: float | None = None  # the file's own nodata value (its header), if it sets one
 
 
 def _status(err: Exception) -> int | None:
@@ -82,15 +120,27 @@ def read_window(
     backoff_s: float = 0.5,
     env: Mapping[str, object] | None = None,
     resampling: Resampling = Resampling.average,
+    grid: Grid | None = None,
 ) -> Patch:
     """Read ``window`` of the COG at unsigned ``href``, resampled to ``out_size`` px.
 
     ``resampling``: average for reflectance; nearest for class rasters (Sentinel-2's SCL).
+    ``grid``: the grid the catalog gives; the file's header is checked against it first
+    (:class:`GridMismatch`). A window past the file's edge is a :class:`CogReadError` saying
+    so, not a network failure.
     """
     settings = {**REMOTE_COG_ENV, **(env or {})}
     for attempt in range(retries + 1):
         try:
             with rasterio.Env(**settings), rasterio.open(signer(href)) as src:
+                if grid is not None:
+                    grid.check(src, href)
+                if (window.col_off < 0 or window.row_off < 0
+                        or window.col_off + window.width > src.width + 1e-6
+                        or window.row_off + window.height > src.height + 1e-6):
+                    raise CogReadError(
+                        f"cannot read {strip_secrets(href)}: window {_window(window)} lies outside "
+                        f"the file's {src.width} x {src.height} pixels")
                 pixels = src.read(
                     window=window,
                     out_shape=(src.count, out_size, out_size),
@@ -99,7 +149,8 @@ def read_window(
                 scale = window.width / out_size
                 affine = window_transform(window, src.transform) @ rasterio.Affine.scale(scale)
                 bounds = rasterio.windows.bounds(window, src.transform)
-                return Patch(pixels, src.crs.to_string(), tuple(affine)[:6], tuple(bounds))
+                return Patch(pixels, src.crs.to_string(), tuple(affine)[:6], tuple(bounds),
+                             src.nodata)
         except RasterioIOError as err:
             status = _status(err)
             # a curl error (reset, timeout, EOF) is worth retrying; the "/vsicurl/" that every
@@ -108,7 +159,8 @@ def read_window(
             retryable = status in (403, 429, 500, 502, 503, 504) or dropped
             if not retryable or attempt == retries:
                 # from None: the RasterioIOError quotes the signed href, and its text is kept
-                raise CogReadError(f"cannot read {strip_secrets(href)} {window}: {err}") from None
+                raise CogReadError(f"cannot read {strip_secrets(href)} {_window(window)}: {err}",
+                                   network=retryable or status is not None) from None
             wait = 0.0 if status == 403 and attempt == 0 else backoff_s * 2**attempt
             log.warning(
                 "read of %s failed (HTTP %s); %s, retry %d in %.1fs",
@@ -122,10 +174,18 @@ def read_window(
     raise AssertionError("unreachable")
 
 
-def encode_geotiff(patch: Patch, band_names: Sequence[str] | None = None) -> bytes:
+def _window(window: Window) -> str:
+    return (f"window (col {window.col_off:g}, row {window.row_off:g}, "
+            f"{window.width:g} x {window.height:g} px)")
+
+
+def encode_geotiff(patch: Patch, band_names: Sequence[str] | None = None,
+                   nodata: float | None = 0, tags: Mapping[str, str] | None = None) -> bytes:
     """A small lossless GeoTIFF of the patch: all bands in their dtype, CRS and transform kept.
 
-    ``band_names`` become the band descriptions (how a reader tells B04 from B8A).
+    ``band_names`` become the band descriptions (how a reader tells B04 from B8A); ``nodata`` is
+    the file's nodata value (NaN for float data without one); ``tags`` go into the dataset's
+    metadata (GeoPile's preview definition, :data:`geopile.imagestats.PREVIEW_TAG`).
     """
     bands, rows, cols = patch.pixels.shape
     profile = {
@@ -136,9 +196,9 @@ def encode_geotiff(patch: Patch, band_names: Sequence[str] | None = None) -> byt
         "width": cols,
         "crs": patch.crs,
         "transform": rasterio.Affine(*patch.transform),
-        "nodata": 0,
+        "nodata": nodata,
         "compress": "deflate",
-        "predictor": 2,
+        "predictor": 3 if patch.pixels.dtype.kind == "f" else 2,
         "interleave": "pixel",
     }
     with MemoryFile() as mem:
@@ -146,4 +206,6 @@ def encode_geotiff(patch: Patch, band_names: Sequence[str] | None = None) -> byt
             dst.write(patch.pixels)
             if band_names is not None:
                 dst.descriptions = tuple(band_names)
+            if tags:
+                dst.update_tags(**tags)
         return bytes(mem.read())

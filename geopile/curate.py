@@ -34,7 +34,7 @@ from PIL import Image
 
 from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
-from geopile.imagestats import CROP_BOXES, band_names, crop_hashes, decode, luma, rgb_preview
+from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, luma, stored_preview
 from geopile.settings import Curate
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
 
 def _grey(path: Path) -> np.ndarray:
     """The stored image's luma, as hashes and alignment see it (of its rgb_preview)."""
-    data = path.read_bytes()
-    pixels, names = decode(data)[0], band_names(data)
-    return luma(pixels if pixels.dtype == np.uint8 and not names else rgb_preview(pixels, names))
+    return luma(stored_preview(path.read_bytes()))
 
 
 def _crop_hashes(column: pa.ChunkedArray, paths: list[str], data_dir: Path) -> np.ndarray:
@@ -306,8 +304,7 @@ def curate(
 
 def rgb_thumbnail(path: Path, size: int) -> Image.Image:
     """An RGB thumbnail of a stored image (its rgb_preview), for contact sheets."""
-    data = path.read_bytes()
-    img = Image.fromarray(rgb_preview(decode(data)[0], band_names(data)))
+    img = Image.fromarray(as_rgb(stored_preview(path.read_bytes())))
     img.thumbnail((size, size))
     return img
 

@@ -190,9 +190,39 @@ def pixel_stats(pixels: np.ndarray, data: bytes, fmt: str, nodata: int | None = 
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:
-    """The first three bands (NAIP: R, G, B of R, G, B, NIR), or gray repeated; contiguous."""
-    rgb = pixels[..., :3] if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
-    return np.ascontiguousarray(rgb)
+    """The first three bands (NAIP: R, G, B of R, G, B, NIR), or the first band as gray."""
+    if pixels.ndim == 3 and pixels.shape[2] >= 3:
+        return np.ascontiguousarray(pixels[..., :3])
+    gray = pixels if pixels.ndim == 2 else pixels[..., 0]
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
+# The preview a stored multi-band patch is hashed, measured and shown by: which of its bands
+# (one, or three as R, G, B) and whether they are power to be taken to dB first. Written into
+# the patch's GeoTIFF metadata at ingest, so curate and the contact sheets see what ingest saw.
+PREVIEW_TAG = "GEOPILE_PREVIEW"
+PREVIEW_PERCENTILES = (2.0, 98.0)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Bands of a preview (1 or 3 names) and ``db``: 10 log10 of the values before stretching."""
+
+    bands: tuple[str, ...]
+    db: bool = False
+
+    def tag(self) -> str:
+        """The GeoTIFF metadata value: ``red,green,blue`` or ``vv;db``."""
+        return ",".join(self.bands) + (";db" if self.db else "")
+
+    @classmethod
+    def parse(cls, text: str | None) -> Preview | None:
+        """The preview a tag names, or None (no tag, or not one of ours)."""
+        if not text:
+            return None
+        names, _, flag = text.partition(";")
+        bands = tuple(n for n in names.split(",") if n)
+        return cls(bands, flag == "db") if len(bands) in (1, 3) else None
 
 
 # true-colour preview of Sentinel-2 L2A: B04, B03, B02 with a fixed 0..3000 DN stretch (titiler's
@@ -202,14 +232,40 @@ S2_RGB = ("B04", "B03", "B02")
 S2_STRETCH = 3000.0
 
 
-def rgb_preview(pixels: np.ndarray, band_names: Sequence[str] | None = None) -> np.ndarray:
+def _stretch(values: np.ndarray, db: bool) -> np.ndarray:
+    """Float data to uint8: (dB first, if asked) the 2nd..98th percentile of finite values."""
+    vals = values.astype(np.float64)
+    if db:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = 10.0 * np.log10(np.where(vals > 0, vals, np.nan))
+    finite = vals[np.isfinite(vals)]
+    if not finite.size:
+        return np.zeros(values.shape, np.uint8)
+    lo, hi = np.percentile(finite, PREVIEW_PERCENTILES)
+    out = (np.nan_to_num(vals, nan=lo) - lo) * (255.0 / (hi - lo or 1.0))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def rgb_preview(pixels: np.ndarray, band_names: Sequence[str] | None = None,
+                preview: Preview | None = None) -> np.ndarray:
     """A uint8 HxWx3 view of any stored patch, for hashes, entropy, thumbnails and sheets.
 
-    Sentinel-2 bands (named B04, B03, B02): true colour, 0..3000 DN stretched to 0..255. Other
-    uint8 images: :func:`as_rgb`. Other dtypes: the first three bands (or the one) stretched
-    over their own 0..max.
+    ``preview`` (the patch's own, :data:`PREVIEW_TAG`) picks the bands by name; else the
+    Sentinel-2 rule or the first three bands (one band, or two: the first, as gray). Scaling:
+    Sentinel-2 bands (named B04, B03, B02): true colour, 0..3000 DN stretched to 0..255. uint8:
+    as stored. Other integer types: over their own 0..max. Floating point (backscatter,
+    elevation, physical units): the 2nd..98th percentile of the finite values, in dB first
+    when the preview says so (SAR power): robust to the few extreme pixels such data have.
     """
     names = list(band_names or ())
+    if preview is not None and pixels.ndim == 3 and all(b in names for b in preview.bands):
+        picked = pixels[..., [names.index(b) for b in preview.bands]]
+        if picked.dtype.kind == "f" or preview.db:
+            return as_rgb(_stretch(picked, preview.db))
+        if tuple(preview.bands) != S2_RGB:
+            pixels, names = picked, list(preview.bands)
+    if pixels.dtype.kind == "f":
+        return as_rgb(_stretch(as_rgb(pixels), db=False))
     if all(b in names for b in S2_RGB) and pixels.ndim == 3:
         rgb = pixels[..., [names.index(b) for b in S2_RGB]].astype(np.float32)
         return np.ascontiguousarray(np.clip(rgb * (255.0 / S2_STRETCH) + 0.5, 0, 255)
@@ -240,13 +296,32 @@ def band_stats(pixels: np.ndarray, nodata: int = 0,
 
 def band_names(data: bytes) -> list[str] | None:
     """A GeoTIFF's band descriptions (None for other formats or undescribed bands)."""
+    return described(data)[0]
+
+
+def described(data: bytes) -> tuple[list[str] | None, Preview | None]:
+    """A GeoTIFF's band descriptions and its preview (:data:`PREVIEW_TAG`); None where absent."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        return None
+        return None, None
     from rasterio.io import MemoryFile
 
     with MemoryFile(data) as mem, mem.open() as src:
         names = list(src.descriptions)
-    return names if all(names) else None
+        preview = Preview.parse(src.tags().get(PREVIEW_TAG))
+    return (names if all(names) else None), preview
+
+
+def stored_preview(data: bytes) -> np.ndarray:
+    """The uint8 preview of stored image bytes, as ingest measured it (see :func:`rgb_preview`)."""
+    pixels = decode(data)[0]
+    names, preview = described(data)
+    if pixels.dtype == np.uint8 and not names:
+        return pixels
+    return rgb_preview(pixels, names, preview)
+
+
+# what GeoTIFF patches may hold: any band count, these types (COGs of the STAC catalogs)
+STORED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
 def _decode_tiff(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarray, str]:
@@ -257,7 +332,7 @@ def _decode_tiff(data: bytes, max_pixels: int, min_side: int) -> tuple[np.ndarra
     try:
         with MemoryFile(data) as mem, mem.open() as src:
             check_size(src.width, src.height, max_pixels=max_pixels, min_side=min_side)
-            if src.dtypes[0] not in ("uint8", "uint16"):
+            if src.dtypes[0] not in STORED_DTYPES:
                 raise BadImage(f"unsupported pixel type {src.dtypes[0]}")
             pixels = np.moveaxis(src.read(), 0, -1)
     except RasterioIOError as err:

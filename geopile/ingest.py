@@ -54,7 +54,10 @@ MIN_ERRORS_FOR_LIMIT = 20
 LAST_ERRORS_SHOWN = 3
 
 
-Outcome = tuple[Candidate, Processed | None, str | None, bool]  # (cand, result, reason, failed)
+# (cand, result, reason, failure): failure is None (read, or turned down on its content),
+# "network" (the network or the server) or "input" (the file itself: not a GeoTIFF, a window
+# outside it), so that a stop gives the advice that fits
+Outcome = tuple[Candidate, Processed | None, str | None, str | None]
 
 
 class IngestError(RuntimeError):
@@ -88,11 +91,13 @@ def decide(source: Source, cand: Candidate) -> Outcome:
     ``max_error_fraction``.
     """
     try:
-        return cand, source.process(cand), None, False
+        return cand, source.process(cand), None, None
     except BadImage as err:
-        return cand, None, redact(str(err)), False
+        return cand, None, redact(str(err)), None
     except (OSError, ValueError) as err:  # unreadable file or window, odd TIFF tags, ...
-        return cand, None, redact(f"{type(err).__name__}: {err}"), True
+        network = isinstance(err, OSError) and getattr(err, "network", True)
+        return (cand, None, redact(f"{type(err).__name__}: {err}"),
+                "network" if network else "input")
 
 
 def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
@@ -110,14 +115,18 @@ def _over_limit(errors: int, decided: int, limit: float) -> bool:
 
 
 def _too_many_errors(name: str, errors: int, decided: int, limit: float,
-                     last: Iterable[str]) -> IngestError:
+                     last: Iterable[str], network: bool) -> IngestError:
     shown = "\n  ".join(last)
+    check = (f"Check the network, the credentials or signer (sources.{name}.signer) and that "
+             f"the source's URLs are current" if network else
+             "The files are not what the catalog says of them (the errors above quote GDAL: a "
+             "window outside the file, not a GeoTIFF, ...): no retry will help; check the "
+             f"catalog's items (geopile stac inspect {name}) and sources.{name}'s assets")
     return IngestError(
         f"{name}: {errors} of {decided} candidates tried in this run ({errors / decided:.1%}) "
         f"could not be read, more than sources.{name}.max_error_fraction = {limit:g}. "
         f"Last errors:\n  {shown}\n"
-        f"Check the network, the credentials or signer (sources.{name}.signer for NAIP) and that "
-        f"the source's URLs are current, then rerun: what was decided is kept and the failed "
+        f"{check}, then rerun: what was decided is kept and the failed "
         f"candidates are retried. To accept more failures, raise "
         f"sources.{name}.max_error_fraction."
     )
@@ -182,6 +191,7 @@ class _Tally:
     failed: list[dict] = field(default_factory=list)  # checkpointed only when the run completes
     last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=LAST_ERRORS_SHOWN))
     decided: int = 0
+    network: int = 0  # failures whose cause is the network or the server
     stop: IngestError | None = None
 
     def surplus(self, cand: Candidate) -> bool:
@@ -193,19 +203,20 @@ class _Tally:
         return self.quotas is not None and all(self.accepted[s] >= q
                                                for s, q in self.quotas.items())
 
-    def fail(self, row: dict[str, Any], key: str, reason: str | None) -> None:
+    def fail(self, row: dict[str, Any], key: str, reason: str | None, failure: str) -> None:
         """An unreadable candidate; past ``max_error_fraction`` the run stops."""
         self.failed.append(row)
         self.last_errors.append(f"{key}: {reason}")
+        self.network += failure == "network"
         if self.limit is not None and _over_limit(len(self.failed), self.decided, self.limit):
             self.stop = _too_many_errors(self.name, len(self.failed), self.decided, self.limit,
-                                         self.last_errors)
+                                         self.last_errors, network=self.network > 0)
 
 
 def _record(outcome: Outcome, source: Source, parts: _Checkpoint, tally: _Tally,
             bar: tqdm) -> None:
     """Checkpoint one decided candidate (its payload written first)."""
-    cand, result, reason, unreadable = outcome
+    cand, result, reason, failure = outcome
     ctx = source.ctx
     tally.decided += 1
     if result is not None:
@@ -218,8 +229,8 @@ def _record(outcome: Outcome, source: Source, parts: _Checkpoint, tally: _Tally,
         return
     row = {**cand.fields, "key": cand.key, "source": ctx.name, "stratum": cand.stratum,
            "nbytes": None, "reject_reason": reason}
-    if unreadable:
-        tally.fail(row, cand.key, reason)
+    if failure:
+        tally.fail(row, cand.key, reason, failure)
     else:
         parts.add(row)
     if tally.quotas is None:
@@ -255,6 +266,9 @@ def ingest(
         done = parts.table()
         tally.accepted.update(done.filter(pc.is_null(done["reject_reason"]))["stratum"]
                               .to_pylist())
+    for row in source.skipped():  # found, never tried: rejects with their reasons
+        if row["key"] not in parts.done:
+            parts.add({**row, "source": ctx.name, "nbytes": None})
     candidates: Iterable[Candidate] = source.candidates()
     if quotas is None:
         candidates = list(candidates)

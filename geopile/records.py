@@ -65,6 +65,12 @@ RECORD_FIELDS: list[pa.Field] = [
     pa.field("dtype", pa.string()),  # stored pixel type: uint8 / uint16
     pa.field("band_mean", _list(pa.float32())),  # per band over valid (non-nodata) pixels
     pa.field("band_std", _list(pa.float32())),
+    # what the stored numbers mean, per band, as the catalog publishes it (raster:bands):
+    # physical = stored * scale + offset (null: not published); nodata as the file says
+    pa.field("band_scale", _list(pa.float64())),
+    pa.field("band_offset", _list(pa.float64())),
+    pa.field("band_nodata", _list(pa.float64())),
+    pa.field("band_unit", _list(pa.string())),
     pa.field("cloud_fraction", pa.float32()),  # share of SCL pixels in cloud classes
     pa.field("datetime", pa.string()),  # the STAC item's datetime
     # the EXIF orientation (2-8) applied to the pixels at decode; null: upright as stored
@@ -149,7 +155,8 @@ def read_records(path: Path) -> pa.Table:
             f"{path} has record schema version {version}, this GeoPile reads {SCHEMA_VERSION}; "
             "re-run `geopile ingest` for that source"
         )
-    for name in ("crop_hashes", "orientation"):  # ingested before the column (null: unknown)
+    for name in ("crop_hashes", "orientation", "band_scale", "band_offset", "band_nodata",
+                 "band_unit"):  # ingested before the column (null: unknown)
         if name not in table.column_names:  # curate fills crop_hashes
             field = RECORD_SCHEMA.field(name)
             table = table.append_column(field, pa.nulls(table.num_rows, field.type))

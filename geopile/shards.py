@@ -45,7 +45,12 @@ JSON_FIELDS = (
     "origin", "stac_item", "asset_href", "window", "crs", "bounds", "year", "state",
 )
 # the multi-band STAC contract's fields, in the .json only when the record sets them
-BAND_FIELDS = ("band_names", "dtype", "band_mean", "band_std", "cloud_fraction", "datetime")
+BAND_FIELDS = ("band_names", "dtype", "band_mean", "band_std", "band_scale", "band_offset",
+               "band_nodata", "band_unit", "cloud_fraction", "datetime")
+# what the stored numbers mean, per band (records' band_scale, ...): in index.json's summary
+# where every record of the build agrees
+BAND_MEANING = {"band_scale": "scale", "band_offset": "offset", "band_nodata": "nodata",
+                "band_unit": "unit"}
 
 
 class BuildError(ValueError):
@@ -202,7 +207,8 @@ def _sample_json(record: Mapping[str, Any]) -> bytes:
     for f in BAND_FIELDS:
         if record.get(f) is not None:
             value = record[f]
-            meta[f] = [float(v) for v in value] if f in ("band_mean", "band_std") else value
+            meta[f] = ([float(v) for v in value] if f in ("band_mean", "band_std")
+                       else [_json_number(v) for v in value] if f in BAND_MEANING else value)
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -211,6 +217,11 @@ def is_multiband(record: Mapping[str, Any]) -> bool:
     dtype = record.get("dtype")
     return record["format"] != "jpeg" and (
         (dtype is not None and dtype != "uint8") or (record["bands"] or 0) > 4)
+
+
+def _json_number(value: Any) -> Any:
+    """A value JSON can hold: NaN (float data's nodata) as the string the raster extension uses."""
+    return "nan" if isinstance(value, float) and math.isnan(value) else value
 
 
 def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -226,9 +237,12 @@ def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     s1: np.ndarray | None = None
     s2: np.ndarray | None = None
     mixed = 0
+    meaning: dict[str, set[tuple]] = {k: set() for k in BAND_MEANING}
     for r in records:
         if r.get("band_names") is None or r.get("band_mean") is None or r.get("band_std") is None:
             continue
+        for field in BAND_MEANING:
+            meaning[field].add(tuple(_json_number(v) for v in r.get(field) or ()))
         if names is None:
             names = list(r["band_names"])
             s1, s2 = np.zeros(len(names)), np.zeros(len(names))
@@ -247,6 +261,10 @@ def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     std = np.sqrt(np.maximum(s2 / total - mean**2, 0.0))
     summary: dict[str, Any] = {"names": names, "mean": mean.tolist(), "std": std.tolist(),
                                "weight": "valid_pixels"}
+    for field, key in BAND_MEANING.items():  # physical = stored * scale + offset
+        (values, *others) = meaning[field] or {()}
+        if not others and len(values) == len(names):
+            summary[key] = list(values)
     if mixed:
         summary["mixed"] = mixed
     return summary

@@ -11,6 +11,7 @@ each into one :class:`StacError` line: which URL, what failed, what to check.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,10 +73,15 @@ class TileRef:
     href: str  # unsigned
     state: str
     year: str
-    gsd: float
+    gsd: float  # as declared (the gsd filter reads it)
     epsg: int
     shape: tuple[int, int]  # rows, cols
     transform: tuple[float, ...]  # the first six proj:transform numbers (affine)
+
+    @property
+    def res(self) -> float:
+        """The pixel size, from the grid (real 0.6 m tiles say 0.5999999999999951)."""
+        return abs(self.transform[0])
 
 
 def _epsg(props: dict[str, Any]) -> int:
@@ -170,11 +176,14 @@ def search_tiles(
     page_size: int = 1000,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     setting: str = "stac_url",
-) -> Iterator[TileRef]:
+    gsds_setting: str = "gsds",
+) -> Iterator[TileRef | SkippedItem]:
     """Items of ``collection`` in ``bbox``/``datetime``, filtered by state, year and GSD.
 
     State, year and GSD are filtered here rather than with the API's ``query``: not every STAC
     server implements it (rustac does not, FACTS.md §4), and filtering locally costs nothing.
+    A tile of another GSD comes back as a :class:`SkippedItem` (a counted reject, not silence:
+    a state flown at 0.3 m in 2021 would otherwise vanish from the corpus unseen).
 
     Raises:
         StacError: the API could not be opened or searched (``setting`` names the parameter
@@ -209,6 +218,9 @@ def search_tiles(
             if want_years and tile.year not in want_years:
                 continue
             if want_gsds and round(tile.gsd, 3) not in want_gsds:
+                yield SkippedItem(tile.item_id, dict(item.properties),
+                                  f"native gsd {tile.gsd:g} m is not in {gsds_setting} "
+                                  f"{sorted(want_gsds)}")
                 continue
             yield tile
     except StacError:
@@ -219,13 +231,49 @@ def search_tiles(
 
 
 @dataclass(frozen=True)
+class BandInfo:
+    """One band of an asset as the catalog publishes it (``raster:bands``, ``eo:bands``).
+
+    ``physical = stored * scale + offset``; ``None``: not published.
+    """
+
+    data_type: str | None = None
+    nodata: float | None = None
+    scale: float | None = None
+    offset: float | None = None
+    unit: str | None = None
+    common_name: str | None = None
+    spatial_resolution: float | None = None
+
+
+@dataclass(frozen=True)
 class AssetRef:
-    """One asset's grid, from the item (Sentinel-2: each band has its own 10/20/60 m grid)."""
+    """One asset's grid and bands, from the item (Sentinel-2: each band has its own grid).
+
+    The grid is the asset's ``proj:transform``/``proj:shape``, else the item's (at the asset's
+    ``raster:bands`` ``spatial_resolution`` where that differs), never a ``gsd`` alone: Landsat's
+    ``lwir11`` says ``gsd: 100`` and lies on the item's 30 m grid. ``grid`` says which; the
+    opened COG's own header is checked against it at read time (:func:`geopile.cog.read_window`).
+    """
 
     href: str  # unsigned
-    gsd: float
     shape: tuple[int, int]  # rows, cols
     transform: tuple[float, ...]  # affine, six numbers
+    grid: str = "asset"  # where the grid came from: asset, item, or spatial_resolution
+    gsd: float | None = None  # as declared; informational only
+    epsg: int | None = None  # the asset's own, where it differs from the item's
+    bands: tuple[BandInfo, ...] = ()
+    categorical: bool = False  # classification:classes / bitfields: never averaged
+
+    @property
+    def res(self) -> float:
+        """The pixel width in CRS units, from the grid."""
+        return abs(self.transform[0])
+
+    @property
+    def res_y(self) -> float:
+        """The pixel height (Copernicus DEM's polar tiles: a tenth of the width)."""
+        return abs(self.transform[4])
 
 
 @dataclass(frozen=True)
@@ -240,17 +288,108 @@ class ItemRef:
     assets: dict[str, AssetRef]
 
 
+@dataclass(frozen=True)
+class SkippedItem:
+    """An item the search found that cannot be sampled as asked, and why (a counted reject)."""
+
+    item_id: str
+    properties: dict[str, Any]
+    reason: str
+
+
+class ItemSkip(ValueError):
+    """Why one item cannot be read as asked; the search skips it and goes on."""
+
+
+def _has_crs(fields: dict[str, Any]) -> bool:
+    return fields.get("proj:epsg") is not None or fields.get("proj:code") is not None
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or isinstance(value, bool) else float(value)
+
+
+def _bands(fields: dict[str, Any]) -> tuple[BandInfo, ...]:
+    """The asset's bands from ``raster:bands`` (values) and ``eo:bands`` (common names)."""
+    raster = fields.get("raster:bands")
+    eo = fields.get("eo:bands")
+    raster = raster if isinstance(raster, list) else []
+    eo = eo if isinstance(eo, list) else []
+    out = []
+    for i in range(max(len(raster), len(eo))):
+        r = raster[i] if i < len(raster) and isinstance(raster[i], dict) else {}
+        e = eo[i] if i < len(eo) and isinstance(eo[i], dict) else {}
+        nodata = r.get("nodata")
+        if isinstance(nodata, str):  # the raster extension's "nan", "inf", "-inf"
+            nodata = float(nodata)
+        out.append(BandInfo(
+            data_type=r.get("data_type"), nodata=_number(nodata), scale=_number(r.get("scale")),
+            offset=_number(r.get("offset")), unit=r.get("unit"),
+            common_name=e.get("common_name"),
+            spatial_resolution=_number(r.get("spatial_resolution"))))
+    return tuple(out)
+
+
+def _grid(fields: dict[str, Any], props: dict[str, Any], bands: tuple[BandInfo, ...],
+          key: str) -> tuple[tuple[int, int], tuple[float, ...], str]:
+    """(shape, transform, where from) of one asset; see :class:`AssetRef`."""
+    def read(source: dict[str, Any]) -> tuple[tuple[int, int], tuple[float, ...]] | None:
+        if source.get("proj:transform") is None or source.get("proj:shape") is None:
+            return None
+        transform = tuple(float(v) for v in source["proj:transform"][:6])
+        shape = (int(source["proj:shape"][0]), int(source["proj:shape"][1]))
+        if (len(transform) != 6 or not all(map(math.isfinite, transform)) or transform[0] == 0
+                or transform[4] == 0 or min(shape) < 1):
+            raise ItemSkip(f"asset {key!r}: proj:transform {list(transform)} / proj:shape "
+                           f"{list(shape)} is not a north-up grid")
+        return shape, transform
+
+    own = read(fields)
+    if own is not None:
+        return *own, "asset"
+    item = read(props)
+    res = next((b.spatial_resolution for b in bands if b.spatial_resolution), None)
+    if item is not None:
+        (rows, cols), t = item
+        if res is None or math.isclose(res, abs(t[0]), rel_tol=1e-3):
+            return (rows, cols), t, "item"
+        # the item's extent on the asset's own pixel size
+        if not math.isfinite(res) or res <= 0:
+            raise ItemSkip(f"asset {key!r}: raster:bands spatial_resolution {res} is not a size")
+        shape = (round(rows * abs(t[4]) / res), round(cols * abs(t[0]) / res))
+        if min(shape) < 1:
+            raise ItemSkip(f"asset {key!r}: spatial_resolution {res} is coarser than the item")
+        return shape, (res, t[1], t[2], t[3], -res, t[5]), "spatial_resolution"
+    bbox = fields.get("proj:bbox") or props.get("proj:bbox")
+    if res is not None and isinstance(bbox, list) and len(bbox) == 4:
+        west, south, east, north = (float(v) for v in bbox)
+        if not (math.isfinite(res) and res > 0 and all(map(math.isfinite, bbox))
+                and north - south >= res and east - west >= res):
+            raise ItemSkip(f"asset {key!r}: proj:bbox {bbox} at {res} is no grid")
+        shape = (round((north - south) / res), round((east - west) / res))
+        return shape, (res, 0.0, west, 0.0, -res, north), "spatial_resolution"
+    raise ItemSkip(f"asset {key!r} has no grid: no proj:transform/proj:shape on it or the item, "
+                   "and no raster:bands spatial_resolution with a proj:bbox (a gsd alone "
+                   "does not place pixels)")
+
+
 def _asset_ref(item: Any, key: str) -> AssetRef:
-    """An asset's grid: its own proj:shape/proj:transform/gsd, else the item's."""
+    """An asset's grid and bands (see :class:`AssetRef`); :class:`ItemSkip` if it lacks one."""
+    if key not in item.assets:
+        raise ItemSkip(f"no asset {key!r} (it has {', '.join(sorted(item.assets)) or 'none'})")
     asset = item.assets[key]
-    fields = {**item.properties, **asset.extra_fields}
-    transform = tuple(float(v) for v in fields["proj:transform"][:6])
+    fields = dict(asset.extra_fields)
+    bands = _bands(fields)
+    shape, transform, grid = _grid(fields, item.properties, bands, key)
+    try:
+        epsg = _epsg(fields) if _has_crs(fields) else None
+    except ValueError as err:
+        raise ItemSkip(f"asset {key!r}: {err}") from None
     return AssetRef(
-        href=strip_secrets(asset.href),
-        gsd=float(fields.get("gsd", abs(transform[0]))),
-        shape=(int(fields["proj:shape"][0]), int(fields["proj:shape"][1])),
-        transform=transform,
-    )
+        href=strip_secrets(asset.href), shape=shape, transform=transform, grid=grid,
+        gsd=_number(fields.get("gsd", item.properties.get("gsd"))), epsg=epsg, bands=bands,
+        categorical=bool(fields.get("classification:classes")
+                         or fields.get("classification:bitfields")))
 
 
 def search_items(
@@ -264,14 +403,16 @@ def search_items(
     page_size: int = 1000,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     setting: str = "stac_url",
-) -> Iterator[ItemRef]:
+) -> Iterator[ItemRef | SkippedItem]:
     """Items of ``collection`` in ``bbox``/``datetime`` whose properties pass ``keep``.
 
     ``keep`` (the query filter) runs here, not on the server: rustac ignores ``query``
-    (FACTS.md §4) and the result must not depend on which server answers.
+    (FACTS.md §4) and the result must not depend on which server answers. An item that lacks
+    one of ``assets``, a grid for it or an EPSG code comes as a :class:`SkippedItem` (a search
+    over mixed items, such as Landsat's L2SR without ``lwir11``, goes on).
 
     Raises:
-        StacError: the API could not be searched, or an item lacks one of ``assets`` or its grid.
+        StacError: the API could not be searched.
     """
     try:
         client = Client.open(url, timeout=timeout_s)
@@ -282,16 +423,18 @@ def search_items(
                 continue
             try:
                 refs = {key: _asset_ref(item, key) for key in assets}
-                epsg = _epsg(item.properties)
-            except (KeyError, TypeError, ValueError, IndexError) as err:
-                raise StacError(
-                    f"STAC item {item.id!r} of collection {collection!r} at {url} lacks asset "
-                    f"or grid {err} (needs assets {list(assets)} with proj:shape and "
-                    f"proj:transform). Check {setting}, the collection and its assets setting"
-                ) from None
+                epsg = _epsg(item.properties) if _has_crs(item.properties) else None
+                epsg = epsg or next((r.epsg for r in refs.values() if r.epsg), None)
+                if epsg is None:
+                    raise ItemSkip("no proj:epsg or EPSG proj:code on the item or its assets")
+            except (ItemSkip, ValueError, TypeError, IndexError, KeyError, ArithmeticError) as err:
+                yield SkippedItem(item.id, dict(item.properties), str(err))
+                continue
             yield ItemRef(
                 item_id=item.id,
-                datetime=str(item.properties.get("datetime")),
+                # a product of a period (ESA WorldCover) has start_datetime, datetime null
+                datetime=str(item.properties.get("datetime")
+                              or item.properties.get("start_datetime")),
                 epsg=epsg,
                 bbox=tuple(float(v) for v in item.bbox),
                 properties=dict(item.properties),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -76,20 +78,39 @@ def _write_empty(data: Path, name: str) -> None:
 
 
 def summary_table(data: Path, names: list[str]) -> str:
-    """A per-source table of what ingest recorded: images, rejects, classes, entropy, bytes."""
+    """A per-source table of what ingest recorded: images, rejects, classes, entropy, bytes.
+
+    Below it, each source's rejects by reason (numbers and URLs folded, so that the reasons
+    group): what a filter turned down, what could not be read, and the items skipped.
+    """
     head = f"{'source':<12} {'images':>8} {'rejects':>8} {'classes':>8} {'entropy':>8} {'MB':>8}"
     lines = [head, "-" * len(head)]
+    reasons: dict[str, Counter[str]] = {}
     for name in names:
         path = records_path(data, name)
         if not path.exists():
             lines.append(f"{name:<12} {'(not ingested)':>26}")
             continue
         table = read_records(path)
-        rejects = read_records(rejects_path(data, name)).num_rows
+        rejects = read_records(rejects_path(data, name))
         classes = len(set(table["label"].drop_null().to_pylist()))
         entropy = pc.mean(table["entropy_global"]).as_py() or 0.0
         mb = (pc.sum(table["nbytes"]).as_py() or 0) / 1e6
-        lines.append(
-            f"{name:<12} {table.num_rows:>8} {rejects:>8} {classes:>8} {entropy:>8.2f} {mb:>8.1f}"
-        )
+        lines.append(f"{name:<12} {table.num_rows:>8} {rejects.num_rows:>8} {classes:>8} "
+                     f"{entropy:>8.2f} {mb:>8.1f}")
+        if rejects.num_rows:
+            reasons[name] = Counter(reason_kind(r) for r in rejects["reason"].to_pylist())
+    for name, counts in reasons.items():
+        lines.append(f"\n{name} rejects by reason:")
+        lines += [f"  {n:>8}  {reason}" for reason, n in counts.most_common()]
     return "\n".join(lines)
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])")  # not B04, lwir11
+
+
+def reason_kind(reason: str, width: int = 90) -> str:
+    """A reject reason with its URLs and numbers folded (``<url>``, ``#``), for counting."""
+    folded = _NUMBER.sub("#", _URL.sub("<url>", reason))
+    return folded if len(folded) <= width else folded[:width - 3] + "..."

@@ -22,9 +22,11 @@ import pytest
 import rasterio
 
 import geopile.stac
-from geopile.sources.stac import BoxTask, StacSource, query_filter, stratum_of
+from geopile.params import load_params
+from geopile.sources.stac import BoxTask, query_filter, stratum_of
 from geopile.stac import search_items
 from geopile.world.sentinel2 import BOA_ADD_OFFSET, build_sentinel2
+from tests.conftest import REPO, source_of
 
 REAL = Path(__file__).resolve().parent / "data" / "pc_sentinel2_l2a_item.json"
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
@@ -120,13 +122,16 @@ def test_query_and_strata_work_on_the_real_item(monkeypatch):
 
 def test_boxes_on_the_real_grids_are_whole_pixels_on_every_band(monkeypatch):
     [ref] = _search(monkeypatch, [_real()])
-    plan = SimpleNamespace(items={"all": [ref]}, patch_size=256, target_gsd=10.0)
+    block = {**load_params([REPO / "params.yaml"])["sources"]["sentinel2"], "patch_size": 256,
+             "target_gsd": 10}
+    plan = source_of("sentinel2", block, Path("unused"), progress=False)
+    plan.__dict__["searched"] = ({"all": [ref]}, [])  # the search, done above
     rng = np.random.default_rng(0)
     for _ in range(20):
-        task = StacSource._draw(plan, "all", rng)
+        task = plan._draw("all", rng)
         assert isinstance(task, BoxTask)
         for key in [*BANDS, "SCL"]:
-            win = StacSource.window(plan, task, key)
+            win = plan.window(task, key)
             assert win.col_off == int(win.col_off) and win.row_off == int(win.row_off), key
             gsd = ref.assets[key].gsd
             assert win.width == win.height == 2560 / gsd

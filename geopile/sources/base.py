@@ -178,6 +178,14 @@ class Source:
         """Accepted images per stratum, for sources that sample; ``None`` takes every candidate."""
         return None
 
+    def skipped(self) -> list[dict[str, Any]]:
+        """Inputs found but never candidates (a STAC item without an asset asked for).
+
+        As reject rows: ``key``, ``origin``, ``reject_reason``, ``stratum``; called after
+        :meth:`fetch`.
+        """
+        return []
+
     # -- the contract -----------------------------------------------------------------------
     def fetch(self) -> None:
         """Download, verify and extract the source into ``ctx.raw_dir`` (idempotent)."""

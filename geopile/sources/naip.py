@@ -12,24 +12,29 @@ comes from ``sources.naip`` in ``params.yaml``, which holds the only defaults.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field
 from rasterio.windows import Window
 
-from geopile.cog import encode_geotiff, read_window
+from geopile.cog import Grid, encode_geotiff, read_window
 from geopile.imagestats import BadImage, pixel_stats
+from geopile.records import make_key
 from geopile.schema import Number, Omit, Workers, Year
 from geopile.sources.base import Candidate, Processed
 from geopile.sources.published import Publication
-from geopile.sources.stac import StacSearch, StacSource, split_quota
-from geopile.stac import StacError, TileRef, search_tiles
+from geopile.sources.stac import StacSearch, StacSource, snapped, split_quota
+from geopile.stac import SkippedItem, StacError, TileRef, search_tiles
 from geopile.urls import strip_secrets
+
+log = logging.getLogger(__name__)
 
 
 class NaipSettings(StacSearch):
@@ -108,11 +113,12 @@ class Naip(StacSource):
         return {"stac_api": [self.settings.stac_url]}
 
     @cached_property
-    def tiles(self) -> dict[str, list[TileRef]]:
-        """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
+    def searched(self) -> tuple[dict[str, list[TileRef]], list[SkippedItem]]:
+        """Matching tiles per stratum ``<state>_<year>``, sorted by item id; tiles skipped."""
         p = self.settings
         where = f"sources.{self.ctx.name}"
         by_stratum: dict[str, list[TileRef]] = {}
+        skipped: list[SkippedItem] = []
         for tile in search_tiles(
             p.stac_url,
             collection=p.collection,
@@ -123,8 +129,13 @@ class Naip(StacSource):
             gsds=p.gsds,
             page_size=p.page_size,
             setting=f"{where}.stac_url",
+            gsds_setting=f"{where}.gsds",
         ):
-            by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
+            if isinstance(tile, SkippedItem):
+                skipped.append(tile)
+            else:
+                by_stratum.setdefault(f"{tile.state}_{tile.year}", []).append(tile)
+        self._warn_lost_strata(skipped, by_stratum)
         if not by_stratum:
             raise StacError(
                 f"the STAC search at {p.stac_url} found no items of collection "
@@ -132,7 +143,30 @@ class Naip(StacSource):
                 f"states={p.states}, years={p.years}, gsds={p.gsds}. Check {where}.collection and "
                 "those filters"
             )
-        return {k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())}
+        return ({k: sorted(v, key=lambda t: t.item_id) for k, v in sorted(by_stratum.items())},
+                skipped)
+
+    def _warn_lost_strata(self, skipped: list[SkippedItem],
+                          kept: Mapping[str, list[TileRef]]) -> None:
+        """Name each (state, year) whose every tile the GSD filter dropped."""
+        lost = Counter(f"{str(s.properties.get('naip:state')).lower()}_"
+                       f"{s.properties.get('naip:year')}" for s in skipped)
+        for stratum, n in sorted(lost.items()):
+            if stratum not in kept:
+                log.warning("%s: stratum %s is left out: its %d tiles are all of a GSD not in "
+                            "sources.%s.gsds (add it to keep them)", self.ctx.name, stratum, n,
+                            self.ctx.name)
+
+    @property
+    def tiles(self) -> dict[str, list[TileRef]]:
+        """Matching tiles per stratum ``<state>_<year>``, sorted by item id."""
+        return self.searched[0]
+
+    def skipped(self) -> list[dict[str, Any]]:
+        """Tiles of a GSD not asked for, as reject rows."""
+        return [{"key": make_key(self.ctx.name, "skipped", s.item_id), "origin": s.item_id,
+                 "stac_item": s.item_id, "stratum": None,
+                 "reject_reason": f"item skipped: {s.reason}"} for s in self.searched[1]]
 
     def quotas(self) -> Mapping[str, int]:
         """Patches to accept per (state, year) stratum."""
@@ -145,7 +179,7 @@ class Naip(StacSource):
     def _draw(self, stratum: str, rng: np.random.Generator) -> WindowTask | None:
         tiles = self.tiles[stratum]
         tile = tiles[int(rng.integers(len(tiles)))]
-        size = math.ceil(self.patch_size * self.target_gsd / tile.gsd)
+        size = math.ceil(snapped(self.patch_size * self.target_gsd / tile.res))
         rows, cols = tile.shape
         if rows < size or cols < size:
             return None
@@ -170,6 +204,7 @@ class Naip(StacSource):
             retries=self.settings.retries,
             backoff_s=self.backoff_s,
             env=self.settings.gdal_env,
+            grid=Grid(tile.shape, tile.transform),
         )
         pixels = np.moveaxis(patch.pixels, 0, -1)
         if pixels.shape[2] != self.expected_bands:

@@ -274,3 +274,15 @@ def _check_bands(bands: Any, refuse: _Refuse) -> None:
                 _finite(v) and (field == "mean" or v >= 0) for v in values):
             raise refuse(f"bands.{field}", values,
                          f"must be {len(names)} finite numbers (one per band)")
+    # what the stored numbers mean (optional): a number or null per band; nodata may be "nan"
+    for field in ("scale", "offset", "nodata"):
+        values = bands.get(field)
+        if values is not None and (not isinstance(values, list) or len(values) != len(names)
+                                   or not all(v is None or _finite(v) or (field == "nodata"
+                                              and v in ("nan", "inf", "-inf")) for v in values)):
+            raise refuse(f"bands.{field}", values,
+                         f"must be {len(names)} finite numbers or nulls (one per band)")
+    units = bands.get("unit")
+    if units is not None and (not isinstance(units, list) or len(units) != len(names) or not all(
+            u is None or (isinstance(u, str) and len(u) <= 100) for u in units)):
+        raise refuse("bands.unit", units, f"must be {len(names)} short texts or nulls")

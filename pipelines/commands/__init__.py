@@ -23,6 +23,7 @@ from pipelines.commands import (
     report,
     shard,
     sources,
+    stac,
     summary,
     verify,
     workspace,
@@ -31,5 +32,5 @@ from pipelines.commands import (
 
 # in the order ``geopile --help`` lists them
 COMMANDS: dict[str, ModuleType] = {module.NAME: module for module in (
-    world, ingest, summary, curate, shard, push, verify, pretrain, fetch, sources, finetune, arp,
-    report, demo, workspace)}
+    world, ingest, summary, stac, curate, shard, push, verify, pretrain, fetch, sources, finetune,
+    arp, report, demo, workspace)}
