@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from geopile.params import load_params
 from geopile.records import read_records, records_path
 from geopile.settings import Shard, check_params
 from geopile.sources import create_source
-from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
+from geopile.world.world import PARAMS_OVERLAY, WORLD_S3, build_world, world_down, world_up
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG_SOURCES = ["rsd46", "mlrsnet", "resisc45", "patternnet"]
@@ -30,6 +31,7 @@ def running_world(root: Path, per_class: int):
     world = root / "world"
     build_world(world, per_class=per_class)
     endpoints = world_up(world)
+    os.environ[WORLD_S3] = endpoints["s3"]  # this process reads the world's published hrefs
     try:
         yield world, endpoints
     finally:

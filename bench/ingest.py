@@ -38,7 +38,7 @@ from geopile.params import load_params
 from geopile.records import records_path
 from geopile.settings import Settings, check_params
 from geopile.sources import create_source
-from geopile.world.world import PARAMS_OVERLAY, build_world, world_down, world_up
+from geopile.world.world import PARAMS_OVERLAY, WORLD_S3, build_world, world_down, world_up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world"
         truth = build_world(world, per_class=args.per_class)
-        world_up(world)
+        os.environ[WORLD_S3] = world_up(world)["s3"]  # reads of the world's published hrefs
         try:
             params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
             params["sources"]["naip"]["count"] = args.naip_count

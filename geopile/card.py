@@ -44,6 +44,29 @@ def non_commercial(licence: str) -> bool:
     return bool(_NON_COMMERCIAL.search(licence))
 
 
+# what a build may be used for, from the most restrictive licence among its sources
+USES = ("any use, with attribution", "research use only", "non-commercial use only",
+        "unknown: a source has no licence")
+
+
+def licence_use(licence: str) -> str:
+    """One licence text's use (:data:`USES`), from the text alone."""
+    if licence == UNKNOWN:
+        return USES[3]
+    if non_commercial(licence):
+        return USES[2]
+    return USES[1] if _RESEARCH_ONLY.search(licence) else USES[0]
+
+
+def build_use(build: str, settings: Settings) -> str:
+    """What ``build`` may be used for: the most restrictive use among its sources' licences.
+
+    The card, the README's build table and ``geopile`` all say this, so they cannot disagree.
+    """
+    sources = build_sources(list(settings.builds[build].caps), settings)
+    return max((licence_use(src.licence) for src in sources.values()), key=USES.index)
+
+
 def _size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                         (1_000_000, "100K<n<1M")):
@@ -66,17 +89,20 @@ def _licence_notes(sources: dict[str, int], licences: dict[str, str],
     research = [s for s in present if s not in nc and _RESEARCH_ONLY.search(licences[s])]
     unknown = [s for s in present if licences[s] == UNKNOWN]
     notes = []
+    if nc or research:
+        free = [b for b in settings.builds if build_use(b, settings) == USES[0]]
+        alternative = (f" (here: {', '.join(f'`{b}`' for b in free)})" if free
+                       else " (no build here is one)")
     if nc:
-        clean = [b for b, spec in settings.builds.items() if not any(s in spec.caps for s in nc)]
-        alternative = (f" (for example `{clean[0]}`)" if clean else "")
         notes.append(
             f"This build contains images under a non-commercial licence ({', '.join(nc)}): the "
             "build as a whole may be used for non-commercial purposes only, and so may models "
             "trained on it if you read the licence strictly. For commercial work use a build "
-            f"without them{alternative}.")
+            f"free of non-commercial and research-only sources{alternative}.")
     if research:
         notes.append(f"{', '.join(research)}: the publisher grants research use only; check "
-                     "its terms before any other use.")
+                     "its terms before any other use"
+                     + ("." if nc else f"; a build for any use{alternative}."))
     if unknown:
         fixes = ", ".join(f"`sources.{s}.licence`" for s in unknown)
         notes.append(f"No licence is known for {', '.join(unknown)}: set {fixes} and rebuild "

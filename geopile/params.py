@@ -33,15 +33,51 @@ class ParamsError(ValueError):
         self.problems = list(problems)
 
 
+class _Delete:
+    """The value of ``!delete`` in an overlay: the key goes (``null`` is a value: it stays)."""
+
+    def __repr__(self) -> str:
+        return "!delete"
+
+    def __deepcopy__(self, memo: dict) -> _Delete:  # one marker: compared by identity
+        return self
+
+
+DELETE = _Delete()
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, plus the overlay tag ``!delete``."""
+
+
+_Loader.add_constructor("!delete", lambda loader, node: DELETE)
+
+
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``overlay`` into a copy of ``base``; mappings merge, everything else replaces."""
+    """Merge ``overlay`` into a copy of ``base``; mappings merge, everything else replaces.
+
+    A key whose overlay value is ``!delete`` (:data:`DELETE`) is removed, so an overlay can drop
+    a source from a build (``builds: {full: {resisc45: !delete}}``); deleting an absent key is
+    no error.
+    """
     out = copy.deepcopy(dict(base))
     for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if value is DELETE:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _without_deletes(copy.deepcopy(value))
     return out
+
+
+def _without_deletes(value: Any) -> Any:
+    """A value with every ``!delete`` inside it gone (it deletes nothing in a new value)."""
+    if isinstance(value, dict):
+        return {k: _without_deletes(v) for k, v in value.items() if v is not DELETE}
+    if isinstance(value, list):
+        return [_without_deletes(v) for v in value if v is not DELETE]
+    return value
 
 
 def expanded_size(data: Any, limit: int) -> int:
@@ -83,7 +119,7 @@ def _read_yaml(path: Path) -> Any:
         raise ParamsError(f"parameter file {path} is {size:,} bytes, over the limit of "
                           f"{MAX_PARAMS_BYTES:,} for a params file: refused unread")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}  # a SafeLoader, plus !delete
         values = expanded_size(data, MAX_PARAMS_VALUES)
     except yaml.YAMLError as err:
         raise ParamsError(f"parameter file {path} is not valid YAML: {err}") from err

@@ -256,7 +256,6 @@ class Finetune(Block):
     """``finetune:`` the reference downstream recipe."""
 
     model: Text = Field(description="architecture of --init random / imagenet22k")
-    pretrained: Text = Field(description="a build: --init ours is its pretraining run")
     imagenet22k: Weights = Field(description="the baseline's weights")
     epochs: int = Field(ge=1, description="training epochs")
     warmup_epochs: int = Field(ge=0, description="warm-up epochs")
@@ -288,11 +287,15 @@ class Settings(Block):
     shard: Shard = Field(description="shard writing")
     builds: dict[str, Build] = Field(
         description="build: {source: count or 'all', allow_short: true or false}")
-    pretrain_builds: list[Text] = Field(description="builds dvc repro pretrains on")
+    ablation: list[Text] = Field(
+        min_length=1, description="builds dvc repro pretrains on and finetunes every task from; "
+        "the first is --init ours and the report's model")
     pretrain: Pretrain = Field(description="pretraining")
     finetune_tasks: list[Text] = Field(description="tasks dvc repro finetunes on")
     downstream_sets: list[Text] = Field(description="sets geopile fetch --all gets")
-    finetune_inits: list[Text] = Field(description="ours, imagenet22k, random or a run dir")
+    finetune_baselines: list[Text] = Field(
+        min_length=1, description="inits finetuned once per task to compare the builds with "
+        "(imagenet22k, random); ARP is against the last")
     finetune: Finetune = Field(description="finetuning")
 
     @model_validator(mode="before")
@@ -329,7 +332,10 @@ def check_params(params: Mapping[str, Any], files: Sequence[str | Path] = (), *,
     except ValidationError as err:
         problems = [describe(e, params, Settings, SOURCE_SETTINGS)
                     for e in err.errors(include_url=False)]
-    problems = list(dict.fromkeys(problems + _cross_checks(params, tasks, sets)))
+    renamed = _renamed(params)
+    if renamed:  # the schema's "not a known key" would say less
+        problems = [p for p in problems if not any(p.startswith(r.split(":")[0]) for r in renamed)]
+    problems = list(dict.fromkeys(renamed + problems + _cross_checks(params, tasks, sets)))
     if settings is not None and not problems:
         return settings
     where = " + ".join(str(f) for f in files) or "the params"
@@ -377,7 +383,7 @@ class _References:
     def builds_and_sources(self) -> None:
         """Builds, curate.priority and curate.eval_sets name sources; others name builds."""
         sources, builds = self.block("sources"), self.block("builds")
-        curate, finetune = self.block("curate") or {}, self.block("finetune") or {}
+        curate = self.block("curate") or {}
         options = list(Build.model_fields)  # allow_short: never a source (offered for a typo)
         for build, caps in (builds or {}).items():
             for source in caps if isinstance(caps, Mapping) else {}:
@@ -385,10 +391,14 @@ class _References:
                     self.need(f"builds.{build}.{source}", source,
                               None if sources is None else [*sources, *options], "source",
                               "sources")
-        for i, build in self.listed(self.params.get("pretrain_builds")):
-            self.need(f"pretrain_builds[{i}]", build, builds, "build", "builds")
-        if isinstance(finetune.get("pretrained"), str):
-            self.need("finetune.pretrained", finetune["pretrained"], builds, "build", "builds")
+        for i, build in self.listed(self.params.get("ablation")):
+            self.need(f"ablation[{i}]", build, builds, "build", "builds")
+        for i, init in self.listed(self.params.get("finetune_baselines")):
+            if init not in BASELINES:
+                self.problems.append(f"finetune_baselines[{i}]: {init!r} is not a baseline "
+                                     f"(one of {', '.join(BASELINES)})")
+        for name in BASELINES & set(builds or {}):  # runs/finetune/TASK/<build or baseline>
+            self.problems.append(f"builds.{name}: a build may not be named like a baseline")
         for i, source in self.listed(curate.get("priority")):
             self.need(f"curate.priority[{i}]", source, sources, "source", "sources")
         for source in self.block("eval_sets", curate) or {}:
@@ -416,6 +426,24 @@ class _References:
                 for which in given if isinstance(given, Mapping) and name in sets else {}:
                     self.need(f"downstream.{name}.{key}.{which}", which, sets[name], "file",
                               f"the {name} set")
+
+
+BASELINES = {"imagenet22k", "random"}  # inits that need no pretraining run
+# keys an earlier GeoPile read, and what took their place
+RENAMED = {"pretrain_builds": "ablation (each build is pretrained and every task finetuned "
+                              "from it; the first is --init ours)",
+           "finetune_inits": "finetune_baselines (ours is now every build of ablation)",
+           "finetune.pretrained": "ablation (its first build is --init ours)"}
+
+
+def _renamed(params: Mapping[str, Any]) -> list[str]:
+    found = []
+    for old, new in RENAMED.items():
+        block, _, key = old.rpartition(".")
+        holder = params.get(block) if block else params
+        if isinstance(holder, Mapping) and key in holder:
+            found.append(f"{old}: renamed; use {new}")
+    return found
 
 
 def _cross_checks(params: Mapping[str, Any], tasks: Iterable[str] | None,

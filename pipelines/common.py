@@ -48,6 +48,8 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_redaction()
+    if not args.verbose:  # one line per S3 client ("Found credentials in environment ...")
+        logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
     return load_params(args.params or ["params.yaml"])
 
 

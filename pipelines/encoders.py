@@ -1,8 +1,9 @@
 """The encoder a finetuning run starts from: ``--init ours|RUN_DIR|imagenet22k|random``.
 
-``ours`` is the pretraining run of ``finetune.pretrained``; a run directory is any pretraining
-run (its exported ``encoder/``); ``imagenet22k`` is the paper's baseline (timm's name, or the
-local file in ``finetune.imagenet22k.file`` on an offline machine); ``random`` is untrained.
+``ours`` is the pretraining run of the first build of ``ablation``; a run directory is any
+pretraining run (its exported ``encoder/``); ``imagenet22k`` is the paper's baseline (timm's
+name, or the local file in ``finetune.imagenet22k.file`` on an offline machine); ``random`` is
+untrained.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ class Init(NamedTuple):
 
 
 def resolve_init(init: str, settings: Finetune, img_size: int, window_size: int,
-                 runs_root: str | Path = "runs") -> Init:
+                 runs_root: str | Path = "runs", ours: str | None = None) -> Init:
     """(architecture, weights file, fetch from timm?, a name for the run) for ``--init``.
 
-    ``ours`` is ``runs_root/finetune.pretrained``; any other path is a pretraining run.
+    ``ours`` is ``runs_root/<ours>`` (the first build of ``ablation``); any other path is a
+    pretraining run.
     """
     config = get_config(settings.model)
     if init == "ours":
-        init = str(Path(runs_root) / settings.pretrained)
+        if ours is None:
+            raise ValueError("--init ours needs a build (the first of ablation)")
+        init = str(Path(runs_root) / ours)
     if init == "random":
         return Init(dataclasses.replace(config.student, img_size=img_size,
                                         window_size=window_size), None, False, "random")

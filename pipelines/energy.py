@@ -98,7 +98,7 @@ def add_energy(total: dict[str, Any] | None, part: dict[str, Any] | None) -> dic
 
 def energy_line(energy: dict[str, Any] | None) -> str:
     """One line for the console."""
-    if not energy:
+    if not energy or "kwh" not in energy:
         return "energy: not measured"
     a = energy["assumptions"]
     return (f"energy: {energy['kwh'] * 1000:.3f} Wh, {energy['kg_co2e'] * 1000:.3f} g CO2e "

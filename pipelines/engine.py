@@ -157,20 +157,31 @@ class Resumable(Protocol):
 # history
 
 
+# History columns that measure the machine, not the model: kept out of the history CSV, so that
+# a rerun with the same seed writes the same bytes; in speed.csv beside it (and TensorBoard)
+VOLATILE = ("images_per_s",)
+SPEED = "speed.csv"
+
+
 class History:
     """A run's history CSV, whose rows also travel in its checkpoint.
 
     A resumed run rewrites the file whole from the checkpoint's rows: ``dvc repro`` deletes a
     stage's outputs before running it again while its checkpoints persist, so a file only
     appended to would lose the rows before the resume, or not exist at all when the run was
-    already complete.
+    already complete. The :data:`VOLATILE` columns go to ``speed.csv`` instead.
     """
 
     def __init__(self, path: Path, header: list[str], rows: list[list[Any]] | None,
                  write: bool) -> None:
         self.path, self.header, self.rows, self.write = path, header, list(rows or []), write
+        self.files = {path: [i for i, k in enumerate(header) if k not in VOLATILE],
+                      path.with_name(SPEED): [i for i, k in enumerate(header)
+                                              if k == "step" or k in VOLATILE]}
         if write:
-            write_text(path, self._csv([header, *self.rows]))
+            for file, columns in self.files.items():
+                write_text(file, self._csv([[r[i] for i in columns]
+                                            for r in [header, *self.rows]]))
 
     @staticmethod
     def _csv(rows: list[list[Any]]) -> str:
@@ -183,8 +194,9 @@ class History:
         values = [row.get(key) for key in self.header]
         self.rows.append(values)
         if self.write:
-            with self.path.open("a", newline="") as f:
-                f.write(self._csv([values]))
+            for file, columns in self.files.items():
+                with file.open("a", newline="") as f:
+                    f.write(self._csv([[values[i] for i in columns]]))
 
     def last(self) -> dict[str, Any]:
         """The newest row by column (what a resumed, already finished run reports)."""

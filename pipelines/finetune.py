@@ -51,7 +51,8 @@ def run_finetune(settings: Settings, task_name: str, init: str, *, resume: bool 
     seed = settings.seed
     where = init_distributed()
     img_size, window = task.geometry(recipe)
-    encoder = resolve_init(init, recipe, img_size, window, settings.paths.runs)
+    encoder = resolve_init(init, recipe, img_size, window, settings.paths.runs,
+                           ours=settings.ablation[0])
     root = out or run_dir(settings, task.name, encoder.name)
 
     seed_everything(seed)

@@ -331,16 +331,16 @@ def run_pretrain(settings: Settings, build: str, *, resume: bool = False,
                 "teacher": teacher.source, "fingerprint": stamp}
         export_encoder(model, config, root / "encoder", meta)
         energy = run.energy_used
-        metrics = {**{k: round(last[k], 6) for k in (*LOSSES, "lr", "images_per_s")
-                      if k in last},
+        # metrics.json: what the same seed reproduces byte for byte; what the machine measured
+        # (speed, energy) goes to energy.json
+        metrics = {**{k: round(last[k], 6) for k in (*LOSSES, "lr") if k in last},
                    "steps": run.step, "epochs": round(run.step / sched.per_epoch, 3),
                    "images_seen": run.step * sched.global_batch,
                    "skipped_samples": loader.state.skipped,
-                   "kwh": energy["kwh"] if energy else None,
-                   "kg_co2e": energy["kg_co2e"] if energy else None,
                    "teacher": teacher.source}
         write_json(root / "metrics.json", metrics)
-        write_json(root / "energy.json", energy)
+        write_json(root / "energy.json", {**(energy or {}), "images_per_s": (
+            round(last["images_per_s"], 3) if last.get("images_per_s") is not None else None)})
         log.info(energy_line(energy))
     if where.world > 1:
         torch.distributed.barrier()
@@ -365,11 +365,12 @@ def summary(root: Path) -> str:
     """What the run wrote, for the console."""
     metrics = json.loads((root / "metrics.json").read_text())
     energy = json.loads((root / "energy.json").read_text())
+    speed = energy.get("images_per_s")
     return "\n".join([
         f"pretrained {metrics['steps']} steps ({metrics['epochs']} epochs, "
         f"{metrics['images_seen']} images) with teacher {metrics['teacher']}",
         f"final loss {metrics['loss']:.4f} (L_MIM {metrics['mim']:.4f}, "
-        f"L_feat {metrics['feat']:.4f}), {metrics['images_per_s']:.1f} images/s",
+        f"L_feat {metrics['feat']:.4f})" + (f", {speed:.1f} images/s" if speed else ""),
         energy_line(energy),
         f"loss curve  {root / 'loss.png'} (data: {root / 'loss.csv'})",
         f"encoder     {root / 'encoder'}/encoder.timm.safetensors (timm), encoder.gfm.pth (GFM)"

@@ -226,15 +226,17 @@ def _builds(page: _Page, settings: Settings) -> None:
 
 def _pretraining(page: _Page, settings: Settings) -> None:
     runs = settings.paths.runs
-    builds = [b for b in settings.pretrain_builds if (runs / b / "metrics.json").exists()]
+    builds = [b for b in settings.ablation if (runs / b / "metrics.json").exists()]
     if not builds:
         return
     page.heading("Pretraining")
     rows = []
     for build in builds:
         m = json.loads((runs / build / "metrics.json").read_text())
+        cost = runs / build / "energy.json"
+        e = (json.loads(cost.read_text()) if cost.exists() else None) or {}
         rows.append([build, m.get("steps"), m.get("images_seen"), m.get("loss"), m.get("mim"),
-                     m.get("feat"), m.get("kwh"), m.get("kg_co2e")])
+                     m.get("feat"), e.get("kwh"), e.get("kg_co2e")])
     page.table(["build", "steps", "images", "loss", "L_MIM", "L_feat", "kWh", "kg CO2e"], rows)
     for build in builds:
         curve = runs / build / "loss.png"
@@ -269,6 +271,25 @@ def _downstream(page: _Page, settings: Settings) -> None:
                [[t, TASKS[t].dataset, " ".join(TASKS[t].protocol.split())] for t in shown])
 
 
+def _ablation(page: _Page, settings: Settings) -> None:
+    study_file = settings.paths.reports / "ablation.json"
+    if not study_file.exists():
+        return
+    study = json.loads(study_file.read_text())
+    page.heading("Ablation: every build against the baseline")
+    datasets = list(dict.fromkeys(d for row in study["builds"] for d in row["datasets"]))
+    page.text(f"ARP of each build of the ablation against {study['baseline']} (each dataset's "
+              "scores averaged first), and the paper's row for the same sources dropped "
+              "(its ARP is against an ImageNet-22k Swin-B on the full sets).")
+    rows = [[r["build"], r["images"], "n/a" if r["arp"] is None else f"{r['arp']:+.2%}",
+             *(f"{r['datasets'][d]:+.2%}" if d in r["datasets"] else "-" for d in datasets),
+             r["paper"]["row"] if r["paper"] else "-",
+             f"{r['paper']['arp']:+.2%}" if r["paper"] else "-",
+             r["paper"]["images"] if r["paper"] else "-"] for r in study["builds"]]
+    page.table(["build", "images", "ARP", *datasets, "paper", "paper ARP", "paper images"],
+               rows)
+
+
 def build_report(settings: Settings, out: Path, examples: int = 8) -> tuple[Path, Path]:
     """Write ``out``.html and ``out``.md (+ ``out``_files/); returns both paths."""
     out = Path(out)
@@ -282,6 +303,7 @@ def build_report(settings: Settings, out: Path, examples: int = 8) -> tuple[Path
     _builds(page, settings)
     _pretraining(page, settings)
     _downstream(page, settings)
+    _ablation(page, settings)
     body = "\n".join(page.html)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>GeoPile report</title>"
            f"{_STYLE}</head><body>{body}<p id='selfcheck'>checking...</p>{_SELFCHECK}"

@@ -10,8 +10,11 @@ rewrites params.yaml and needs one flag per key; ``--temp`` copies the whole wor
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -47,6 +50,58 @@ def dvc(workspace: Path, *args: str, capture: bool = False,
         detail = f":\n{proc.stderr or proc.stdout}" if capture else ""
         raise RuntimeError(f"`dvc {' '.join(args)}` failed in {workspace}{detail}")
     return proc
+
+
+_STAGE = re.compile(r"^Running stage '([^']+)'")
+_SKIPPED = re.compile(r"^Stage '([^']+)' didn't change, skipping")
+
+
+@dataclass
+class ReproTimes:
+    """What ``dvc repro`` ran, each stage's wall time (its start to the next one's), skipped."""
+
+    ran: list[tuple[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """The stages that ran, slowest first, and the total."""
+        if not self.ran:
+            return (f"stage times: no stage ran ({len(self.skipped)} unchanged), "
+                    f"dvc repro {self.seconds:.1f} s")
+        width = max(len(name) for name, _ in self.ran)
+        lines = [f"stage times (wall clock; {len(self.ran)} ran, {len(self.skipped)} unchanged):"]
+        lines += [f"  {name:<{width}} {sec:>8.1f} s" for name, sec in
+                  sorted(self.ran, key=lambda r: -r[1])]
+        lines.append(f"  {'total (dvc repro)':<{width}} {self.seconds:>8.1f} s")
+        return "\n".join(lines)
+
+
+def repro(workspace: Path, env: dict[str, str] | None = None) -> ReproTimes:
+    """``dvc repro`` in the workspace, its output passed through, each stage timed."""
+    times = ReproTimes()
+    started = time.perf_counter()
+    current, since = None, started
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=workspace,
+                          env=dvc_env(workspace, env), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if match := _STAGE.match(line):
+                now = time.perf_counter()
+                if current is not None:
+                    times.ran.append((current, now - since))
+                current, since = match.group(1), now
+            elif match := _SKIPPED.match(line):
+                times.skipped.append(match.group(1))
+    now = time.perf_counter()
+    if current is not None:
+        times.ran.append((current, now - since))
+    times.seconds = now - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc repro` failed in {workspace} (its output is above)")
+    return times
 
 
 def make_workspace(workspace: Path, params_files: list[str | Path]) -> Path:

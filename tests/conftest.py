@@ -16,7 +16,14 @@ import pytest
 import yaml
 
 from geopile.params import load_params
-from geopile.world.world import PARAMS_OVERLAY, load_truth, s3_client, world_down, world_up
+from geopile.world.world import (
+    PARAMS_OVERLAY,
+    WORLD_S3,
+    load_truth,
+    s3_client,
+    world_down,
+    world_up,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -93,10 +100,17 @@ def truth(world_dir: Path) -> dict:
 def world(world_dir: Path):
     """The world's servers, running for the session and stopped afterwards."""
     endpoints = world_up(world_dir)
+    # this process reads the world's published hrefs through its loopback signer
+    before = os.environ.get(WORLD_S3)
+    os.environ[WORLD_S3] = endpoints["s3"]
     try:
         yield endpoints
     finally:
         world_down(world_dir)
+        if before is None:
+            os.environ.pop(WORLD_S3, None)
+        else:
+            os.environ[WORLD_S3] = before
 
 
 @pytest.fixture

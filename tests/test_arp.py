@@ -72,3 +72,31 @@ def test_scores_from_run_directories_and_the_cli(tmp_path, capsys):
     assert main(["arp", "--model", str(tmp_path / "ours"), "--baseline",
                  str(tmp_path / "random")]) == 2
     assert "a second score for ucm/top1" in capsys.readouterr().err
+
+
+def test_the_ablation_table_per_build_beside_the_papers_row(params, tmp_path, capsys):
+    """Runs keyed by build; ARP of each against the last baseline; the paper's row by the
+    sources a build lacks relative to the first build of the ablation."""
+    from pipelines.ablation import ablation, ablation_table
+    from tests.conftest import typed
+
+    runs = tmp_path / "runs" / "finetune"
+    for init, ucm, ben in (("paper", 90.0, 80.0), ("paper_no_naip", 85.0, 80.0),
+                           ("random", 50.0, 40.0), ("imagenet22k", 80.0, 80.0)):
+        _run(runs / "ucm", init, "ucm", {"top1": ucm})
+        _run(runs / "ben10", init, "ben10", {"micro_ap": ben})
+    p = {**params, "paths": {**params["paths"], "runs": str(tmp_path / "runs"),
+                             "shards": str(tmp_path / "none")},
+         "ablation": ["paper", "paper_no_naip", "paper_no_labeled"],
+         "finetune_tasks": ["ucm", "ben10"], "finetune_baselines": ["random", "imagenet22k"]}
+    study = ablation(typed(p))
+    assert study["baseline"] == "imagenet22k"  # the last baseline
+    paper, no_naip, labeled = study["builds"]
+    assert paper["arp"] == pytest.approx((10 / 80 + 0) / 2) and paper["scores"] == 2
+    assert no_naip["datasets"] == pytest.approx({"bigearthnet": 0.0, "ucm": 5 / 80})
+    assert (paper["paper"]["row"], paper["paper"]["arp"]) == ("GeoPile", 0.0331)
+    assert no_naip["paper"] == {"row": "w/o NAIP", "arp": 0.0265, "images": 260_954}
+    assert labeled["dropped"] == ["mlrsnet", "patternnet", "resisc45", "rsd46"]
+    assert labeled["paper"]["row"] == "w/o curated datasets" and labeled["arp"] is None
+    table = ablation_table(study)
+    assert "paper_no_naip" in table and "w/o NAIP" in table and "+2.65%" in table

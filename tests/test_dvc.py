@@ -10,6 +10,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -39,7 +40,7 @@ def demo(world_dir, tmp_path_factory):
     shutil.copytree(world_dir, world, ignore=lambda d, _: ["run"] if Path(d) == world_dir else [])
     # a short pretraining on the paper build and on one ablation, streamed from the world's S3
     short = root / "short.yaml"
-    short.write_text(yaml.safe_dump({"pretrain_builds": ["paper", "paper_no_naip"],
+    short.write_text(yaml.safe_dump({"ablation": ["paper", "paper_no_naip"],
                                      "pretrain": {"steps": 6, "batch_size": 8, "log_every": 2},
                                      "finetune_tasks": ["ucm", "ben1", "dsifn"],
                                      "finetune": {"epochs": 2, "dense": {"iterations": 4}}}))
@@ -60,7 +61,15 @@ def repro(demo):
 def test_demo_ends_with_the_report_and_stops_its_servers(demo):
     workspace, world, printed = demo
     assert f"report    {workspace / 'reports' / 'report.html'}" in printed
-    assert "ARP over 3 datasets (3 scores)" in printed and printed.count("pretrained 6 steps") == 2
+    assert "ARP over 3 datasets (3 scores)" in printed and "pretrained 6 steps" in printed
+    for build in ("paper", "paper_no_naip"):  # a pretraining summary per build of the ablation
+        assert f"loss curve  {(workspace / 'runs' / build).resolve() / 'loss.png'}" in printed
+    # the ablation table, a row per build with the paper's beside it, and the stage times
+    assert "ablation: ARP of each build against random" in printed
+    assert re.search(r"^paper_no_naip .*\| w/o NAIP +\+2\.65%", printed, re.M)
+    assert re.search(r"^  pretrain@paper_no_naip +\d+\.\d s$", printed, re.M)
+    times = json.loads((workspace / "reports" / "demo.json").read_text())
+    assert {name for name, _ in times["stages"]} >= {"pretrain@paper", "baseline@ucm-random"}
     assert "dvc push  the shards of 9 builds -> s3://world/dvc" in printed
     assert world_down(world) == []  # nothing of the demo's world is left running
 
@@ -78,7 +87,7 @@ def test_repro_runs_from_ingest_to_shards(repro):
     metrics = dvc(repro, "metrics", "show", "--json", capture=True).stdout
     assert "counts" in metrics and "kg_co2e" in metrics
     # each pretraining run streamed its own build from S3 and exported an encoder
-    for build in params["pretrain_builds"]:
+    for build in params["ablation"]:
         run = repro / "runs" / build
         config = json.loads((run / "config.json").read_text())
         assert config["shards"] == f"{params['pretrain']['stream']['url']}/{build}"
@@ -89,9 +98,9 @@ def test_repro_runs_from_ingest_to_shards(repro):
     assert set(fetched["files"]) == {"s2", "split_train", "split_val", "split_test"}
     assert sorted(p.stem for p in (repro / "data" / "fetched").iterdir()) == sorted(
         params["downstream_sets"])
-    # finetuning of ours and of the random baseline on UCM, BEN 1% and DSIFN, then ARP
+    # every task finetuned from each build and from the random baseline, then ARP
     for task in ("ucm", "ben1", "dsifn"):
-        for init in ("ours", "random"):
+        for init in ("paper", "paper_no_naip", "random"):
             scores = json.loads((repro / "runs" / "finetune" / task / init / "metrics.json")
                                 .read_text())
             assert scores["task"] == task
@@ -100,6 +109,41 @@ def test_repro_runs_from_ingest_to_shards(repro):
     arp = json.loads((repro / "reports" / "arp.json").read_text())
     assert sorted((r["task"], r["metric"]) for r in arp["rows"]) == [
         ("ben1", "micro_ap"), ("dsifn", "f1"), ("ucm", "top1")]
+
+
+def test_a_world_restart_leaves_nothing_stale_and_a_second_demo_runs_nothing(demo):
+    """On 9298ec4 `world up` picked new ports: every stage was stale and `dvc push` lost its
+    remote. Records name the published URLs; the world comes back on its ports."""
+    from geopile.world.world import PARAMS_OVERLAY, world_up
+    from pipelines.readme_blocks import demo_block
+    from pipelines.workspace import make_workspace
+
+    workspace, world, _ = demo
+    assert json.loads(dvc(workspace, "status", "--json", capture=True).stdout) == {}
+    world_up(world)
+    try:
+        make_workspace(workspace, [REPO / "params.yaml", world / PARAMS_OVERLAY,
+                                   workspace.parent / "short.yaml"])
+        assert json.loads(dvc(workspace, "status", "--json", capture=True).stdout) == {}
+    finally:
+        world_down(world)
+    records = pq.read_table(workspace / "data" / "records" / "naip.parquet").to_pylist()
+    assert all(r["asset_href"].startswith("https://naipeuwest.blob.core.windows.net/")
+               for r in records)
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["demo", "--world", str(world), "--workspace", str(workspace),
+                     "--params", str(REPO / "params.yaml"),
+                     "--overlay", str(workspace.parent / "short.yaml")])
+    assert code == 0
+    assert "Running stage" not in printed.getvalue()
+    assert "stage times: no stage ran" in printed.getvalue()
+    assert world_down(world) == []
+    # the README's figures keep the run that ran the stages, and add the rerun's
+    times = json.loads((workspace / "reports" / "demo.json").read_text())
+    assert times["stages"] and times["rerun"]["unchanged"] == len(times["stages"])
+    block = demo_block(workspace)
+    assert "ran no stage" in block and "| `pretrain@paper` |" in block
 
 
 def test_one_source_change_reruns_only_what_depends_on_it(repro):

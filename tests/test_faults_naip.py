@@ -91,7 +91,7 @@ def _tile(truth: dict, state: str, year: str) -> dict:
 def _catalog(tmp_path: Path, world_dir: Path, truth: dict,
              hrefs: dict[str, str]) -> Iterator[str]:
     """A STAC API (rustac, by PID) over the world's items, with some ``image`` hrefs replaced."""
-    items = json.loads((world_dir / "run" / "items.json").read_text())
+    items = json.loads((world_dir / truth["naip"]["items"]).read_text())
     for item in items["features"]:
         if item["id"] in hrefs:
             item["assets"]["image"]["href"] = hrefs[item["id"]]

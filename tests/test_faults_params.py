@@ -290,3 +290,35 @@ def test_ingest_driver_never_empties_earlier_output(params, tmp_path, bad):
         ingest(source, workers=2, progress=False)
     assert "naip" in str(err.value)
     assert outputs() == before
+
+
+def test_an_overlay_deletes_with_the_delete_tag_and_null_stays_a_value(tmp_path):
+    """Deep merge alone cannot drop a source from a build (`resisc45: null` is refused)."""
+    overlay = tmp_path / "drop.yaml"
+    overlay.write_text("builds:\n  full:\n    resisc45: !delete\n    nosuch: !delete\n"
+                       "  paper_patternnet_full: !delete\n"
+                       "sources:\n  naip: {bbox: null}\n"
+                       "curate:\n  eval_sets:\n    extra:\n      - test\n      - !delete\n")
+    params = load_params([REPO / "params.yaml", overlay])
+    assert "resisc45" not in params["builds"]["full"] and "naip" in params["builds"]["full"]
+    assert "paper_patternnet_full" not in params["builds"]
+    assert params["sources"]["naip"]["bbox"] is None  # null is a value
+    assert params["curate"]["eval_sets"]["extra"] == ["test"]  # nothing to delete in a new list
+    full = check_params({**params, "curate": load_params([REPO / "params.yaml"])["curate"]})
+    assert set(full.builds["full"].caps) == {"naip", "rsd46", "mlrsnet", "patternnet"}
+    refused = tmp_path / "null.yaml"
+    refused.write_text("builds:\n  full: {resisc45: null}\n")
+    with pytest.raises(ParamsError, match=r"builds\.full\.resisc45: null is invalid"):
+        check_params(load_params([REPO / "params.yaml", refused]))
+
+
+def test_renamed_keys_say_what_took_their_place():
+    params = load_params([REPO / "params.yaml"])
+    old = {**params, "pretrain_builds": ["paper"], "finetune": {**params["finetune"],
+                                                             "pretrained": "paper"}}
+    with pytest.raises(ParamsError) as err:
+        check_params(old)
+    text = str(err.value)
+    assert "pretrain_builds: renamed; use ablation" in text
+    assert "finetune.pretrained: renamed; use ablation (its first build is --init ours)" in text
+    assert "extra" not in text.lower()  # not also the schema's "not a known key"

@@ -62,6 +62,18 @@ def test_export_loads_with_the_window_change(pretrained):
     assert state["head.fc.weight"].shape == (21, 256)
 
 
+def test_same_seed_same_bytes(pretrained, tmp_path):
+    """Two finetunings from one encoder with the same params write the same history.csv and
+    metrics.json, byte for byte (on the CPU; images/s is in speed.csv)."""
+    params, run = pretrained
+    for out in ("a", "b"):
+        run_finetune(typed(params), "ucm", str(run), length=3, progress=False,
+                     out=tmp_path / out)
+    for name in ("history.csv", "metrics.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert "images_per_s" in (tmp_path / "a" / "speed.csv").read_text()
+
+
 def test_finetuning_beats_chance_and_resumes(pretrained, tmp_path):
     params, run = pretrained
     out = tmp_path / "ucm"

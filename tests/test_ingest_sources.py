@@ -185,7 +185,7 @@ def test_every_source_kind_from_ingest_to_stream(params, world, world_dir, tmp_p
     sp["role"] = "pretrain"
     # the params of a corpus of this one source: whole, as the CLI checks them
     p = {**params, "sources": {name: sp}, "builds": {"only": {name: "all"}},
-         "pretrain_builds": ["only"], "finetune": {**params["finetune"], "pretrained": "only"},
+         "ablation": ["only"],
          "curate": {**params["curate"], "eval_sets": {}, "priority": [name]},
          "paths": {**params["paths"], "data": str(tmp_path / "data"),
                    "reports": str(tmp_path / "reports"), "shards": str(tmp_path / "shards")}}

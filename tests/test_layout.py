@@ -91,3 +91,16 @@ def test_no_function_is_longer_than_a_screenful_or_two():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{rel}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+def test_the_readmes_build_table_is_what_the_licences_say():
+    """The README's builds block is generated (pipelines/readme_blocks.py): it must be current."""
+    from geopile.params import load_params
+    from geopile.settings import check_params
+    from pipelines.readme_blocks import block, builds_block
+
+    settings = check_params(load_params([REPO / "params.yaml"]))
+    readme = (REPO / "README.md").read_text()
+    assert block(readme, "builds") == builds_block(settings), (
+        "run `python -m pipelines.readme_blocks` and commit README.md")
+    assert "<!-- demo:begin -->" in readme

@@ -57,6 +57,17 @@ def straight(paper, tmp_path_factory) -> Path:
     return runs / "paper"
 
 
+def test_same_seed_same_bytes(paper, straight, tmp_path):
+    """A rerun with the same params writes the same loss.csv, metrics.json and weights, byte
+    for byte (on the CPU; what the machine measured, images/s and energy, is in speed.csv and
+    energy.json)."""
+    run_pretrain(typed(_params(paper, tmp_path)), "paper", steps=12, progress=False)
+    for name in ("loss.csv", "metrics.json", "encoder/encoder.timm.safetensors"):
+        assert (tmp_path / "paper" / name).read_bytes() == (straight / name).read_bytes(), name
+    assert "images_per_s" not in (straight / "loss.csv").read_text()
+    assert (straight / "speed.csv").read_text().startswith("step,images_per_s\n")
+
+
 def test_loss_falls_and_run_writes_its_outputs(paper, tmp_path):
     params = _params(paper, tmp_path, energy={"enabled": True, "interval_s": 1.0})
     metrics = run_pretrain(typed(params), "paper", steps=50, progress=False)

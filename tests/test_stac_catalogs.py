@@ -419,7 +419,7 @@ def test_one_and_two_band_sources_curate_and_shard(catalogs, params, tmp_path):
     sources = {"s1": _stac(endpoints, "sentinel-1-rtc", ["vv", "vh"], target_gsd=10, count=6),
                "dem": _stac(endpoints, "cop-dem-glo-30", ["data"], target_gsd="native", count=6)}
     p = {**params, "sources": sources, "builds": {"sar": {"s1": "all"}, "dem": {"dem": "all"}},
-         "pretrain_builds": ["sar"], "finetune": {**params["finetune"], "pretrained": "sar"},
+         "ablation": ["sar"],
          "curate": {**params["curate"], "eval_sets": {}, "priority": ["s1", "dem"]}}
     for name, block in sources.items():
         ingest(source_of(name, block, Path(p["paths"]["data"]), progress=False), workers=2,

@@ -18,7 +18,7 @@ from geopile.ingest import ingest
 from geopile.records import read_records, records_path, rejects_path
 from geopile.sources.stac import Harmonize, query_filter, stratum_of
 from geopile.stac import ItemRef
-from geopile.world.sentinel2 import BOA_ADD_OFFSET
+from geopile.world.sentinel2 import BOA_ADD_OFFSET, S2_PREFIX
 from tests.conftest import make_source, source_of
 from tests.killing import kill_once
 
@@ -113,7 +113,7 @@ def test_sentinel2_patches_are_lossless_filtered_and_stratified(params, world_di
         assert row["band_names"] == S2 and row["width"] == row["height"] == size
         assert row["cloud_fraction"] <= source.settings.max_cloud
         assert _when(row["datetime"]) == _when(items[row["stac_item"]]["datetime"])
-        assert row["asset_href"].startswith("http://127.0.0.1") and "?" not in row["asset_href"]
+        assert row["asset_href"].startswith(S2_PREFIX) and "?" not in row["asset_href"]
         raw = (data / row["path"]).read_bytes()
         pixels, fmt = decode(raw)
         assert fmt == "tiff" and pixels.dtype == np.uint16 and pixels.shape == (size, size, 12)

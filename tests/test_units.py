@@ -127,3 +127,24 @@ def test_curate_and_shard_settings_take_their_values_from_params():
         without = {**params, block: {k: v for k, v in params[block].items() if k != key}}
         with pytest.raises(ParamsError, match=rf"{block}\.{key}: missing"):
             check_params(without)
+
+
+def test_the_world_reuses_its_last_ports_only_when_the_record_is_sound_and_they_are_free(tmp_path):
+    """``run/ports.json`` is the world's own file, but a crash can leave it half-written."""
+    import socket
+
+    from geopile.world.servers import free_port, port_free
+    from geopile.world.world import PORTS, _last_ports
+
+    record = tmp_path / PORTS
+    assert _last_ports(tmp_path) == {}  # never started
+    for damaged in ("{\"s3\": {\"s3\": 4", "[1, 2]", "{\"s3\": {\"s3\": \"http\"}}", ""):
+        record.write_text(damaged)
+        assert _last_ports(tmp_path) == {}, damaged
+    port = free_port()
+    record.write_text(json.dumps({"s3": {"s3": port}, "stac": {"stac": port + 1}}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        assert _last_ports(tmp_path) == {}  # someone else holds one: new ports, with a warning
+    if port_free(port + 1):  # both free again (port + 1 is not ours to hold): they come back
+        assert _last_ports(tmp_path) == {"s3": {"s3": port}, "stac": {"stac": port + 1}}

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -33,6 +33,7 @@ class Server:
     name: str
     pid: int
     url: str
+    ports: dict[str, int] = field(default_factory=dict)  # every port it listens on
 
 
 def free_port() -> int:
@@ -44,6 +45,21 @@ def free_port() -> int:
         if port < 55535:
             return port
     raise ServerError("no free port below 55535 on 127.0.0.1")
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on loopback now."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+S3_PORTS = ("s3", "master", "volume", "filer", "admin", "s3grpc", "mgrpc", "vgrpc", "fgrpc",
+            "agrpc")
 
 
 def _tool(name: str) -> str:
@@ -88,7 +104,8 @@ def _wait_healthy(name: str, url: str, pid: int, run_dir: Path, timeout_s: float
     raise ServerError(f"{name} did not become healthy at {url} within {timeout_s}s:\n{tail}")
 
 
-def start_s3(run_dir: Path, data_dir: Path, timeout_s: float = 60.0) -> Server:
+def start_s3(run_dir: Path, data_dir: Path, timeout_s: float = 60.0,
+             ports: dict[str, int] | None = None) -> Server:
     """SeaweedFS ``weed mini`` with S3 on a free loopback port; every listener pinned.
 
     Flags from FACTS.md §4: bind loopback only, no telemetry, no admin UI / WebDAV / Iceberg /
@@ -96,8 +113,7 @@ def start_s3(run_dir: Path, data_dir: Path, timeout_s: float = 60.0) -> Server:
     offline world serves its public downloads from here.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {k: free_port() for k in ("s3", "master", "volume", "filer", "admin", "s3grpc",
-                                        "mgrpc", "vgrpc", "fgrpc", "agrpc")}
+    ports = ports or {k: free_port() for k in S3_PORTS}
     cmd = [
         _tool("weed"), "mini", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
         "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
@@ -112,17 +128,18 @@ def start_s3(run_dir: Path, data_dir: Path, timeout_s: float = 60.0) -> Server:
     pid = _spawn("s3", cmd, run_dir, env)
     url = f"http://{HOST}:{ports['s3']}"
     _wait_healthy("s3", url, pid, run_dir, timeout_s)
-    return Server("s3", pid, url)
+    return Server("s3", pid, url, ports)
 
 
-def start_stac(run_dir: Path, hrefs: list[Path], timeout_s: float = 30.0) -> Server:
+def start_stac(run_dir: Path, hrefs: list[Path], timeout_s: float = 30.0,
+               port: int | None = None) -> Server:
     """``rustac serve`` (in-memory STAC API) over a collection and an item collection."""
-    port = free_port()
+    port = port or free_port()
     cmd = [_tool("rustac"), "serve", "--addr", f"{HOST}:{port}", *map(str, hrefs)]
     pid = _spawn("stac", cmd, run_dir)
     url = f"http://{HOST}:{port}"
     _wait_healthy("stac", url, pid, run_dir, timeout_s)
-    return Server("stac", pid, url)
+    return Server("stac", pid, url, {"stac": port})
 
 
 def stop(run_dir: Path, name: str, timeout_s: float = 10.0) -> bool:

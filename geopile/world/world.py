@@ -13,6 +13,7 @@ writes ``DIR/world.params.yaml``: the overlay that sends ``params.yaml``'s sourc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import boto3
 import yaml
 from botocore.config import Config
 
+from geopile.atomic import write_text
 from geopile.downstream import DownstreamSet
 from geopile.world import servers
 from geopile.world.corpora import (
@@ -38,6 +40,7 @@ from geopile.world.naip import AZURE_PREFIX, build_naip
 from geopile.world.sentinel2 import S2_PREFIX, build_sentinel2
 
 WORLD_VERSION = 7  # bumped whenever build_world writes something new; older worlds are rebuilt
+log = logging.getLogger(__name__)
 BUCKET = "world"
 GROUND_TRUTH = "ground_truth.json"
 PARAMS_OVERLAY = "world.params.yaml"
@@ -89,9 +92,28 @@ def s3_client(endpoint: str):  # a boto3 S3 client
     )
 
 
+# The world's STAC items keep their published hrefs (Azure blob URLs); this signer, named in the
+# world's params overlay, sends a read of one to its copy on the world's S3, whose URL the
+# environment holds (world_env; `geopile world up` prints it). world_up leaves os.environ alone:
+# a process that starts a second world must not redirect the reads of the first.
+WORLD_S3 = "GEOPILE_WORLD_S3"
+LOOPBACK_SIGNER = "geopile.world.world:loopback_signer"
+
+
+def loopback_signer(href: str) -> str:
+    """``href`` of a published world asset as its loopback twin; any other href unchanged."""
+    if not href.startswith((AZURE_PREFIX, S2_PREFIX)):
+        return href
+    endpoint = os.environ.get(WORLD_S3)
+    if not endpoint:
+        raise RuntimeError(f"{WORLD_S3} is not set: the offline world's assets are read from its "
+                           "S3 (`geopile world up`, then the variables of world_env)")
+    return f"{endpoint}/{BUCKET}/{mirror_path(href)}"
+
+
 def world_env(endpoint: str) -> dict[str, str]:
     """Environment variables that point boto3 (the standard AWS chain) at the world's S3."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+    return {WORLD_S3: endpoint, "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": WORLD_CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": WORLD_CREDENTIALS["aws_secret_access_key"]}
 
@@ -142,7 +164,7 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     naip = truth["naip"]
     sources["naip"] = {
         "stac_url": stac,
-        "signer": "none",
+        "signer": LOOPBACK_SIGNER,
         "bbox": naip["bbox"],
         "datetime": f"{min(naip['years'])}-01-01/{max(naip['years'])}-12-31",
         "states": [],
@@ -158,7 +180,7 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
     sources["sentinel2"] = {
         "enabled": True,
         "stac_url": stac,
-        "signer": "none",
+        "signer": LOOPBACK_SIGNER,
         "bbox": s2["bbox"],
         "datetime": f"{dates[0]}/{dates[-1]}",
         "query": {"eo:cloud_cover": {"lt": 50}},  # drops the overcast date
@@ -198,7 +220,10 @@ def _overlay(world_dir: Path, truth: dict[str, Any], s3: str, stac: str) -> dict
             # one task per kind, each on a torchgeo reader where there is one (the demo stays
             # under 15 minutes on 2 cores; every task is in the tests, all eight take 3 more)
             "finetune_tasks": ["ucm", "ben10", "vaihingen", "oscd", "sn2"],
-            "finetune_inits": ["ours", "random"]}  # no ImageNet weights offline
+            # a small ablation: the paper's build and the one without NAIP, each pretrained and
+            # finetuned on every task; no ImageNet weights offline, so random is the baseline
+            "ablation": ["paper", "paper_no_naip"],
+            "finetune_baselines": ["random"]}
 
 
 def world_up(world_dir: Path) -> dict[str, str]:
@@ -207,22 +232,20 @@ def world_up(world_dir: Path) -> dict[str, str]:
     truth = load_truth(world_dir)
     run = world_dir / "run"
     world_down(world_dir)
-    s3 = servers.start_s3(run, run / "s3data")
+    ports = _last_ports(run)
+    s3 = servers.start_s3(run, run / "s3data", ports=ports.get("s3"))
     try:
         upload_tree(s3.url, world_dir / "http")
         hrefs = []
-        for name, out in (("naip", "items.json"), ("sentinel2", "sentinel2.items.json")):
-            items = json.loads((world_dir / truth[name]["items"]).read_text())
-            for item in items["features"]:
-                for asset in item["assets"].values():
-                    if asset["href"].startswith((AZURE_PREFIX, S2_PREFIX)):
-                        asset["href"] = f"{s3.url}/{BUCKET}/{mirror_path(asset['href'])}"
-            (run / out).write_text(json.dumps(items))
-            hrefs += [world_dir / truth[name]["collection"], run / out]
-        stac = servers.start_stac(run, hrefs)
+        # the items keep their published hrefs (records and cards name what a real run would);
+        # reads reach the loopback twins through loopback_signer
+        for name in ("naip", "sentinel2"):
+            hrefs += [world_dir / truth[name]["collection"], world_dir / truth[name]["items"]]
+        stac = servers.start_stac(run, hrefs, port=ports.get("stac", {}).get("stac"))
     except BaseException:
         servers.stop(run, "s3")
         raise
+    write_text(run / PORTS, json.dumps({"s3": s3.ports, "stac": stac.ports}, indent=1))
     endpoints = {"s3": s3.url, "stac": stac.url, "bucket": BUCKET}
     (world_dir / ENDPOINTS).write_text(json.dumps(endpoints, indent=1))
     overlay = _overlay(world_dir, truth, s3.url, stac.url)
@@ -231,6 +254,27 @@ def world_up(world_dir: Path) -> dict[str, str]:
         + yaml.safe_dump(overlay, sort_keys=True)
     )
     return endpoints
+
+
+PORTS = "ports.json"
+
+
+def _last_ports(run: Path) -> dict[str, dict[str, int]]:
+    """The ports of the world's last start, where every one is free again (else none).
+
+    The same ports on every ``world up`` keep the params overlay, and with it every DVC stage,
+    unchanged across a restart: the URLs are parameters.
+    """
+    try:
+        last = json.loads((run / PORTS).read_text())
+        wanted = [int(p) for server in last.values() for p in server.values()]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+    if not all(servers.port_free(p) for p in wanted):
+        log.warning("the world's last ports are taken; new ones change its params overlay, so "
+                    "DVC stages that read its URLs will run again")
+        return {}
+    return last
 
 
 def world_down(world_dir: Path) -> list[str]:
