@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,9 @@ from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
 from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, luma, stored_preview
 from geopile.settings import Curate
+
+if TYPE_CHECKING:
+    from geopile.engines import Mapper
 
 log = logging.getLogger(__name__)
 REASONS = ("low_entropy", "nodata", "contaminated")
@@ -155,36 +158,61 @@ def _filtered(pool: _Pool, config: Curate) -> dict[int, str]:
 
 def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, int]],
                         data_dir: Path, config: Curate, progress: Callable[[int], Any] | None,
+                        mapper: Mapper | None = None,
                         ) -> tuple[int, dict[tuple[int, int], tuple[int, int, Match]]]:
     """Near-copy candidates by crop hashes, each pair aligned on pixels; (count, best match).
 
     Skipped: pairs already exact, two geo-referenced patches, two eval images, and any image
-    a filter removed.
+    a filter removed. ``mapper``: the search and the alignments as tasks (a pool, a Ray
+    cluster); this process then only merges what they return.
     """
     rows = pool.rows
     found = crop_pairs(_crop_hashes(pool.every["crop_hashes"], rows["path"], data_dir),
-                       config.radius, config.total_radius)  # sharded by band
+                       config.radius, config.total_radius, mapper=mapper)  # sharded by band
     geo = np.asarray([s is not None for s in rows["stac_item"]])
     is_eval = pool.is_eval
-    candidates = [
+    candidates = sorted(
         (a, b, c, s) for a, b, c, s, _ in found.tolist()
         if (min(a, b), max(a, b)) not in exact and not (geo[a] and geo[b])
         and not (is_eval[a] and is_eval[b]) and alive[a] and alive[b]
-    ]
-
-    @lru_cache(maxsize=4096)  # 64 KB each; candidates come sorted by their first image
-    def image(idx: int) -> Any:
-        return working_image(_grey(data_dir / rows["path"][idx]))
-
+    )  # by their first image: an aligning process finds it in its cache
+    job = _AlignJob(Path(data_dir).resolve(), config.min_correlation + 0.05)
+    items = [(c, s, rows["path"][a], rows["path"][b]) for a, b, c, s in candidates]
+    matches = (mapper.map(align_candidate, items, job, batches_per_cpu=4) if mapper is not None
+               else (align_candidate(job, item) for item in items))
     best: dict[tuple[int, int], tuple[int, int, Match]] = {}
-    for a, b, c, s in sorted(candidates):
-        match = align(image(a), image(b), s, CROP_BOXES[c], enough=config.min_correlation + 0.05)
+    for (a, b, _, _), match in zip(candidates, matches, strict=True):
         pair = (min(a, b), max(a, b))
         if pair not in best or match.correlation > best[pair][2].correlation:
             best[pair] = (a, b, match)
         if progress:
             progress(1)
     return len(candidates), best
+
+
+@dataclass(frozen=True)
+class _AlignJob:
+    """What every alignment shares: where the images are, and when a match is good enough."""
+
+    data_dir: Path
+    enough: float
+
+
+def align_candidate(job: _AlignJob, item: tuple[int, int, str, str]) -> Match:
+    """Align one candidate ``(crop, symmetry, path_a, path_b)`` on pixels (a task's unit)."""
+    crop, symmetry, path_a, path_b = item
+    return align(_working(job.data_dir / path_a), _working(job.data_dir / path_b), symmetry,
+                 CROP_BOXES[crop], enough=job.enough)
+
+
+def _working(path: Path) -> Any:
+    stat = path.stat()  # the key holds the file's version: a rewritten file is read again
+    return _working_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4096)  # 64 KB each: at most 256 MB in each aligning process
+def _working_cached(path: str, mtime_ns: int, size: int) -> Any:
+    return working_image(_grey(Path(path)))
 
 
 def _decontaminate(pool: _Pool, label: np.ndarray, alive: np.ndarray, reason: dict[int, str],
@@ -260,12 +288,15 @@ def curate(
     data_dir: Path,
     config: Curate,
     progress: Callable[[int], Any] | None = None,
+    mapper: Mapper | None = None,
 ) -> CurateResult:
     """Filter, cluster duplicates and decontaminate every pretraining record.
 
     Duplicates are not resolved here: every member of a clean cluster stays in the curated
     table with its ``cluster`` id, and each build keeps one of each cluster among its own
-    sources (:func:`geopile.shards.select`).
+    sources (:func:`geopile.shards.select`). ``mapper``: the near-duplicate search and the
+    pixel alignments run as its tasks; every decision is still taken here, in the same order,
+    so the result is the same.
     """
     pool = _pool(pretrain, evaluation, config)
     rows, n = pool.rows, pool.n
@@ -274,7 +305,8 @@ def curate(
 
     ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
     exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
-    n_candidates, best = _aligned_candidates(pool, alive, exact_set, data_dir, config, progress)
+    n_candidates, best = _aligned_candidates(pool, alive, exact_set, data_dir, config, progress,
+                                              mapper)
     pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
              for a, b in sorted(exact_set)]
     aligned = sorted(best)  # unordered pairs, each with its best alignment

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -21,6 +23,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from geopile.imagestats import HASH_FREQS
+
+if TYPE_CHECKING:
+    from geopile.engines import Mapper
 
 BANDS = 4
 BAND_BITS = 16
@@ -335,7 +340,7 @@ def crop_band_rows(hashes: np.ndarray, word2: np.ndarray, radius: int, total: in
 
 
 def crop_pairs(hashes: np.ndarray, radius: int, total: int, workers: int | None = None,
-               bands: int | None = None) -> np.ndarray:
+               bands: int | None = None, mapper: Mapper | None = None) -> np.ndarray:
     """Candidate near copies: rows ``(i, j, crop, symmetry, distance)``, one per ordered pair.
 
     Image ``j`` whole is matched against every crop of image ``i`` (``hashes[i]``, shape
@@ -350,6 +355,9 @@ def crop_pairs(hashes: np.ndarray, radius: int, total: int, workers: int | None 
     search is sharded by band: one band's index (16 bytes per image) is in memory at a time
     besides word 2 of every image (8 bytes) and ``hashes``, which may be a memory-mapped .npy
     that each band reads through once (bench/dedup.py: times and memory to 60M images).
+
+    ``mapper``: split the search into tasks (:func:`search_band_part`, about two per CPU) on a
+    pool or a Ray cluster; the driver only merges their rows (:func:`closest_per_pair`).
     """
     hashes = np.asarray(hashes)
     if hashes.dtype != np.uint64 or not hashes.flags.c_contiguous:
@@ -362,13 +370,54 @@ def crop_pairs(hashes: np.ndarray, radius: int, total: int, workers: int | None 
         raise ValueError(f"bands must be one of {sorted(CROP_LAYOUTS)}, got {bands}")
     if n == 0:
         return np.empty((0, 5), np.int64)
-    workers = workers or os.cpu_count() or 1
     word2 = np.ascontiguousarray(hashes[:, 0, 1])
-    parts = [crop_band_rows(hashes, word2, radius, total, bands, band, workers)
-             for band in range(bands)]
-    rows = np.concatenate(parts)
-    # closest first; ties to the lowest crop, then symmetry, so the layout cannot change a row
+    if mapper is None:
+        workers = workers or os.cpu_count() or 1
+        parts = [crop_band_rows(hashes, word2, radius, total, bands, band, workers)
+                 for band in range(bands)]
+    else:
+        # one task per (band, query offset): every task indexes one band over all n images and
+        # searches every ``splits``-th query; the union over offsets is exactly the band's rows
+        splits = max(1, -(-2 * mapper.cpus() // bands))
+        shared = _BandSearch(hashes, word2, radius, total, bands, splits)
+        tasks = [(band, offset) for band in range(bands) for offset in range(splits)]
+        parts = list(mapper.map(search_band_part, tasks, shared))
+    return closest_per_pair(np.concatenate(parts))
+
+
+def closest_per_pair(rows: np.ndarray) -> np.ndarray:
+    """Of the rows of each ordered pair (i, j), the closest: the merge of the search's parts.
+
+    Ties go to the lowest crop, then symmetry, so neither the band layout nor how the queries
+    were split can change a row.
+    """
     rows = rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 4], rows[:, 1], rows[:, 0]))]
     first = np.ones(len(rows), bool)
     first[1:] = (rows[1:, 0] != rows[:-1, 0]) | (rows[1:, 1] != rows[:-1, 1])
     return rows[first]
+
+
+@dataclass(frozen=True)
+class _BandSearch:
+    """What every task of a split search shares, sent once.
+
+    Through Ray's object store or a pool's initializer; the hashes dominate, 304 bytes an image.
+    """
+
+    hashes: np.ndarray
+    word2: np.ndarray
+    radius: int
+    total: int
+    bands: int
+    splits: int
+
+
+def search_band_part(search: _BandSearch, task: tuple[int, int]) -> np.ndarray:
+    """One task of a split search: band ``task[0]``'s index, queries ``task[1]::splits``.
+
+    Memory: the band index (16 bytes an image, plus 2^bits bucket starts) on top of the shared
+    hashes and word 2; one core (the caller's mapper spreads the tasks).
+    """
+    band, offset = task
+    return crop_band_rows(search.hashes, search.word2, search.radius, search.total,
+                          search.bands, band, workers=1, step=search.splits, offset=offset)

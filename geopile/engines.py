@@ -36,6 +36,9 @@ class Mapper(Protocol):
         ``batches_per_cpu``: how finely a cluster cuts the items (more: better balance).
         """
 
+    def cpus(self) -> int:
+        """How many items can run at once: the cut a caller sizes its tasks by."""
+
     def close(self) -> None:
         """Release the workers (pending work is cancelled)."""
 
@@ -78,6 +81,10 @@ class LocalMapper:
         if io_bound:  # threads share this process: no need to ship ``shared``
             return self._pool.map(partial(fn, shared), items)
         return self._pool.map(partial(_call, fn), items)
+
+    def cpus(self) -> int:
+        """The pool's workers."""
+        return self.workers
 
     def close(self) -> None:
         """Shut the pool down, cancelling what was not started."""

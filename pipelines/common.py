@@ -12,6 +12,7 @@ from geopile.params import load_params
 from geopile.urls import install_redaction
 
 if TYPE_CHECKING:
+    from geopile.engines import RayMapper
     from geopile.settings import Settings
 
 
@@ -34,6 +35,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="local pool or Ray tasks (default: ingest.engine)")
     parser.add_argument("--ray-address", help="Ray cluster: auto, host:port, ray://... "
                         "(default: ingest.ray_address; none starts a local one)")
+
+
+def ray_tasks(settings: Settings, engine: str | None, address: str | None) -> RayMapper | None:
+    """Ray tasks under ``ingest.engine: ray`` (or ``--engine ray``); None: this process works."""
+    if (engine or settings.ingest.engine) != "ray":
+        return None
+    from geopile.engines import RayMapper
+
+    return RayMapper(address or settings.ingest.ray_address)
 
 
 def setup(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from geopile.params import ParamsError
 from geopile.records import read_records, records_path, write_table_atomic
 from geopile.settings import Settings
 from geopile.writelock import data_lock, write_lock
+from pipelines.common import ray_tasks
 
 log = logging.getLogger(__name__)
 CURATED = "curated.parquet"
@@ -130,8 +131,13 @@ def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
     return True
 
 
-def run_curate(settings: Settings, *, progress: bool) -> dict[str, Any]:
-    """Curate every enabled pretraining source against the configured evaluation sets."""
+def run_curate(settings: Settings, *, progress: bool, engine: str | None = None,
+               ray_address: str | None = None) -> dict[str, Any]:
+    """Curate every enabled pretraining source against the configured evaluation sets.
+
+    Under ``ingest.engine: ray`` the near-duplicate search and the alignments are Ray tasks
+    (the images must be where every node finds them: ``paths.data`` on a shared mount).
+    """
     data, config = settings.paths.data, settings.curate
     with write_lock(data_lock(data), f"the data directory {data}"):
         pretrain = sources_by_role(settings, "pretrain")
@@ -140,8 +146,13 @@ def run_curate(settings: Settings, *, progress: bool) -> dict[str, Any]:
         with tqdm(desc="align near-duplicate candidates", unit="pair", disable=not progress) as bar:
             evals = [s for s, splits in config.eval_sets.items() if splits]  # []: none of it
             tables = {**_load(data, pretrain), **_load(data, evals)}
-            result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals}, data,
-                            config, progress=bar.update)
+            mapper = ray_tasks(settings, engine, ray_address)
+            try:
+                result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals},
+                                data, config, progress=bar.update, mapper=mapper)
+            finally:
+                if mapper is not None:
+                    mapper.close()
         write_table_atomic(result.curated, curated_path(data))
 
         reports = settings.paths.reports

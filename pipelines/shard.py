@@ -16,7 +16,6 @@ from typing import Any
 from tqdm import tqdm
 
 from geopile.card import BOUNDARY_PLOT, CARD, render_card
-from geopile.engines import RayMapper
 from geopile.params import ParamsError
 from geopile.records import read_records
 from geopile.settings import Settings
@@ -28,6 +27,7 @@ from geopile.shards import (
 )
 from geopile.shardstore import LocalStore, ShardStore, open_store
 from geopile.writelock import build_lock, write_lock
+from pipelines.common import ray_tasks
 from pipelines.curate import DUPLICATES, REPORT, curated_path
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,6 @@ def check_sources(settings: Settings, build: str, curated: set[str] | None = Non
                              f"(sources.{source} enabled)")
 
 
-def _shard_writers(settings: Settings, engine: str | None,
-                   address: str | None) -> RayMapper | None:
-    """Ray tasks under ``ingest.engine: ray`` (or ``--engine ray``); None: this process writes."""
-    if (engine or settings.ingest.engine) != "ray":
-        return None
-    return RayMapper(address or settings.ingest.ray_address)
-
-
 def run_shard(settings: Settings, build: str, *, progress: bool, engine: str | None = None,
               ray_address: str | None = None, to: str | None = None) -> dict:
     """Select (one image per duplicate cluster), shuffle and write one build; returns its index.
@@ -118,7 +110,7 @@ def run_shard(settings: Settings, build: str, *, progress: bool, engine: str | N
             index = write_build(chosen.table, data, out, build, settings.seed, config,
                                 progress=bar.update, curation=chosen.curation,
                                 # the pipeline's one cluster setting (ingest.engine), or the CLI's
-                                mapper=_shard_writers(settings, engine, ray_address))
+                                mapper=ray_tasks(settings, engine, ray_address))
         plot = _copy_boundary_plot(settings, out)
         out.put_bytes(CARD, render_card(index, settings, report, boundary_plot=plot).encode())
         if chosen.shortfall:

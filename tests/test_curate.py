@@ -127,3 +127,21 @@ def test_filters(curated):
     result = curate({"patternnet": table}, {}, data, _config(curated, min_entropy=cut))
     assert result.counts["patternnet"]["low_entropy"] == 10
     assert pc.min(result.curated["entropy_global"]).as_py() >= cut
+
+
+def test_curation_on_a_pool_of_processes_decides_the_same(curated):
+    """The search and the alignments as tasks (a process pool here; Ray in test_ray_engine)."""
+    from geopile.engines import LocalMapper
+
+    data = Path(curated["paths"]["data"])
+    config = _config(curated)
+    tables = {name: read_records(records_path(data, name)) for name in [*PRETRAIN, "ucmerced"]}
+    pretrain = {name: tables[name] for name in PRETRAIN}
+    evaluation = {"ucmerced": tables["ucmerced"]}
+    one = curate(pretrain, evaluation, data, config)
+    with LocalMapper(2) as mapper:
+        pooled = curate(pretrain, evaluation, data, config, mapper=mapper)
+    assert one.confirmed_pairs > 0 and one.contaminated
+    assert pooled.curated.equals(one.curated)
+    for field in ("pairs", "near_scores", "clusters", "contaminated", "removed", "counts"):
+        assert getattr(pooled, field) == getattr(one, field), field

@@ -147,3 +147,15 @@ def test_curate_reads_crop_hashes_from_arrow_and_hashes_missing_ones(tmp_path):
     assert got[1].ravel().tolist() == list(crop_hashes(_grey(tmp_path / "a.png")))
     with pytest.raises(ValueError, match="crop_hashes"):
         _crop_hashes(pa.chunked_array([pa.array([[1, 2]], pa.list_(pa.uint64()))]), ["p"], tmp_path)
+
+
+def test_the_search_split_into_tasks_gives_the_same_rows():
+    """Curation on a cluster: a task per (band, query slice), merged by the driver."""
+    from geopile.engines import LocalMapper
+
+    hashes = _planted_crops(3000, 5)
+    whole = crop_pairs(hashes, 7, 24, workers=2)
+    with LocalMapper(3) as mapper:  # 3 workers: 2 slices a band, 8 tasks
+        split = crop_pairs(hashes, 7, 24, mapper=mapper)
+    assert len(whole) > 100
+    assert np.array_equal(whole, split)

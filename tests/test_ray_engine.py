@@ -6,6 +6,7 @@ stopped by process group here; ingest of an archive source and NAIP, then shards
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from geopile.shards import write_build
 from geopile.shardstore import open_store
 from geopile.stream.index import INDEX
 from geopile.world.world import s3_client, world_env
-from tests.conftest import make_source, s3_objects
+from tests.conftest import make_source, s3_objects, typed
 from tests.killing import kill_once
 
 pytestmark = pytest.mark.slow
@@ -261,3 +262,22 @@ ingest(src, chunk_size=2, flush_every=2, progress=False,
     ingest(source, progress=False, mapper=RayMapper(cluster.address, threads=2))
     got = _files(killed)
     assert got.keys() == want.keys() and [k for k in want if got[k] != want[k]] == []
+
+
+def test_curate_on_ray_writes_what_one_process_writes(cluster, curated, tmp_path):
+    """The near-duplicate search (a task per band and query slice) and the pixel alignments
+    as Ray tasks; the driver merges their rows and decides: curated.parquet and
+    duplicates.json are the one-process run's bytes (the session's ``curated``)."""
+    from pipelines.curate import DUPLICATES, curated_path, run_curate
+
+    data, reports = Path(curated["paths"]["data"]), Path(curated["paths"]["reports"])
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, symlinks=True)
+    curated_path(copy).unlink()
+    params = {**curated, "paths": {**curated["paths"], "data": str(copy),
+                                   "reports": str(tmp_path / "reports")}}
+    run_curate(typed(params), progress=False, engine="ray", ray_address=cluster.address)
+    duplicates = json.loads((reports / DUPLICATES).read_text())
+    assert duplicates["pairs"] and duplicates["contaminated"]  # there was work to agree on
+    assert curated_path(copy).read_bytes() == curated_path(data).read_bytes()
+    assert (tmp_path / "reports" / DUPLICATES).read_bytes() == (reports / DUPLICATES).read_bytes()
