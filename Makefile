@@ -64,6 +64,7 @@ bench: $(BIN)/geopile $(REAL) $(PEERS)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.dedup
 	$(BIN)/python -m bench.curate_cluster
+	$(BIN)/python -m bench.driver_bytes
 	$(BIN)/python -m bench.neardup_eval
 	$(BIN)/python -m bench.shard
 	$(BIN)/python -m bench.loader

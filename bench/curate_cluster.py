@@ -65,7 +65,7 @@ def ray_run(search: _BandSearch, tasks: list[tuple[int, int]], nodes: int,
     start = time.perf_counter()
     ref = ray.put(search)
     put_s = time.perf_counter() - start
-    mapper._shared = (id(search), ref)  # the object just put: time the tasks on their own
+    mapper._shared = (search, ref)  # the object just put: time the tasks on their own
     start = time.perf_counter()
     rows = list(mapper.map(search_band_part, tasks, search))
     return rows, put_s, time.perf_counter() - start

@@ -187,6 +187,7 @@ def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, in
             best[pair] = (a, b, match)
         if progress:
             progress(1)
+    _working_cached.cache_clear()  # this process's images (up to 256 MB) are not needed again
     return len(candidates), best
 
 

@@ -66,14 +66,16 @@ class LocalMapper:
     def __init__(self, workers: int = 2) -> None:
         self.workers = max(1, workers)
         self._pool: Executor | None = None
-        self._key: tuple[int, bool] | None = None
+        # the object itself, not its id: a freed object's id is reused by the next one, which
+        # would then run against the previous object's pool
+        self._key: tuple[Any, bool] | None = None
 
     def map(self, fn: Callable[[S, T], R], items: Sequence[T], shared: S, *,
             io_bound: bool = False, batches_per_cpu: int = 1) -> Iterator[R]:
         """``fn(shared, item)`` per item, in the items' order (``batches_per_cpu``: unused)."""
-        if self._key != (id(shared), io_bound):
+        if self._key is None or self._key[0] is not shared or self._key[1] != io_bound:
             self.close()
-            self._key = (id(shared), io_bound)
+            self._key = (shared, io_bound)
             self._pool = (ThreadPoolExecutor(self.workers) if io_bound else
                           ProcessPoolExecutor(self.workers, initializer=_install,
                                               initargs=(shared,)))
@@ -156,7 +158,7 @@ class RayMapper:
         self.ray = connect(address)
         self.threads = max(1, threads)
         self.task = self.ray.remote(max_retries=MAX_RETRIES, num_cpus=1)(_run_batch)
-        self._shared: tuple[int, Any] | None = None
+        self._shared: tuple[Any, Any] | None = None  # (the object, its ref): see LocalMapper
 
     def cpus(self) -> int:
         """The cluster's CPUs now."""
@@ -165,8 +167,8 @@ class RayMapper:
     def map(self, fn: Callable[[S, T], R], items: Sequence[T], shared: S, *,
             io_bound: bool = False, batches_per_cpu: int = 1) -> Iterator[R]:
         """``fn(shared, item)`` per item as tasks, in the items' order (yielded as they come)."""
-        if self._shared is None or self._shared[0] != id(shared):
-            self._shared = (id(shared), self.ray.put(shared))
+        if self._shared is None or self._shared[0] is not shared:
+            self._shared = (shared, self.ray.put(shared))
         size = max(1, math.ceil(len(items) / (batches_per_cpu * self.cpus())))
         threads = self.threads if io_bound else 1
         refs = [self.task.remote(fn, self._shared[1], list(items[i:i + size]), threads)

@@ -148,3 +148,24 @@ def test_the_world_reuses_its_last_ports_only_when_the_record_is_sound_and_they_
         assert _last_ports(tmp_path) == {}  # someone else holds one: new ports, with a warning
     if port_free(port + 1):  # both free again (port + 1 is not ours to hold): they come back
         assert _last_ports(tmp_path) == {"s3": {"s3": port}, "stac": {"stac": port + 1}}
+
+
+
+class _Tag:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _tag_value(tag: _Tag, _: int) -> int:
+    return tag.value
+
+
+def test_a_mapper_tells_shared_objects_apart_even_when_ids_repeat(monkeypatch):
+    """Mappers once knew the shared object by id(): a freed one's id, reused by the next, sent
+    curate's alignments on Ray the search's object. Every id equal here, as in that case."""
+    import geopile.engines
+    from geopile.engines import LocalMapper
+
+    monkeypatch.setattr(geopile.engines, "id", lambda obj: 0, raising=False)
+    with LocalMapper(1) as mapper:
+        assert [list(mapper.map(_tag_value, [0], _Tag(v))) for v in range(3)] == [[0], [1], [2]]

@@ -1,0 +1,87 @@
+"""Bytes through the ingest driver per image: what every worker sends back today.
+
+    .venv/bin/python -m bench.driver_bytes [--per-class 10] [--naip-count 100]
+
+Issue 31's measure of how far ingest is from "workers write, the driver decides" (goal: under
+1 KB an image, metadata only). A mapper that counts the pickled size of every outcome the
+workers return (what a process pool and Ray both send back: :func:`geopile.ingest.decide`'s
+result, reason and failure, the payload included) wraps the local pool for one ingest of each
+source on a small world. Ray pickles the same objects, so the bytes are the engine's either
+way. Beside them: the payload alone (what workers that write it themselves would no longer
+send) and the rest, the metadata the driver's decisions need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from geopile.engines import LocalMapper
+from geopile.ingest import ingest
+from geopile.params import load_params
+from geopile.settings import check_params
+from geopile.sources import create_source
+from geopile.world.world import PARAMS_OVERLAY, WORLD_S3, build_world, world_down, world_up
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CountingMapper(LocalMapper):
+    """A local pool that weighs every result as it crosses back to this process."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.outcomes = self.bytes = self.payload_bytes = self.accepted = 0
+
+    def map(self, fn: Callable, items: Sequence, shared: Any, **kw: Any) -> Iterator:
+        for outcome in super().map(fn, items, shared, **kw):
+            self.outcomes += 1
+            self.bytes += len(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+            result = outcome[0]
+            if result is not None:
+                self.accepted += 1
+                self.payload_bytes += len(result.payload or b"")
+            yield outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--naip-count", type=int, default=100)
+    parser.add_argument("--sentinel2-count", type=int, default=24)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = Path(tmp) / "world"
+        build_world(world, per_class=args.per_class)
+        os.environ[WORLD_S3] = world_up(world)["s3"]
+        try:
+            params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
+            params["sources"]["naip"]["count"] = args.naip_count
+            params["sources"]["sentinel2"]["count"] = args.sentinel2_count
+            settings = check_params(params)
+            print(f"{'source':<11} {'decided':>7} {'images':>6} {'bytes/decided':>13} "
+                  f"{'bytes/image':>11} {'payload/image':>13} {'metadata/decided':>16}")
+            for name in ["naip", "sentinel2", "resisc45", "rsd46"]:
+                source = create_source(name, settings.sources[name], Path(tmp) / f"d-{name}",
+                                       progress=False)
+                mapper = CountingMapper(2)
+                ingest(source, mapper=mapper, progress=False)
+                mapper.close()
+                meta = (mapper.bytes - mapper.payload_bytes) / mapper.outcomes
+                print(f"{name:<11} {mapper.outcomes:>7} {mapper.accepted:>6} "
+                      f"{mapper.bytes / mapper.outcomes:>13,.0f} "
+                      f"{mapper.bytes / max(1, mapper.accepted):>11,.0f} "
+                      f"{mapper.payload_bytes / max(1, mapper.accepted):>13,.0f} "
+                      f"{meta:>16,.0f}")
+        finally:
+            world_down(world)
+
+
+if __name__ == "__main__":
+    main()
