@@ -22,17 +22,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import signal
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bench.dedup import planted_crop_hashes
-from bench.ingest import _free_port, _ray_node, _wait_cpus
+from bench.ingest import loopback_ray
 from geopile.dedup import CROP_BANDS, CROP_LAYOUTS, _BandSearch, _word_index, search_band_part
 
 RADIUS, TOTAL = 7, 24  # params.yaml's curate.radius / total_radius
@@ -97,19 +92,12 @@ def main() -> None:
 
     import ray
 
-    temp = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: unix socket paths
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    procs = [_ray_node(["--head", "--port", str(port), "--include-dashboard=false",
-                        "--ray-client-server-port", str(_free_port()),
-                        "--temp-dir", str(temp)])]
-    try:
+    with loopback_ray("rc") as (address, add_node):
         print(f"\n{'nodes':>5} {'tasks':>5} {'put s':>7} {'tasks s':>8} {'s/task':>7} "
               f"{'overhead/task':>14} rows equal")
         for nodes in (1, 2):
             if nodes == 2:
-                procs.append(_ray_node(["--address", address]))
-            _wait_cpus(address, nodes)
+                add_node()
             got, put_s, map_s = ray_run(search, tasks, nodes, address)
             equal = all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
             per_task = map_s * nodes / len(tasks)  # each node one CPU
@@ -118,14 +106,6 @@ def main() -> None:
             if not equal:
                 raise SystemExit("the Ray tasks' rows differ from the local ones")
             ray.shutdown()
-    finally:
-        ray.shutdown()
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
 
     n, scale = args.project, args.project / args.n
     cost = per_query * scale  # queries probe buckets that hold n / 2^16 images each

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -87,10 +89,39 @@ def _wait_cpus(address: str, n: int) -> None:
     wait_for_cpus(address, n)
 
 
-def engine_rows(settings: Settings, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:
-    """(source, engine, nodes, images, img/s) for local, Ray with 1 node, Ray with 2 nodes."""
+@contextmanager
+def loopback_ray(prefix: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A one-CPU Ray head on loopback: yields (address, add_node); everything stopped after."""
     import ray
 
+    temp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: unix socket paths
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    procs = [_ray_node(["--head", "--port", str(port), "--include-dashboard=false",
+                        "--ray-client-server-port", str(_free_port()),
+                        "--temp-dir", str(temp)])]
+
+    def add_node() -> None:
+        procs.append(_ray_node(["--address", address]))
+        _wait_cpus(address, len(procs))
+
+    try:
+        _wait_cpus(address, 1)
+        yield address, add_node
+    finally:
+        ray.shutdown()
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def engine_rows(settings: Settings, tmp: Path, workers: int, naip_threads: int) -> list[tuple]:
+    """(source, engine, nodes, images, img/s) for local, Ray with 1 node, Ray with 2 nodes."""
     rows = []
 
     def run(engine: str, nodes: int, address: str | None) -> None:
@@ -107,28 +138,10 @@ def engine_rows(settings: Settings, tmp: Path, workers: int, naip_threads: int) 
             rows.append((name, engine, nodes, summary.images, summary.images / summary.seconds))
 
     run("local", 1, None)
-    temp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: unix socket paths
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    procs = [_ray_node(["--head", "--port", str(port), "--include-dashboard=false",
-                        "--ray-client-server-port", str(_free_port()),
-                        "--temp-dir", str(temp)])]
-    try:
-        _wait_cpus(address, 1)
+    with loopback_ray("rb") as (address, add_node):
         run("ray", 1, address)
-        procs.append(_ray_node(["--address", address]))
-        _wait_cpus(address, 2)
+        add_node()
         run("ray", 2, address)
-    finally:
-        ray.shutdown()
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        shutil.rmtree(temp, ignore_errors=True)
     return rows
 
 
