@@ -14,19 +14,19 @@ send) and the rest, the metadata the driver's decisions need.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import running_world
 from geopile.engines import LocalMapper
 from geopile.ingest import ingest
 from geopile.params import load_params
 from geopile.settings import check_params
 from geopile.sources import create_source
-from geopile.world.world import PARAMS_OVERLAY, WORLD_S3, build_world, world_down, world_up
+from geopile.world.world import PARAMS_OVERLAY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,31 +56,26 @@ def main() -> None:
     parser.add_argument("--naip-count", type=int, default=100)
     parser.add_argument("--sentinel2-count", type=int, default=24)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        world = Path(tmp) / "world"
-        build_world(world, per_class=args.per_class)
-        os.environ[WORLD_S3] = world_up(world)["s3"]
-        try:
-            params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
-            params["sources"]["naip"]["count"] = args.naip_count
-            params["sources"]["sentinel2"]["count"] = args.sentinel2_count
-            settings = check_params(params)
-            print(f"{'source':<11} {'decided':>7} {'images':>6} {'bytes/decided':>13} "
-                  f"{'bytes/image':>11} {'payload/image':>13} {'metadata/decided':>16}")
-            for name in ["naip", "sentinel2", "resisc45", "rsd46"]:
-                source = create_source(name, settings.sources[name], Path(tmp) / f"d-{name}",
-                                       progress=False)
-                mapper = CountingMapper(2)
-                ingest(source, mapper=mapper, progress=False)
-                mapper.close()
-                meta = (mapper.bytes - mapper.payload_bytes) / mapper.outcomes
-                print(f"{name:<11} {mapper.outcomes:>7} {mapper.accepted:>6} "
-                      f"{mapper.bytes / mapper.outcomes:>13,.0f} "
-                      f"{mapper.bytes / max(1, mapper.accepted):>11,.0f} "
-                      f"{mapper.payload_bytes / max(1, mapper.accepted):>13,.0f} "
-                      f"{meta:>16,.0f}")
-        finally:
-            world_down(world)
+    with tempfile.TemporaryDirectory() as tmp, running_world(Path(tmp), args.per_class) as (
+            world, _):
+        params = load_params([REPO / "params.yaml", world / PARAMS_OVERLAY])
+        params["sources"]["naip"]["count"] = args.naip_count
+        params["sources"]["sentinel2"]["count"] = args.sentinel2_count
+        settings = check_params(params)
+        print(f"{'source':<11} {'decided':>7} {'images':>6} {'bytes/decided':>13} "
+              f"{'bytes/image':>11} {'payload/image':>13} {'metadata/decided':>16}")
+        for name in ["naip", "sentinel2", "resisc45", "rsd46"]:
+            source = create_source(name, settings.sources[name], Path(tmp) / f"d-{name}",
+                                   progress=False)
+            mapper = CountingMapper(2)
+            ingest(source, mapper=mapper, progress=False)
+            mapper.close()
+            meta = (mapper.bytes - mapper.payload_bytes) / mapper.outcomes
+            print(f"{name:<11} {mapper.outcomes:>7} {mapper.accepted:>6} "
+                  f"{mapper.bytes / mapper.outcomes:>13,.0f} "
+                  f"{mapper.bytes / max(1, mapper.accepted):>11,.0f} "
+                  f"{mapper.payload_bytes / max(1, mapper.accepted):>13,.0f} "
+                  f"{meta:>16,.0f}")
 
 
 if __name__ == "__main__":
