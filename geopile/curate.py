@@ -35,6 +35,7 @@ from PIL import Image
 from geopile.align import Match, align, edit_kind, working_image
 from geopile.dedup import clusters, crop_pairs, exact_pairs
 from geopile.imagestats import CROP_BOXES, as_rgb, crop_hashes, luma, stored_preview
+from geopile.payloads import PayloadStore, as_payloads
 from geopile.settings import Curate
 
 if TYPE_CHECKING:
@@ -71,12 +72,12 @@ def _entropy_stats(values: np.ndarray) -> dict[str, float]:
     return stats
 
 
-def _grey(path: Path) -> np.ndarray:
+def _grey(data: bytes) -> np.ndarray:
     """The stored image's luma, as hashes and alignment see it (of its rgb_preview)."""
-    return luma(stored_preview(path.read_bytes()))
+    return luma(stored_preview(data))
 
 
-def _crop_hashes(column: pa.ChunkedArray, paths: list[str], data_dir: Path) -> np.ndarray:
+def _crop_hashes(column: pa.ChunkedArray, paths: list[str], store: PayloadStore) -> np.ndarray:
     """The (n, boxes, 2) crop-pyramid hashes; records ingested before they existed: hashed now.
 
     Read from the column's buffers, not as Python ints (about 1.5 KB a record): this array
@@ -100,7 +101,7 @@ def _crop_hashes(column: pa.ChunkedArray, paths: list[str], data_dir: Path) -> n
                                  f"record, got {values.size} for {valid.sum()} records")
             flat[row:row + len(chunk)][valid] = values.reshape(-1, width)
         for k in np.flatnonzero(~valid):
-            flat[row + k] = crop_hashes(_grey(data_dir / paths[row + k]))
+            flat[row + k] = crop_hashes(_grey(store.read(paths[row + k])))
         row += len(chunk)
     return out
 
@@ -157,7 +158,8 @@ def _filtered(pool: _Pool, config: Curate) -> dict[int, str]:
 
 
 def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, int]],
-                        data_dir: Path, config: Curate, progress: Callable[[int], Any] | None,
+                        store: PayloadStore, config: Curate,
+                        progress: Callable[[int], Any] | None,
                         mapper: Mapper | None = None,
                         ) -> tuple[int, dict[tuple[int, int], tuple[int, int, Match]]]:
     """Near-copy candidates by crop hashes, each pair aligned on pixels; (count, best match).
@@ -167,7 +169,7 @@ def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, in
     cluster); this process then only merges what they return.
     """
     rows = pool.rows
-    found = crop_pairs(_crop_hashes(pool.every["crop_hashes"], rows["path"], data_dir),
+    found = crop_pairs(_crop_hashes(pool.every["crop_hashes"], rows["path"], store),
                        config.radius, config.total_radius, mapper=mapper)  # sharded by band
     geo = np.asarray([s is not None for s in rows["stac_item"]])
     is_eval = pool.is_eval
@@ -176,8 +178,9 @@ def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, in
         if (min(a, b), max(a, b)) not in exact and not (geo[a] and geo[b])
         and not (is_eval[a] and is_eval[b]) and alive[a] and alive[b]
     )  # by their first image: an aligning process finds it in its cache
-    job = _AlignJob(Path(data_dir).resolve(), config.min_correlation + 0.05)
-    items = [(c, s, rows["path"][a], rows["path"][b]) for a, b, c, s in candidates]
+    job = _AlignJob(store, config.min_correlation + 0.05)
+    paths, pixels = rows["path"], rows["xxh3_pixels"]
+    items = [(c, s, paths[a], paths[b], pixels[a], pixels[b]) for a, b, c, s in candidates]
     matches = (mapper.map(align_candidate, items, job, batches_per_cpu=4) if mapper is not None
                else (align_candidate(job, item) for item in items))
     best: dict[tuple[int, int], tuple[int, int, Match]] = {}
@@ -195,25 +198,28 @@ def _aligned_candidates(pool: _Pool, alive: np.ndarray, exact: set[tuple[int, in
 class _AlignJob:
     """What every alignment shares: where the images are, and when a match is good enough."""
 
-    data_dir: Path
+    store: PayloadStore
     enough: float
 
 
-def align_candidate(job: _AlignJob, item: tuple[int, int, str, str]) -> Match:
-    """Align one candidate ``(crop, symmetry, path_a, path_b)`` on pixels (a task's unit)."""
-    crop, symmetry, path_a, path_b = item
-    return align(_working(job.data_dir / path_a), _working(job.data_dir / path_b), symmetry,
-                 CROP_BOXES[crop], enough=job.enough)
+def align_candidate(job: _AlignJob, item: tuple[int, int, str, str, int, int]) -> Match:
+    """Align one candidate on pixels (a task's unit).
+
+    ``item``: ``(crop, symmetry, path_a, path_b, pixels_a, pixels_b)``, ``pixels_*`` being the
+    records' ``xxh3_pixels``.
+    """
+    crop, symmetry, path_a, path_b, pixels_a, pixels_b = item
+    return align(_working_cached(job.store, path_a, pixels_a),
+                 _working_cached(job.store, path_b, pixels_b), symmetry, CROP_BOXES[crop],
+                 enough=job.enough)
 
 
-def _working(path: Path) -> Any:
-    stat = path.stat()  # the key holds the file's version: a rewritten file is read again
-    return _working_cached(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=4096)  # 64 KB each: at most 256 MB in each aligning process
-def _working_cached(path: str, mtime_ns: int, size: int) -> Any:
-    return working_image(_grey(Path(path)))
+# 64 KB each: at most 256 MB in each aligning process. Keyed by the record's pixel digest too:
+# a process lives on across runs (a Ray worker), and other pixels under the same name are
+# read again.
+@lru_cache(maxsize=4096)
+def _working_cached(store: PayloadStore, name: str, pixels: int) -> Any:
+    return working_image(_grey(store.read(name)))
 
 
 def _decontaminate(pool: _Pool, label: np.ndarray, alive: np.ndarray, reason: dict[int, str],
@@ -286,7 +292,7 @@ def _kept(pretrain: Mapping[str, pa.Table], pool: _Pool, reason: dict[int, str],
 def curate(
     pretrain: Mapping[str, pa.Table],
     evaluation: Mapping[str, pa.Table],
-    data_dir: Path,
+    payloads: PayloadStore | Path,
     config: Curate,
     progress: Callable[[int], Any] | None = None,
     mapper: Mapper | None = None,
@@ -297,7 +303,8 @@ def curate(
     table with its ``cluster`` id, and each build keeps one of each cluster among its own
     sources (:func:`geopile.shards.select`). ``mapper``: the near-duplicate search and the
     pixel alignments run as its tasks; every decision is still taken here, in the same order,
-    so the result is the same.
+    so the result is the same. ``payloads``: where the images are (a store, or the data
+    directory), read only for the candidates' alignments and records without crop hashes.
     """
     pool = _pool(pretrain, evaluation, config)
     rows, n = pool.rows, pool.n
@@ -306,8 +313,8 @@ def curate(
 
     ex_i, ex_j = exact_pairs(rows["xxh3_pixels"])
     exact_set = {(min(a, b), max(a, b)) for a, b in zip(ex_i.tolist(), ex_j.tolist(), strict=True)}
-    n_candidates, best = _aligned_candidates(pool, alive, exact_set, data_dir, config, progress,
-                                              mapper)
+    n_candidates, best = _aligned_candidates(pool, alive, exact_set, as_payloads(payloads),
+                                              config, progress, mapper)
     pairs = [{"a": rows["key"][a], "b": rows["key"][b], "kind": "exact", "score": 1.0}
              for a, b in sorted(exact_set)]
     aligned = sorted(best)  # unordered pairs, each with its best alignment
@@ -335,9 +342,9 @@ def curate(
                         n_candidates, len(confirmed), pairs, near_scores)
 
 
-def rgb_thumbnail(path: Path, size: int) -> Image.Image:
-    """An RGB thumbnail of a stored image (its rgb_preview), for contact sheets."""
-    img = Image.fromarray(as_rgb(stored_preview(path.read_bytes())))
+def rgb_thumbnail(data: bytes, size: int) -> Image.Image:
+    """An RGB thumbnail of a stored image's bytes (its rgb_preview), for contact sheets."""
+    img = Image.fromarray(as_rgb(stored_preview(data)))
     img.thumbnail((size, size))
     return img
 

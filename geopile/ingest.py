@@ -31,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from geopile.atomic import write_bytes
 from geopile.engines import LocalMapper, Mapper
 from geopile.imagestats import BadImage
+from geopile.payloads import LocalPayloads, stage_inputs
 from geopile.records import (
     PART_SCHEMA,
     RECORD_SCHEMA,
@@ -43,7 +43,7 @@ from geopile.records import (
     to_table,
     write_table_atomic,
 )
-from geopile.sources.base import Candidate, Processed, Source
+from geopile.sources.base import Candidate, Processed, Refused, Source
 from geopile.urls import redact
 
 log = logging.getLogger(__name__)
@@ -86,19 +86,26 @@ class IngestSummary:
 def decide(source: Source, cand: Candidate) -> Outcome:
     """Run one candidate; a bad input becomes a (redacted) reason, never an exception.
 
-    What every engine's workers call (:mod:`geopile.engines`). The last element tells a
+    What every engine's workers call (:mod:`geopile.engines`). A payload the source made
+    (a NAIP window, a STAC patch) is written to the payload store here, by the worker, under its
+    deterministic name; the driver gets the record row alone. A store that cannot be written
+    (a full disk, S3 refusing) stops the run: that is no candidate's fault. The last element tells a
     *failure* (the input could not be read: an ``OSError`` such as
     :class:`geopile.cog.CogReadError`, or an unexpected ``ValueError``) from a sample the source
     turned down on its content (:class:`BadImage`); only failures count against
     ``max_error_fraction``.
     """
     try:
-        return source.process(cand), None, None
+        result = source.process(cand)
     except BadImage as err:
         return None, redact(str(err)), None
     except (OSError, ValueError) as err:  # unreadable file or window, odd TIFF tags, ...
         network = isinstance(err, OSError) and getattr(err, "network", True)
         return None, redact(f"{type(err).__name__}: {err}"), "network" if network else "input"
+    if result.payload is not None:  # written here, by the worker: only facts go back
+        source.ctx.store.write(result.row["path"], result.payload)
+        result = Processed(result.row)
+    return result, None, None
 
 
 def _chunks(items: Iterable[Candidate], n: int) -> Iterator[list[Candidate]]:
@@ -176,9 +183,12 @@ def _fingerprint(source: Source) -> str:
     given = ctx.settings.model_dump(mode="json", exclude_unset=True)
     decisive = {k: v for k, v in given.items() if k not in _NOT_DECISIVE}
     # the input's identity too: a run killed before the archive changed must not resume into
-    # records of the new one
-    return hashlib.sha256(json.dumps([decisive, ctx.seed, source.input_id], sort_keys=True,
-                                     default=str).encode()).hexdigest()
+    # records of the new one; and where its payloads went, when not the data directory (a run
+    # resumed onto another store would record payloads that store lacks)
+    facts: list[Any] = [decisive, ctx.seed, source.input_id]
+    if ctx.store != LocalPayloads(ctx.data_dir):
+        facts.append(str(ctx.store))
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -216,13 +226,11 @@ class _Tally:
 
 def _record(cand: Candidate, outcome: Outcome, source: Source, parts: _Checkpoint,
             tally: _Tally, bar: tqdm) -> None:
-    """Checkpoint one decided candidate (its payload written first)."""
+    """Checkpoint one decided candidate (its worker wrote its payload already)."""
     result, reason, failure = outcome
     ctx = source.ctx
     tally.decided += 1
     if result is not None:
-        if result.payload is not None:
-            write_bytes(ctx.data_dir / result.row["path"], result.payload)
         parts.add({**result.row, "key": cand.key, "source": ctx.name, "stratum": cand.stratum})
         if tally.quotas is not None:
             tally.accepted[cand.stratum] += 1
@@ -243,7 +251,7 @@ def ingest(
     *,
     mapper: Mapper | None = None,
     workers: int = 2,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     flush_every: int = 512,
     progress: bool = True,
 ) -> IngestSummary:
@@ -274,11 +282,15 @@ def ingest(
     if quotas is None:
         candidates = list(candidates)
         _refuse_shared_keys(ctx.name, candidates)
+        _stage(source, candidates)
         total, initial = len(candidates), len(parts.done)
     else:
         total, initial = sum(quotas.values()), sum(tally.accepted.values())
     own = mapper is None
     mapper = mapper or LocalMapper(workers)
+    # candidates in flight between two of the driver's barriers: enough for every CPU of a
+    # cluster (64 alone would leave 192 of 256 idle); the bytes do not depend on it
+    chunk_size = chunk_size or max(64, 4 * mapper.cpus())
     bar = tqdm(total=total, initial=initial, desc=f"ingest {ctx.name}", unit="img",
                disable=not progress)
     try:
@@ -300,7 +312,7 @@ def ingest(
     bar.close()
     summary = _finish(parts, ctx.data_dir, ctx.name)
     if source.writes_raw_dir:
-        _prune(ctx.raw_dir, ctx.data_dir, records_path(ctx.data_dir, ctx.name))
+        _prune(source, records_path(ctx.data_dir, ctx.name))
     summary.seconds = time.perf_counter() - started
     summary.processed_now = tally.decided
     return summary
@@ -360,14 +372,20 @@ def _todo(
         yield cand
 
 
-def _prune(raw_dir: Path, data_dir: Path, records: Path) -> None:
-    """Delete payloads no record points to (left by a run under other parameters)."""
-    kept = {data_dir / p for p in pq.read_table(records, columns=["path"])["path"].to_pylist()}
-    for path in sorted(raw_dir.rglob("*"), reverse=True):
-        if path.is_file() and path not in kept:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+def _stage(source: Source, candidates: list[Candidate]) -> None:
+    """Put the files ``fetch`` installed here into the payload store, for workers elsewhere."""
+    names = [c.path for c in candidates if c.path and not isinstance(c.task, Refused)]
+    sent = stage_inputs(source.ctx.store, source.ctx.data_dir, names,
+                        progress=source.ctx.progress, desc=f"stage {source.ctx.name}")
+    if sent:
+        log.info("%s: sent %d of %d input files to %s", source.ctx.name, sent, len(names),
+                 source.ctx.store)
+
+
+def _prune(source: Source, records: Path) -> None:
+    """Delete payloads no record points to (a run under other parameters, a surplus draw)."""
+    kept = set(pq.read_table(records, columns=["path"])["path"].to_pylist())
+    source.ctx.store.prune(f"raw/{source.ctx.name}", kept)
 
 
 def _refuse_emptying(parts: _Checkpoint, data_dir: Path, name: str) -> None:

@@ -15,6 +15,7 @@ the integer alone does not say which digits were written; the fix (quote it) is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -25,11 +26,13 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
 
 from geopile.params import ParamsError
+from geopile.payloads import PayloadStore, open_payloads
 from geopile.schema import (
     Block,
     Cap,
@@ -88,6 +91,20 @@ class Paths(Block):
     reports: PathText = Field(description="curate's metrics and plots")
     shards: PathText = Field(description="shards/BUILD")
     runs: PathText = Field(description="pretraining and finetuning runs")
+    payloads: str | None = Field(
+        None, description="image payloads (raw/...): null: under data; a directory, or "
+        "s3://bucket/prefix so that cluster nodes share nothing but object storage")
+
+    @field_validator("payloads")
+    @classmethod
+    def _payloads(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not re.fullmatch(r"s3://[^/]+(/.*)?", value):
+            raise ValueError("a directory or s3://bucket/prefix")
+        return value
+
+    def payload_store(self) -> PayloadStore:
+        """Where the payloads are read and written (:mod:`geopile.payloads`)."""
+        return open_payloads(self.payloads, self.data)
 
 
 class Ingest(Block):

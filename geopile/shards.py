@@ -34,6 +34,7 @@ from PIL import Image
 from geopile.atomic import check_free, disk_error
 from geopile.engines import Mapper
 from geopile.imagestats import decode
+from geopile.payloads import PayloadStore, as_payloads
 from geopile.settings import Build, Shard
 from geopile.shardstore import LocalStore, ShardStore, prune
 from geopile.stream.index import INDEX_VERSION, TAR_BLOCK, validate_index
@@ -270,7 +271,7 @@ def band_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     return summary
 
 
-def encode_sample(record: Mapping[str, Any], data_dir: Path, config: Shard) -> dict:
+def encode_sample(record: Mapping[str, Any], payloads: PayloadStore, config: Shard) -> dict:
     """The tar members of one sample.
 
     JPEG bytes are copied; other images become JPEG, except NAIP's 4 bands when ``naip_bands``
@@ -279,7 +280,7 @@ def encode_sample(record: Mapping[str, Any], data_dir: Path, config: Shard) -> d
     (``orientation``: a phone's quarter turn) is decoded upright and re-encoded, because most
     readers would otherwise show it as stored, sideways.
     """
-    data = (data_dir / record["path"]).read_bytes()
+    data = payloads.read(record["path"])
     if record["format"] == "jpeg" and not record.get("orientation"):
         ext, payload = "jpg", data
     elif is_multiband(record) or (record["bands"] == 4 and config.naip_bands == 4):
@@ -399,13 +400,13 @@ class _ShardFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_shard(records: Sequence[Mapping[str, Any]], data_dir: Path, store: ShardStore,
+def write_shard(records: Sequence[Mapping[str, Any]], payloads: PayloadStore, store: ShardStore,
                 name: str, config: Shard) -> dict[str, Any]:
     """Write one whole shard (temp file, then stored); returns its index entry."""
     shard = _ShardFile(store, name, config)
     try:
         for record in records:
-            sample = encode_sample(record, data_dir, config)
+            sample = encode_sample(record, payloads, config)
             shard.add(sample, member_bytes(sample))
         return shard.finish()
     except BaseException:
@@ -433,7 +434,7 @@ def _room_for(store: ShardStore, records: Sequence[Mapping[str, Any]], build: st
     return needed
 
 
-def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
+def stream_shards(records: list[dict[str, Any]], payloads: PayloadStore, store: ShardStore,
                   config: Shard, progress: Callable[[int], Any] | None) -> list[dict]:
     """Fill shards in record order, in this process and one pass (each sample encoded once)."""
     shards: list[dict[str, Any]] = []
@@ -441,7 +442,7 @@ def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
     planner = ShardPlanner(config)
     try:
         for record in records:
-            sample = encode_sample(record, data_dir, config)
+            sample = encode_sample(record, payloads, config)
             size = member_bytes(sample)
             if planner.opens(size) and shard is not None:
                 shards.append(shard.finish())
@@ -462,21 +463,21 @@ def stream_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
 
 def _size_of(shared: tuple[Path, Shard], record: dict[str, Any]) -> int:
     """A sample's tar bytes (encoding converted images: the costly part, in the workers)."""
-    data_dir, config = shared
-    return member_bytes(encode_sample(record, data_dir, config))
+    payloads, config = shared
+    return member_bytes(encode_sample(record, payloads, config))
 
 
 def _write_planned(shared: tuple[Path, ShardStore, Shard],
                    shard: tuple[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """One planned shard, written (and stored) by the worker that got it."""
-    data_dir, store, config = shared
+    payloads, store, config = shared
     try:
-        return write_shard(shard[1], data_dir, store, shard[0], config)
+        return write_shard(shard[1], payloads, store, shard[0], config)
     finally:
         store.close()
 
 
-def mapped_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardStore,
+def mapped_shards(records: list[dict[str, Any]], payloads: PayloadStore, store: ShardStore,
                   config: Shard, mapper: Mapper,
                   progress: Callable[[int], Any] | None) -> list[dict]:
     """The same shards as :func:`stream_shards`, each written by one of ``mapper``'s workers.
@@ -484,13 +485,13 @@ def mapped_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
     Boundaries depend on every sample's encoded size, so the sizes come first (workers), the
     shards are planned here by the same rule, then each worker encodes its shards' samples
     again and stores them: into a directory every worker mounts, or S3, which each uploads to
-    itself. ``data_dir`` (ingest's payloads) is read by the workers.
+    itself. The workers read ``payloads`` (the payload store).
     """
-    sizes = list(mapper.map(_size_of, records, (data_dir, config), batches_per_cpu=4))
+    sizes = list(mapper.map(_size_of, records, (payloads, config), batches_per_cpu=4))
     bounds = plan_shards(sizes, config)
     planned = [(shard_name(n), records[a:b]) for n, (a, b) in enumerate(bounds)]
     entries = []
-    for entry, (a, b) in zip(mapper.map(_write_planned, planned, (data_dir, store, config)),
+    for entry, (a, b) in zip(mapper.map(_write_planned, planned, (payloads, store, config)),
                              bounds, strict=True):
         entries.append(entry)
         if progress:
@@ -500,7 +501,7 @@ def mapped_shards(records: list[dict[str, Any]], data_dir: Path, store: ShardSto
 
 def write_build(
     selection: pa.Table,
-    data_dir: Path,
+    payloads: PayloadStore | Path,
     out: Path | ShardStore,
     build: str,
     seed: int,
@@ -526,16 +527,18 @@ def write_build(
     stored as the index's ``curation`` block: what curation and deduplication left out of this
     build, per source, and any shortfall. Without ``mapper`` this process writes the shards in
     one pass (:func:`stream_shards`); with one (:class:`geopile.engines.RayMapper`) its workers
-    write them (:func:`mapped_shards`), byte for byte the same.
+    write them (:func:`mapped_shards`), byte for byte the same. ``payloads``: where the records'
+    images are (:mod:`geopile.payloads`: a directory, or S3 for nodes that share no disk).
     """
     store = LocalStore(out) if isinstance(out, Path) else out
+    payloads = as_payloads(payloads)
     records = selection.to_pylist()
     needed = _room_for(store, records, build)
     try:
         store.prepare()
         store.begin()
-        shards = (stream_shards(records, data_dir, store, config, progress) if mapper is None
-                  else mapped_shards(records, data_dir, store, config, mapper, progress))
+        shards = (stream_shards(records, payloads, store, config, progress) if mapper is None
+                  else mapped_shards(records, payloads, store, config, mapper, progress))
     except OSError as err:
         where = Path(err.filename) if err.filename else Path(str(store))
         if (failed := disk_error(err, where, needed)) is not None:

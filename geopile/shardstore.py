@@ -130,6 +130,10 @@ class S3Store(_Replacing):
             self._scratch[:] = [os.getpid(), s3_client(self.endpoint_url), None]
         return self._scratch[1]
 
+    def client(self) -> Any:
+        """The boto3 client of the calling process (made once in each process)."""
+        return self._client()
+
     def prepare(self) -> None:
         """Check that the bucket answers (naming it and the endpoint when it does not)."""
         from botocore.exceptions import BotoCoreError, ClientError

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from geopile.atomic import write_text
 from geopile.curate import curate, rgb_thumbnail
 from geopile.params import ParamsError
+from geopile.payloads import PayloadStore
 from geopile.records import read_records, records_path, write_table_atomic
 from geopile.settings import Settings
 from geopile.writelock import data_lock, write_lock
@@ -76,7 +77,7 @@ def entropy_histogram(table: pa.Table, source: str, path: Path) -> None:
 
 
 def contact_sheet(
-    table: pa.Table, data: Path, path: Path, samples: int, thumb: int, seed: int
+    table: pa.Table, store: PayloadStore, path: Path, samples: int, thumb: int, seed: int
 ) -> None:
     """A grid of random kept images, so a person can see what the source looks like."""
     n = min(samples, table.num_rows)
@@ -86,14 +87,14 @@ def contact_sheet(
     picks = np.random.default_rng(seed).choice(table.num_rows, n, replace=False) if n else []
     paths = table["path"].to_pylist()
     for slot, idx in enumerate(sorted(int(i) for i in picks)):
-        img = rgb_thumbnail(data / paths[idx], thumb)
+        img = rgb_thumbnail(store.read(paths[idx]), thumb)
         sheet.paste(img, ((slot % cols) * thumb, (slot // cols) * thumb))
     tmp = path.with_name(path.name + ".tmp.png")
     sheet.save(tmp)
     os.replace(tmp, path)
 
 
-def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
+def boundary_sheet(scores: list[dict[str, Any]], threshold: float, store: PayloadStore,
                    paths: dict[str, str], path: Path, pairs: int = 6, thumb: int = 96) -> bool:
     """Near-duplicate candidates closest to the threshold, kept (left) and removed (right).
 
@@ -119,7 +120,7 @@ def boundary_sheet(scores: list[dict[str, Any]], threshold: float, data: Path,
             if row >= len(column):
                 continue
             pair = column[row]
-            left, right = (rgb_thumbnail(data / paths[pair[k]], thumb) for k in ("a", "b"))
+            left, right = (rgb_thumbnail(store.read(paths[pair[k]]), thumb) for k in ("a", "b"))
             both = Image.new("RGB", (2 * thumb + 4, thumb), "white")
             both.paste(left, (0, 0))
             both.paste(right, (thumb + 4, 0))
@@ -136,9 +137,10 @@ def run_curate(settings: Settings, *, progress: bool, engine: str | None = None,
     """Curate every enabled pretraining source against the configured evaluation sets.
 
     Under ``ingest.engine: ray`` the near-duplicate search and the alignments are Ray tasks
-    (the images must be where every node finds them: ``paths.data`` on a shared mount).
+    reading the images from ``paths.payloads`` (S3 on a cluster whose nodes share no disk).
     """
     data, config = settings.paths.data, settings.curate
+    store = settings.paths.payload_store()
     with write_lock(data_lock(data), f"the data directory {data}"):
         pretrain = sources_by_role(settings, "pretrain")
         if not pretrain:
@@ -149,7 +151,7 @@ def run_curate(settings: Settings, *, progress: bool, engine: str | None = None,
             mapper = ray_tasks(settings, engine, ray_address)
             try:
                 result = curate({s: tables[s] for s in pretrain}, {s: tables[s] for s in evals},
-                                data, config, progress=bar.update, mapper=mapper)
+                                store, config, progress=bar.update, mapper=mapper)
             finally:
                 if mapper is not None:
                     mapper.close()
@@ -162,12 +164,13 @@ def run_curate(settings: Settings, *, progress: bool, engine: str | None = None,
         for name in pretrain:
             part = result.curated.filter(pc.equal(result.curated["source"], name))
             entropy_histogram(part, name, plots / f"entropy_{name}.png")
-            contact_sheet(part, data, plots / f"contact_{name}.png", sheet.samples, sheet.thumb,
+            contact_sheet(part, store, plots / f"contact_{name}.png", sheet.samples, sheet.thumb,
                           settings.seed)
         paths = {k: p for t in tables.values()
                  for k, p in zip(t["key"].to_pylist(), t["path"].to_pylist(), strict=True)}
         boundary = plots / BOUNDARY
-        if not boundary_sheet(result.near_scores, config.min_correlation, data, paths, boundary):
+        if not boundary_sheet(result.near_scores, config.min_correlation, store, paths,
+                              boundary):
             boundary.unlink(missing_ok=True)
         totals = {k: sum(c[k] for c in result.counts.values())
                   for k in next(iter(result.counts.values()))}

@@ -55,7 +55,7 @@ def run_ingest(settings: Settings, names: list[str], *, workers: int | None = No
                 continue
             n_workers = workers or source_settings.workers or settings.ingest.workers
             source = create_source(name, source_settings, data, seed=settings.seed,
-                                   progress=progress)
+                                   progress=progress, payloads=settings.paths.payload_store())
             # the cluster (ingest.engine: ray) or a pool here: the driver is the same
             mapper = (RayMapper(ray_address, threads=n_workers) if engine == "ray"
                       else LocalMapper(n_workers))

@@ -24,6 +24,7 @@ from PIL import Image
 from geopile.atomic import write_text
 from geopile.card import BOUNDARY_PLOT, BUILD_COLUMNS, build_rows, shortfall_lines
 from geopile.curate import rgb_thumbnail
+from geopile.payloads import PayloadStore
 from geopile.records import read_records, records_path, rejects_path
 from geopile.settings import Settings
 from geopile.stream import LocalStorage, read_build_index
@@ -111,8 +112,8 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _side_by_side(paths: list[Path], size: int = 160) -> bytes:
-    thumbs = [rgb_thumbnail(p, size) for p in paths]
+def _side_by_side(store: PayloadStore, names: list[str], size: int = 160) -> bytes:
+    thumbs = [rgb_thumbnail(store.read(n), size) for n in names]
     sheet = Image.new("RGB", (sum(t.width for t in thumbs) + 6 * (len(thumbs) - 1),
                               max(t.height for t in thumbs)), "white")
     x = 0
@@ -122,14 +123,13 @@ def _side_by_side(paths: list[Path], size: int = 160) -> bytes:
     return _png(sheet)
 
 
-def _key_paths(data: Path, sources: list[str]) -> dict[str, Path]:
+def _key_paths(data: Path, sources: list[str]) -> dict[str, str]:
     paths = {}
     for source in sources:
         path = records_path(data, source)
         if path.exists():
             table = read_records(path).select(["key", "path"])
-            paths.update({k: data / p for k, p in zip(table["key"].to_pylist(),
-                                                      table["path"].to_pylist(), strict=True)})
+            paths.update(zip(table["key"].to_pylist(), table["path"].to_pylist(), strict=True))
     return paths
 
 
@@ -167,12 +167,14 @@ def _curation(page: _Page, settings: Settings, examples: int) -> None:
     dups = json.loads((reports / DUPLICATES).read_text())
     sources = sorted({*settings.sources, *settings.curate.eval_sets})
     paths = _key_paths(data, sources)
+    store = settings.paths.payload_store()
     page.heading("Duplicate clusters (every copy, side by side; a build keeps one)")
     sheets = []
     for cluster in dups["clusters"]:
         members = [k for k in cluster["members"] if k in paths]
         if len(members) >= 2:
-            sheets.append((_side_by_side([paths[k] for k in members]), " | ".join(members)))
+            sheets.append((_side_by_side(store, [paths[k] for k in members]),
+                           " | ".join(members)))
         if len(sheets) == examples:
             break
     page.images(sheets)
@@ -189,7 +191,7 @@ def _curation(page: _Page, settings: Settings, examples: int) -> None:
     for item in dups["contaminated"][:examples]:
         match = item["matches"][0]
         if item["key"] in paths and match in paths:
-            pairs.append((_side_by_side([paths[item["key"]], paths[match]]),
+            pairs.append((_side_by_side(store, [paths[item["key"]], paths[match]]),
                           f"{item['key']} | {match}"))
     page.images(pairs)
 

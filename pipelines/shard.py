@@ -107,7 +107,8 @@ def run_shard(settings: Settings, build: str, *, progress: bool, engine: str | N
         out = destination(settings, build, to)
         with tqdm(total=chosen.table.num_rows, desc=f"shard {build}", unit="img",
                   disable=not progress) as bar:
-            index = write_build(chosen.table, data, out, build, settings.seed, config,
+            index = write_build(chosen.table, settings.paths.payload_store(), out, build,
+                                settings.seed, config,
                                 progress=bar.update, curation=chosen.curation,
                                 # the pipeline's one cluster setting (ingest.engine), or the CLI's
                                 mapper=ray_tasks(settings, engine, ray_address))

@@ -134,19 +134,21 @@ def test_curate_reads_crop_hashes_from_arrow_and_hashes_missing_ones(tmp_path):
 
     from geopile.curate import _crop_hashes, _grey
     from geopile.imagestats import crop_hashes
+    from geopile.payloads import LocalPayloads
 
     rng = np.random.default_rng(2)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     words = [rng.integers(0, 2**63, 38, dtype=np.uint64).tolist() for _ in range(3)]
     column = pa.chunked_array([pa.array([words[0], None], pa.list_(pa.uint64())),
                                pa.array([words[1], words[2]], pa.list_(pa.uint64()))])
-    got = _crop_hashes(column, ["x.png", "a.png", "y.png", "z.png"], tmp_path)
+    got = _crop_hashes(column, ["x.png", "a.png", "y.png", "z.png"], LocalPayloads(tmp_path))
     assert got.shape == (4, 19, 2) and got.dtype == np.uint64
     for row, want in zip((0, 2, 3), words, strict=True):
         assert got[row].ravel().tolist() == want
-    assert got[1].ravel().tolist() == list(crop_hashes(_grey(tmp_path / "a.png")))
+    assert got[1].ravel().tolist() == list(crop_hashes(_grey((tmp_path / "a.png").read_bytes())))
     with pytest.raises(ValueError, match="crop_hashes"):
-        _crop_hashes(pa.chunked_array([pa.array([[1, 2]], pa.list_(pa.uint64()))]), ["p"], tmp_path)
+        _crop_hashes(pa.chunked_array([pa.array([[1, 2]], pa.list_(pa.uint64()))]), ["p"],
+                     LocalPayloads(tmp_path))
 
 
 def test_the_search_split_into_tasks_gives_the_same_rows():

@@ -22,6 +22,7 @@ import simplejpeg
 import yaml
 from PIL import Image, ImageOps
 
+from geopile.payloads import LocalPayloads
 from geopile.records import records_path, rejects_path
 from geopile.settings import Shard
 from geopile.shards import encode_sample
@@ -188,7 +189,7 @@ def test_exif_orientation_is_applied_and_counted(tmp_path, capsys):
     assert (phone["width"], phone["height"], phone["orientation"]) == (40, 64, 6)
     assert rows["cls/plain.jpg"]["orientation"] is None
 
-    sample = encode_sample(phone, tmp_path / "data", Shard(
+    sample = encode_sample(phone, LocalPayloads(tmp_path / "data"), Shard(
         max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95, mtime=0,
         cap_scale=1.0))
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(stored)))).astype(int)
@@ -198,7 +199,7 @@ def test_exif_orientation_is_applied_and_counted(tmp_path, capsys):
     assert error < 6 and error < np.abs(shard_pixels - upright[::-1, ::-1]).mean() / 4
     assert Image.open(io.BytesIO(sample["jpg"])).getexif().get(274, 1) == 1
     plain = rows["cls/plain.jpg"]
-    assert encode_sample(plain, tmp_path / "data", Shard(
+    assert encode_sample(plain, LocalPayloads(tmp_path / "data"), Shard(
         max_samples=10, max_bytes=1 << 20, naip_bands=3, jpeg_quality=95, mtime=0,
         cap_scale=1.0))["jpg"] == (folder / "cls" / "plain.jpg").read_bytes()  # copied
 
@@ -289,6 +290,6 @@ def test_pillows_orientation_fixtures_come_out_upright(tmp_path, capsys):
     for row in _records(tmp_path):
         n = int(row["origin"][len("cls/o"):-len(".jpg")])
         assert row["orientation"] == n
-        member = encode_sample(row, tmp_path / "data", config)["jpg"]
+        member = encode_sample(row, LocalPayloads(tmp_path / "data"), config)["jpg"]
         shown = simplejpeg.decode_jpeg(member).astype(int)  # no EXIF reader involved
         assert np.abs(shown - upright).mean() < 8, n

@@ -7,12 +7,7 @@ stopped by process group here; ingest of an archive source and NAIP, then shards
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +19,7 @@ import yaml
 
 pytest.importorskip("ray")
 
-from geopile.engines import RayMapper, wait_for_cpus
+from geopile.engines import RayMapper
 from geopile.ingest import ingest
 from geopile.records import read_records, records_path
 from geopile.settings import Shard
@@ -34,82 +29,11 @@ from geopile.stream.index import INDEX
 from geopile.world.world import s3_client, world_env
 from tests.conftest import make_source, s3_objects, typed
 from tests.killing import kill_once
+from tests.raycluster import Cluster
 
 pytestmark = pytest.mark.slow
-RAY = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "bin/ray"
 SOURCES = ["resisc45", "naip"]
 NAIP_COUNT = 24
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _node(args: list[str], temp: Path, env: dict[str, str]) -> subprocess.Popen:
-    """``ray start ... --block`` in its own process group: killing the group kills the node.
-
-    ``env``: the node's S3 credentials and endpoint (the world's), as a real node would have.
-    """
-    cmd = [str(RAY), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-           "--disable-usage-stats", *args]
-    log = open(temp / f"node-{len(list(temp.glob('node-*.log')))}.log", "wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **env})
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-class Cluster:
-    """A head and one more node on 127.0.0.1; ``add_node``/``kill_node`` for the second."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        # unix socket paths must stay short: not pytest's tmp_path
-        self.temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.head = _node(["--head", "--port", str(self.port), "--include-dashboard=false",
-                           "--temp-dir", str(self.temp), "--ray-client-server-port",
-                           str(_free_port()), "--node-manager-port", str(_free_port()),
-                           "--object-manager-port", str(_free_port())], self.temp, env)
-        self.nodes: list[subprocess.Popen] = []
-        self.wait_cpus(1)
-        self.add_node()
-
-    def add_node(self) -> None:
-        self.nodes.append(_node(["--address", self.address, "--node-manager-port",
-                                 str(_free_port()), "--object-manager-port",
-                                 str(_free_port())], self.temp, self.env))
-        self.wait_cpus(1 + len(self.nodes))
-
-    def wait_cpus(self, n: int) -> None:
-        wait_for_cpus(self.address, n, logs=str(self.temp))
-
-    def kill_node(self) -> None:
-        _stop(self.nodes.pop())
-
-    def stop(self) -> None:
-        import ray
-
-        ray.shutdown()
-        for proc in [*self.nodes, self.head]:
-            _stop(proc)
-        left = subprocess.run(["pgrep", "-f", str(self.temp)], capture_output=True, text=True)
-        shutil.rmtree(self.temp, ignore_errors=True)
-        assert not left.stdout.strip(), f"Ray processes left behind: {left.stdout}"
 
 
 @pytest.fixture(scope="module")

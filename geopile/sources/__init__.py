@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geopile.params import ParamsError
+from geopile.payloads import PayloadStore
 from geopile.schema import SourceSettings
 from geopile.sources.base import IngestContext, Source
 from geopile.sources.folder import FolderSource
@@ -34,12 +35,17 @@ def list_sources() -> list[str]:
 
 
 def create_source(name: str, settings: SourceSettings, data_dir: Path, *, seed: int = 0,
-                  progress: bool = True) -> Source:
-    """The source configured as ``sources.<name>`` (its typed block, ``Settings.sources``)."""
+                  progress: bool = True, payloads: PayloadStore | None = None) -> Source:
+    """The source configured as ``sources.<name>`` (its typed block, ``Settings.sources``).
+
+    ``payloads``: where its images are written and read (``paths.payloads``; None: under
+    ``data_dir``).
+    """
     kind = settings.type or name
     if kind not in SOURCES:
         raise ParamsError(f"source {name!r} has type {kind!r}; known types: {', '.join(SOURCES)}")
-    ctx = IngestContext(Path(data_dir), name, settings, seed=seed, progress=progress)
+    ctx = IngestContext(Path(data_dir), name, settings, seed=seed, progress=progress,
+                        payloads=payloads)
     return SOURCES[kind](ctx)
 
 

@@ -24,6 +24,7 @@ from geopile.download import (
 )
 from geopile.imagestats import BadImage, image_stats
 from geopile.params import ParamsError
+from geopile.payloads import LocalPayloads, PayloadStore
 from geopile.records import file_key, make_key
 from geopile.schema import SourceSettings
 from geopile.sources.published import Mirrors, Publication
@@ -42,6 +43,19 @@ class IngestContext:
     settings: SourceSettings  # its block of params, typed by the source's own model
     seed: int = 0
     progress: bool = True
+    # where payloads are read and written by whichever process decides a candidate
+    # (:mod:`geopile.payloads`); None: the data directory
+    payloads: PayloadStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.payloads is None:
+            self.payloads = LocalPayloads(self.data_dir)
+
+    @property
+    def store(self) -> PayloadStore:
+        """The payload store (never None once constructed)."""
+        assert self.payloads is not None
+        return self.payloads
 
     @property
     def raw_dir(self) -> Path:
@@ -199,7 +213,7 @@ class Source:
         """Decode and measure one candidate; raise :class:`BadImage` to reject it."""
         if isinstance(cand.task, Refused):
             raise BadImage(cand.task.reason)
-        data = (self.ctx.data_dir / cand.path).read_bytes()
+        data = self.ctx.store.read(cand.path)  # staged there by the driver (ingest)
         stats = image_stats(data, self.expected_bands)
         lo, hi = self.gsd_range
         row = {"gsd_min": lo, "gsd_max": hi, "licence": self.licence, "path": cand.path}
