@@ -79,6 +79,10 @@ class LocalPayloads:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # absolute: a task's process (a Ray worker) need not share the driver's cwd
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
     def __str__(self) -> str:
         return str(self.root)
 
