@@ -51,13 +51,15 @@ class CountingMapper(LocalMapper):
 
 def written(data: Path, name: str) -> int:
     """The payload bytes the workers wrote (the records' files under raw/NAME)."""
+    if name not in MADE:
+        return 0
     import pyarrow.parquet as pq
 
     from geopile.records import records_path
 
     table = pq.read_table(records_path(data, name), columns=["path"])
     generated = [p for p in table["path"].to_pylist() if p.startswith(f"raw/{name}/")]
-    return sum((data / p).stat().st_size for p in generated) if name in MADE else 0
+    return sum((data / p).stat().st_size for p in generated)
 
 
 MADE = {"naip", "sentinel2"}  # the sources whose workers make payloads (the rest read files)

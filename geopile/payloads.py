@@ -68,10 +68,6 @@ class PayloadStore(Protocol):
         """Delete what lies under ``prefix`` and is not in ``keep``; how many were deleted."""
         ...
 
-    def where(self, name: str) -> str:
-        """The payload's location, for messages and cache keys."""
-        ...
-
 
 @dataclass(frozen=True)
 class LocalPayloads:
@@ -105,9 +101,7 @@ class LocalPayloads:
 
     def stage(self, name: str, local: Path) -> bool:
         """Copy ``local`` in unless the same bytes are there already; whether it copied."""
-        target = self.path(name)
-        if target.resolve() == local.resolve():
-            return False  # the store is where the file already is
+        target = self.path(name)  # (the data directory itself: stage_inputs sends nothing)
         if target.is_file() and target.stat().st_size == local.stat().st_size \
                 and target.read_bytes() == local.read_bytes():
             return False
@@ -125,10 +119,6 @@ class LocalPayloads:
             elif path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
         return deleted
-
-    def where(self, name: str) -> str:
-        """The file's absolute path."""
-        return str(self.path(name).resolve())
 
 
 @dataclass(frozen=True)
@@ -189,10 +179,6 @@ class S3Payloads:
             client.delete_objects(Bucket=store.bucket, Delete={
                 "Objects": [{"Key": k} for k in doomed[at:at + 1000]], "Quiet": True})
         return len(doomed)
-
-    def where(self, name: str) -> str:
-        """The object's ``s3://`` URL."""
-        return self.objects.where(checked_name(name))
 
 
 def open_payloads(target: str | Path | None, data_dir: Path) -> PayloadStore:
